@@ -1,0 +1,1 @@
+"""The coordinator: silo registry, anchor brokering, adapter training, federated search."""

@@ -1,0 +1,1 @@
+"""Code shared by every SiloBridge component: errors, spaces, vectors, PKI, transport, config."""

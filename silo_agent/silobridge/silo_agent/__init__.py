@@ -1,0 +1,1 @@
+"""The silo agent: one organization's embedder, docstore, index, ingest and SiloService."""
