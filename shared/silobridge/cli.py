@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import typer
 
+from silobridge.shared.pki_cli import pki_app
+from silobridge.silo_agent.cli import silo_app
+
 app = typer.Typer(no_args_is_help=True, help="SiloBridge: federated cross-silo retrieval.")
+app.add_typer(pki_app, name="pki")
+app.add_typer(silo_app, name="silo")
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

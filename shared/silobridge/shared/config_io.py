@@ -1,0 +1,99 @@
+"""Strict TOML configuration reading: unknown keys and wrong types are errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from silobridge.shared.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed file is a ConfigError naming it."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+class Section:
+    """One table of a config file; reads typed keys and rejects keys nobody read (typos)."""
+
+    def __init__(self, source: Path, name: str, values: Mapping[str, Any]) -> None:
+        self.source = source
+        self.name = name
+        self._values = dict(values)
+        self._read: set[str] = set()
+
+    @classmethod
+    def of(cls, source: Path, document: Mapping[str, Any], name: str) -> Section:
+        values = document.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        return cls(source, name, values)
+
+    def _where(self, key: str) -> str:
+        return f"{self.source}: [{self.name}] {key}"
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        self._read.add(key)
+        if key not in self._values:
+            return default
+        return self._typed(key, kind)
+
+    def require(self, key: str, kind: type[T]) -> T:
+        self._read.add(key)
+        if key not in self._values:
+            raise ConfigError(f"{self._where(key)} is required")
+        return self._typed(key, kind)
+
+    def _typed(self, key: str, kind: type[T]) -> T:
+        value = self._values[key]
+        # bool is an int subclass in Python; keep them apart so `max_k = true` is an error.
+        if kind is int and isinstance(value, bool):
+            raise ConfigError(f"{self._where(key)} must be an integer, got {value!r}")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self._where(key)} must be {kind.__name__}, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of strings; absent means empty (which, for access rules, denies)."""
+        raw = self.get(key, list, [])
+        if not all(isinstance(item, str) for item in raw):
+            raise ConfigError(f"{self._where(key)} must be a list of strings")
+        return tuple(raw)
+
+    def path(self, key: str, default: str | None = None) -> Path:
+        """A path; relative paths are taken relative to the config file's folder."""
+        raw = self.require(key, str) if default is None else self.get(key, str, default)
+        candidate = Path(raw).expanduser()
+        return candidate if candidate.is_absolute() else (self.source.parent / candidate)
+
+    def positive(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if value < 1:
+            raise ConfigError(f"{self._where(key)} must be at least 1, got {value}")
+        return value
+
+    def finish(self) -> None:
+        """Refuse keys that were never read: almost always a typo that would be silently ignored."""
+        unknown = sorted(set(self._values) - self._read)
+        if unknown:
+            raise ConfigError(
+                f"{self.source}: unknown key(s) in [{self.name}]: {', '.join(unknown)}"
+            )
+
+
+def refuse_unknown_sections(source: Path, document: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s): {', '.join(unknown)}")

@@ -1,0 +1,86 @@
+"""The one translator from domain errors to gRPC statuses, applied at every servicer boundary."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from silobridge.shared.errors import ErrorCode, SiloBridgeError
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR_CODE: dict[ErrorCode, grpc.StatusCode] = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    # A configuration problem on the server is not the caller's fault and not theirs to see.
+    ErrorCode.CONFIG: grpc.StatusCode.INTERNAL,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+GENERIC_INTERNAL_MESSAGE = "internal error; the server logged the details"
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+Ctx = Any  # grpc.aio.ServicerContext[Req, Resp]; generic parameters vary per method
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and public message for an error; unknown errors reveal nothing."""
+    if isinstance(error, SiloBridgeError):
+        status = STATUS_FOR_CODE[error.code]
+        if status is grpc.StatusCode.INTERNAL:
+            return status, GENERIC_INTERNAL_MESSAGE
+        return status, error.message
+    return grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE
+
+
+async def _abort(context: Ctx, error: Exception, method: str) -> None:
+    status, message = status_for(error)
+    if status is grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", method, exc_info=error)
+    else:
+        log.info("%s refused: %s: %s", method, status.name, message)
+    await context.abort(status, message)
+
+
+def unary_boundary(
+    method: Callable[[Self, Req, Ctx], Awaitable[Resp]],
+) -> Callable[[Self, Req, Ctx], Awaitable[Resp]]:
+    """Wrap an async unary servicer method so every error leaves as a proper status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Self, request: Req, context: Ctx) -> Resp:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # the boundary: anything else becomes a status
+            await _abort(context, error, method.__qualname__)
+            raise AssertionError("context.abort returned") from error  # pragma: no cover
+
+    return wrapper
+
+
+def stream_boundary(
+    method: Callable[[Self, Req, Ctx], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, Ctx], AsyncIterator[Resp]]:
+    """Wrap an async-generator servicer method (server streaming) the same way."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Self, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # the boundary: anything else becomes a status
+            await _abort(context, error, method.__qualname__)
+
+    return wrapper

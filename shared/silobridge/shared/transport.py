@@ -1,0 +1,217 @@
+"""gRPC transport: mTLS server and channel factories, options, peer identity, health, shutdown.
+
+Every option below says why it is set. Mutual TLS is the default everywhere; plaintext exists only
+for explicit ``insecure=True`` and logs a warning each time it is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from silobridge.shared.errors import ConfigError, PermissionDenied
+from silobridge.shared.identity import PeerIdentity, identity_from_certificate_pem
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# Requests are one query vector or a batch of texts/anchors; 8 MiB bounds memory per call while
+# leaving room for an anchor batch of ~5,000 384-d vectors. Larger messages fail with
+# RESOURCE_EXHAUSTED before any handler runs.
+MAX_MESSAGE_BYTES = 8 * MiB
+
+SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
+    # Bound what a peer can make us buffer.
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Refuse to share a port with another process: a second server on the same port must fail
+    # loudly instead of silently splitting traffic.
+    ("grpc.so_reuseport", 0),
+    # Accept the clients' keepalive pings (below) without calling them abusive.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Ping idle connections so half-open ones (a peer that vanished) are noticed and closed.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
+
+# Retries only for idempotent reads, and only when the server was not reached at all.
+_RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "silobridge.v1.SiloService", "method": "Describe"},
+                    {"service": "silobridge.v1.SiloService", "method": "Search"},
+                    {"service": "silobridge.v1.CoordinatorService", "method": "ListSilos"},
+                    {"service": "silobridge.v1.CoordinatorService", "method": "ListAdapters"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Detect a dead server on an idle channel within ~80 s instead of the OS TCP timeout (hours).
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", _RETRY_SERVICE_CONFIG),
+)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A participant's certificate, its private key, and the consortium CA certificate."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(cert, key, ca) PEM bytes; a missing file is a ConfigError naming it."""
+        out = []
+        for label, path in (("certificate", self.cert), ("key", self.key), ("CA", self.ca)):
+            try:
+                out.append(path.read_bytes())
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot read TLS {label} file {path}: {error.strerror}"
+                ) from None
+        return out[0], out[1], out[2]
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """Server side of mutual TLS: a client without a certificate from our CA fails the handshake."""
+    cert, key, ca = tls.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
+    """Client side of mutual TLS: present our certificate, trust only the consortium CA."""
+    cert, key, ca = tls.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+def _warn_insecure(what: str, address: str) -> None:
+    log.warning(
+        "INSECURE: %s %s uses plaintext gRPC without authentication; "
+        "never use --insecure outside a throwaway local test",
+        what,
+        address,
+    )
+
+
+def create_server(*, maximum_concurrent_rpcs: int | None = None) -> grpc.aio.Server:
+    """An asyncio server with the options above; add servicers, then ``bind_server``."""
+    return grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=maximum_concurrent_rpcs)
+
+
+def bind_server(
+    server: grpc.aio.Server, address: str, tls: TlsFiles | None, *, insecure: bool = False
+) -> int:
+    """Bind ``address`` (``host:0`` picks a free port) and return the bound port."""
+    if tls is None:
+        if not insecure:
+            raise ConfigError("no TLS files configured; mTLS is required unless insecure is asked")
+        _warn_insecure("server", address)
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, server_credentials(tls))
+    if port == 0:
+        raise ConfigError(f"could not bind {address}: is the port already in use?")
+    return port
+
+
+def open_channel(target: str, tls: TlsFiles | None, *, insecure: bool = False) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` over mTLS (or plaintext when explicitly insecure)."""
+    if tls is None:
+        if not insecure:
+            raise ConfigError("no TLS files configured; mTLS is required unless insecure is asked")
+        _warn_insecure("channel to", target)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, channel_credentials(tls), options=CHANNEL_OPTIONS)
+
+
+ANONYMOUS = PeerIdentity(spiffe_id="", consortium="", role="", name="", org="")
+
+
+def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> PeerIdentity:
+    """The caller's identity, read from its TLS certificate only (never from a request field).
+
+    Plaintext callers (insecure servers only) are ``ANONYMOUS``; policies match them only with an
+    explicit ``"*"`` rule.
+    """
+    auth = context.auth_context()
+    pems = list(auth.get("x509_pem_cert", ()))
+    if not pems:
+        return ANONYMOUS
+    if len(pems) != 1:
+        raise PermissionDenied("peer presented an unexpected certificate chain")
+    return identity_from_certificate_pem(pems[0])
+
+
+def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """Register grpc.health.v1 on ``server``; call ``mark_serving`` once it is ready."""
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+async def mark_serving(servicer: health.aio.HealthServicer, services: Sequence[str]) -> None:
+    """Report SERVING for the overall server and each named service."""
+    for name in ("", *services):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve_until_signal(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    *,
+    grace_seconds: float,
+    on_stopped: Callable[[], Awaitable[None] | None] | None = None,
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop_event``), then shut down gracefully.
+
+    Order matters: report NOT_SERVING so load balancers stop routing, let in-flight calls finish
+    for ``grace_seconds``, then flush state (``on_stopped``).
+    """
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down: NOT_SERVING, %.1f s grace", grace_seconds)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace_seconds)
+        if on_stopped is not None:
+            result = on_stopped()
+            if result is not None:
+                await result
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

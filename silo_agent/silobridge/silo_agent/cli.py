@@ -1,0 +1,176 @@
+"""``silobridge silo …``: ingest, serve over mTLS, and search (locally or remotely)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from silobridge.shared.errors import SiloBridgeError
+
+silo_app = typer.Typer(no_args_is_help=True, help="Run one organization's silo agent.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path to silo.toml.")]
+
+
+def fail(error: SiloBridgeError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {error.message}", highlight=False)
+    return typer.Exit(1)
+
+
+@silo_app.command()
+def ingest(
+    config: ConfigOption,
+    files: Annotated[list[Path], typer.Argument(help="JSONL (id, text, metadata) or CSV files.")],
+    batch_size: Annotated[int, typer.Option(help="Texts embedded per batch.")] = 64,
+) -> None:
+    """Embed documents with the silo's model and upsert them into its docstore and index."""
+    from silobridge.silo_agent.config import load_silo_config
+    from silobridge.silo_agent.embedders import load_embedder
+    from silobridge.silo_agent.index import pin_faiss_threads
+    from silobridge.silo_agent.ingest import ingest as run_ingest
+    from silobridge.silo_agent.store import SiloData
+
+    try:
+        cfg = load_silo_config(config)
+        pin_faiss_threads(cfg.server.threads)
+        with err.status(f"loading model {cfg.model} …"):
+            embedder = load_embedder(cfg.model, threads=max(cfg.server.threads, 2))
+            data = SiloData.open(cfg.data_dir, embedder.space, cfg.index)
+        try:
+            with Progress(
+                TextColumn("[bold]ingest"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("documents"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=False,
+            ) as bar:
+                task = bar.add_task("ingest", total=None)
+                summary = run_ingest(
+                    files,
+                    data,
+                    embedder,
+                    batch_size=batch_size,
+                    progress=lambda done: bar.update(task, completed=done),
+                )
+        finally:
+            data.close()
+    except SiloBridgeError as error:
+        raise fail(error) from None
+    for bad in summary.bad_lines:
+        err.print(
+            f"[yellow]skipped[/yellow] {bad.path}:{bad.line_number}: {bad.reason}", highlight=False
+        )
+    out.print(
+        f"ingested {summary.read} documents from {len(files)} file(s) into {cfg.data_dir}: "
+        f"{summary.inserted} new, {summary.updated} updated, {summary.unchanged} unchanged, "
+        f"{len(summary.bad_lines)} bad line(s) skipped"
+    )
+
+
+@silo_app.command()
+def serve(
+    config: ConfigOption,
+    log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
+) -> None:
+    """Serve SiloService over mutual TLS until SIGTERM/SIGINT."""
+    from silobridge.silo_agent.config import load_silo_config
+    from silobridge.silo_agent.server import serve as run_server
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = load_silo_config(config)
+        asyncio.run(run_server(cfg))
+    except SiloBridgeError as error:
+        raise fail(error) from None
+
+
+@silo_app.command()
+def search(
+    config: ConfigOption,
+    text: Annotated[str, typer.Argument(help="Query text, embedded with the silo's own model.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="Number of hits.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Search the local index directly (debugging; no server, no access checks)."""
+    from silobridge.silo_agent.config import load_silo_config
+    from silobridge.silo_agent.server import open_service
+
+    try:
+        service = open_service(load_silo_config(config))
+        try:
+            hits = service.search_text(text, k)
+            texts = service.data.texts([h.doc_id for h in hits])
+        finally:
+            service.data.close()
+    except SiloBridgeError as error:
+        raise fail(error) from None
+    if as_json:
+        rows = [
+            {
+                "doc_id": h.doc_id,
+                "score": h.score,
+                "text": texts.get(h.doc_id, ""),
+                "fields": h.fields,
+            }
+            for h in hits
+        ]
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("rank", "doc id", "score", "text", title=f"local search: {text!r}")
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), hit.doc_id, f"{hit.score:.3f}", texts.get(hit.doc_id, "")[:90])
+    out.print(table)
+
+
+@silo_app.command()
+def query(
+    endpoint: Annotated[str, typer.Option(help="host:port of the silo.")],
+    cert: Annotated[Path, typer.Option(help="Your certificate (PEM).")],
+    key: Annotated[Path, typer.Option(help="Your private key (PEM).")],
+    ca: Annotated[Path, typer.Option(help="The consortium CA certificate (PEM).")],
+    text: Annotated[str, typer.Argument(help="Query text.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="Number of hits.")] = 10,
+    timeout: Annotated[float, typer.Option(help="Seconds per call.")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Query a running silo over mTLS: Embed the text there (your own org's silo), then Search."""
+    import grpc
+
+    from silobridge.shared.silo_client import SiloClient
+    from silobridge.shared.transport import TlsFiles
+
+    async def run() -> tuple[str, list[tuple[str, float, dict[str, str]]]]:
+        async with SiloClient(endpoint, TlsFiles(cert=cert, key=key, ca=ca)) as silo:
+            info = await silo.describe(timeout=timeout)
+            vector = (await silo.embed([text], timeout=timeout))[0]
+            hits = await silo.search(vector, k, timeout=timeout)
+            return info.name, [(h.doc_id, h.score, h.fields) for h in hits]
+
+    try:
+        name, hits = asyncio.run(run())
+    except SiloBridgeError as error:
+        raise fail(error) from None
+    except grpc.aio.AioRpcError as error:
+        err.print(f"[red]error:[/red] {error.code().name}: {error.details()}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        out.print_json(json.dumps([{"doc_id": d, "score": s, "fields": f} for d, s, f in hits]))
+        return
+    table = Table("rank", "doc id", "score", "disclosed fields", title=f"silo {name}: {text!r}")
+    for rank, (doc_id, score, fields) in enumerate(hits, 1):
+        table.add_row(str(rank), doc_id, f"{score:.3f}", json.dumps(fields) if fields else "")
+    out.print(table)

@@ -1,0 +1,136 @@
+"""The silo agent's configuration (``silo.toml``): identity, model, storage, server, limits, access.
+
+Access rules fail closed: an RPC whose rule list is absent or empty is denied to everyone.
+A rule is a glob over the caller's SPIFFE id (``spiffe://demo/coordinator/*``), ``org:<O>`` (any
+certificate of organization O) or ``org:<O>/<role>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from silobridge.shared.config_io import Section, load_toml, refuse_unknown_sections
+from silobridge.shared.errors import ConfigError
+from silobridge.shared.identity import PeerIdentity, identity_matches
+from silobridge.shared.transport import TlsFiles
+from silobridge.silo_agent.index import IndexSettings
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+RPCS = ("describe", "embed", "embed_anchors", "search")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:50051"
+    # Threads for CPU work (embedding, FAISS); the event loop itself never blocks on them.
+    workers: int = 2
+    # Intra-op threads per call for torch/onnxruntime/FAISS, so parallel calls do not oversubscribe.
+    threads: int = 1
+    insecure: bool = False
+    grace_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_k: int = 100
+    max_embed_texts: int = 256
+    max_text_chars: int = 8_192
+    max_anchor_texts: int = 200_000
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may call what; the silo's own and final word."""
+
+    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    disclose_fields: tuple[str, ...] = ()
+
+    def allows(self, rpc: str, identity: PeerIdentity) -> bool:
+        return any(identity_matches(identity, rule) for rule in self.rules.get(rpc, ()))
+
+
+@dataclass(frozen=True)
+class SiloConfig:
+    source: Path
+    name: str
+    data_dir: Path
+    model: str
+    server: ServerSettings
+    tls: TlsFiles | None
+    index: IndexSettings
+    limits: Limits
+    access: AccessPolicy
+
+
+def load_silo_config(path: Path) -> SiloConfig:
+    """Read and check ``silo.toml``; every problem is a ConfigError naming the key."""
+    path = path.resolve()
+    doc = load_toml(path)
+    refuse_unknown_sections(path, doc, {"silo", "server", "tls", "index", "limits", "access"})
+
+    silo = Section.of(path, doc, "silo")
+    name = silo.require("name", str)
+    if not _NAME.match(name):
+        raise ConfigError(f"{path}: [silo] name {name!r} must match {_NAME.pattern}")
+    data_dir = silo.path("data_dir", default=f"data/{name}")
+    model = silo.require("model", str)
+    silo.finish()
+
+    srv = Section.of(path, doc, "server")
+    server = ServerSettings(
+        listen=srv.get("listen", str, ServerSettings.listen),
+        workers=srv.positive("workers", ServerSettings.workers),
+        threads=srv.positive("threads", ServerSettings.threads),
+        insecure=srv.get("insecure", bool, False),
+        grace_seconds=srv.get("grace_seconds", float, ServerSettings.grace_seconds),
+    )
+    srv.finish()
+
+    tls: TlsFiles | None = None
+    if "tls" in doc:
+        section = Section.of(path, doc, "tls")
+        tls = TlsFiles(cert=section.path("cert"), key=section.path("key"), ca=section.path("ca"))
+        section.finish()
+    elif not server.insecure:
+        raise ConfigError(f"{path}: [tls] cert, key and ca are required (or server.insecure)")
+
+    idx = Section.of(path, doc, "index")
+    index = IndexSettings(
+        exact_threshold=idx.positive("exact_threshold", IndexSettings.exact_threshold),
+        hnsw_factory=idx.get("hnsw_factory", str, IndexSettings.hnsw_factory),
+        hnsw_ef_search=idx.positive("ef_search", IndexSettings.hnsw_ef_search),
+        hnsw_ef_construction=idx.positive("ef_construction", IndexSettings.hnsw_ef_construction),
+    )
+    idx.finish()
+
+    lim = Section.of(path, doc, "limits")
+    limits = Limits(
+        max_k=lim.positive("max_k", Limits.max_k),
+        max_embed_texts=lim.positive("max_embed_texts", Limits.max_embed_texts),
+        max_text_chars=lim.positive("max_text_chars", Limits.max_text_chars),
+        max_anchor_texts=lim.positive("max_anchor_texts", Limits.max_anchor_texts),
+        batch_size=lim.positive("batch_size", Limits.batch_size),
+    )
+    lim.finish()
+
+    acc = Section.of(path, doc, "access")
+    access = AccessPolicy(
+        rules={rpc: acc.strings(rpc) for rpc in RPCS},
+        disclose_fields=acc.strings("disclose_fields"),
+    )
+    acc.finish()
+
+    return SiloConfig(
+        source=path,
+        name=name,
+        data_dir=data_dir,
+        model=model,
+        server=server,
+        tls=tls,
+        index=index,
+        limits=limits,
+        access=access,
+    )

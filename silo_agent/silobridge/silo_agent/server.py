@@ -1,0 +1,90 @@
+"""Assembles and runs a silo agent: config, embedder, data, gRPC server, health, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health
+
+from silobridge.shared import transport
+from silobridge.silo_agent.config import SiloConfig
+from silobridge.silo_agent.embedders import load_embedder
+from silobridge.silo_agent.index import pin_faiss_threads
+from silobridge.silo_agent.service import SiloService
+from silobridge.silo_agent.servicer import SiloServicer
+from silobridge.silo_agent.store import SiloData
+from silobridge.v1 import silo_pb2, silo_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = silo_pb2.DESCRIPTOR.services_by_name["SiloService"].full_name
+
+
+def open_service(config: SiloConfig) -> SiloService:
+    """Load the model and open the data directory (refusing a mismatched index)."""
+    pin_faiss_threads(config.server.threads)
+    embedder = load_embedder(config.model, threads=config.server.threads)
+    data = SiloData.open(config.data_dir, embedder.space, config.index)
+    return SiloService(config, embedder, data)
+
+
+@dataclass
+class RunningSilo:
+    """A started server and what it needs to stop cleanly."""
+
+    server: grpc.aio.Server
+    port: int
+    servicer: SiloServicer
+    health: health.aio.HealthServicer
+    executor: ThreadPoolExecutor
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.executor.shutdown(wait=True)
+        self.servicer.service.data.close()
+
+
+async def start_silo(service: SiloService, *, listen: str | None = None) -> RunningSilo:
+    """Start serving ``service``; ``listen`` overrides the config (tests pass ``127.0.0.1:0``)."""
+    config = service.config
+    executor = ThreadPoolExecutor(max_workers=config.server.workers, thread_name_prefix="silo-cpu")
+    server = transport.create_server()
+    servicer = SiloServicer(service, executor)
+    silo_pb2_grpc.add_SiloServiceServicer_to_server(servicer, server)
+    health_servicer = transport.add_health(server)
+    address = listen or config.server.listen
+    port = transport.bind_server(server, address, config.tls, insecure=config.server.insecure)
+    await server.start()
+    await transport.mark_serving(health_servicer, [SERVICE_NAME])
+    return RunningSilo(server, port, servicer, health_servicer, executor)
+
+
+async def serve(config: SiloConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Run the silo until SIGTERM/SIGINT, then shut down gracefully."""
+    service = open_service(config)
+    running = await start_silo(service)
+    host = config.server.listen.rsplit(":", 1)[0]
+    log.info(
+        "silo %r serving %d documents in space %s on %s:%d",
+        config.name,
+        service.data.count(),
+        service.embedder.space.space_id,
+        host,
+        running.port,
+    )
+    print(f"silo {config.name} listening on {host}:{running.port}", flush=True)
+    if ready is not None:
+        ready.set()
+
+    async def flush() -> None:
+        running.executor.shutdown(wait=True)
+        service.data.close()
+        log.info("silo %r stopped", config.name)
+
+    await transport.serve_until_signal(
+        running.server, running.health, grace_seconds=config.server.grace_seconds, on_stopped=flush
+    )

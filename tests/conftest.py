@@ -1,0 +1,178 @@
+"""Shared fixtures: a real consortium PKI, real silo configs, real silo servers on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from silobridge.shared.pki import (
+    CertificateAuthority,
+    approve_request,
+    init_ca,
+    issue_certificate,
+    load_ca,
+    request_certificate,
+)
+from silobridge.shared.transport import TlsFiles
+
+PASSPHRASE = b"test-passphrase"
+CONSORTIUM = "testnet"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Certificates for the parties the tests play."""
+
+    ca: CertificateAuthority
+    root: Path
+    silo: TlsFiles  # spiffe://testnet/silo/kjv, org bible
+    coordinator: TlsFiles  # spiffe://testnet/coordinator/hub, org consortium
+    home_client: TlsFiles  # spiffe://testnet/client/alice, org bible (the silo's own org)
+    other_client: TlsFiles  # spiffe://testnet/client/mallory, org elsewhere (not allowed)
+    foreign_ca_client: TlsFiles  # a valid-looking client of another consortium's CA
+    expired_client: TlsFiles  # alice's org, but expired a minute ago
+
+
+def _issue(ca: CertificateAuthority, root: Path, role: str, name: str, org: str) -> TlsFiles:
+    files = issue_certificate(ca, root / name, role=role, name=name, org=org)
+    return TlsFiles(cert=files.cert, key=files.key, ca=files.ca_cert)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    init_ca(root / "ca", CONSORTIUM, PASSPHRASE)
+    ca = load_ca(root / "ca", PASSPHRASE)
+
+    init_ca(root / "foreign-ca", CONSORTIUM, PASSPHRASE)
+    foreign = load_ca(root / "foreign-ca", PASSPHRASE)
+    foreign_files = issue_certificate(
+        foreign, root / "foreign", role="client", name="alice", org="bible"
+    )
+
+    expired_dir = root / "expired"
+    request = request_certificate(
+        expired_dir, consortium=CONSORTIUM, role="client", name="alice", org="bible"
+    )
+    now = datetime.now(UTC)
+    expired_pem = approve_request(
+        ca,
+        request.csr.read_bytes(),
+        # Inside the CA's own validity (which starts 5 minutes back), but over a minute ago.
+        not_before=now - timedelta(minutes=4),
+        not_after=now - timedelta(minutes=1),
+    )
+    (expired_dir / "alice.crt").write_bytes(expired_pem)
+
+    return Pki(
+        ca=ca,
+        root=root,
+        silo=_issue(ca, root, "silo", "kjv", "bible"),
+        coordinator=_issue(ca, root, "coordinator", "hub", "consortium"),
+        home_client=_issue(ca, root, "client", "alice", "bible"),
+        other_client=_issue(ca, root, "client", "mallory", "elsewhere"),
+        # The foreign client trusts OUR CA for the server, so only its own cert is foreign.
+        foreign_ca_client=TlsFiles(
+            cert=foreign_files.cert, key=foreign_files.key, ca=root / "ca" / "ca.crt"
+        ),
+        expired_client=TlsFiles(
+            cert=expired_dir / "alice.crt", key=request.key, ca=root / "ca" / "ca.crt"
+        ),
+    )
+
+
+def write_silo_config(
+    directory: Path,
+    tls: TlsFiles,
+    *,
+    model: str = "minilm-l3-onnx",
+    name: str = "kjv",
+    data_dir: Path | None = None,
+    disclose: tuple[str, ...] = (),
+    max_k: int = 50,
+    extra: str = "",
+) -> Path:
+    """A silo.toml whose access rules let the coordinator and the silo's own org in."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "silo.toml"
+    disclosed = ", ".join(f'"{f}"' for f in disclose)
+    config.write_text(
+        f"""
+[silo]
+name = "{name}"
+data_dir = "{data_dir or directory / "data"}"
+model = "{model}"
+
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+grace_seconds = 2
+
+[tls]
+cert = "{tls.cert}"
+key = "{tls.key}"
+ca = "{tls.ca}"
+
+[limits]
+max_k = {max_k}
+max_embed_texts = 64
+max_text_chars = 2000
+
+[access]
+describe = ["spiffe://{CONSORTIUM}/coordinator/*", "org:bible"]
+embed = ["org:bible/client"]
+embed_anchors = ["spiffe://{CONSORTIUM}/coordinator/*"]
+search = ["spiffe://{CONSORTIUM}/coordinator/*", "org:bible/client"]
+disclose_fields = [{disclosed}]
+{extra}
+"""
+    )
+    return config
+
+
+class ServerThread:
+    """A real silo gRPC server on its own event loop in a background thread."""
+
+    def __init__(self, config_path: Path) -> None:
+        from silobridge.silo_agent.config import load_silo_config
+        from silobridge.silo_agent.server import RunningSilo, open_service, start_silo
+
+        self.service = open_service(load_silo_config(config_path))
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            start_silo(self.service, listen="127.0.0.1:0"), self.loop
+        )
+        self.running: RunningSilo = future.result(timeout=60)
+        self.port = self.running.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.running.stop(0.5), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def serve_silo() -> Iterator[type[ServerThread]]:
+    started: list[ServerThread] = []
+
+    class _Tracked(ServerThread):
+        def __init__(self, config_path: Path) -> None:
+            super().__init__(config_path)
+            started.append(self)
+
+    yield _Tracked
+    for server in started:
+        server.stop()
