@@ -1,0 +1,124 @@
+"""`silo.toml` loading: strict keys, fail-closed access, actionable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from silobridge.shared.errors import ConfigError, InvalidArgument, PermissionDenied
+from silobridge.shared.grpc_errors import GENERIC_INTERNAL_MESSAGE, status_for
+from silobridge.shared.identity import PeerIdentity
+from silobridge.silo_agent.config import load_silo_config
+
+BASE = """
+[silo]
+name = "kjv"
+model = "static-64"
+
+[tls]
+cert = "certs/kjv.crt"
+key = "certs/kjv.key"
+ca = "certs/ca.crt"
+"""
+
+ALICE = PeerIdentity("spiffe://demo/client/alice", "demo", "client", "alice", "bible")
+HUB = PeerIdentity("spiffe://demo/coordinator/hub", "demo", "coordinator", "hub", "consortium")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "silo.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    config = load_silo_config(write(tmp_path, BASE))
+    assert config.name == "kjv"
+    assert config.data_dir == tmp_path / "data" / "kjv"
+    assert config.tls is not None and config.tls.cert == tmp_path / "certs" / "kjv.crt"
+    assert config.limits.max_k == 100
+    assert not config.server.insecure
+
+
+def test_missing_access_denies_everyone(tmp_path: Path) -> None:
+    config = load_silo_config(write(tmp_path, BASE))
+    for rpc in ("describe", "embed", "embed_anchors", "search"):
+        assert not config.access.allows(rpc, ALICE)
+        assert not config.access.allows(rpc, HUB)
+    assert config.access.disclose_fields == ()
+
+
+def test_access_rules_by_org_and_spiffe_glob(tmp_path: Path) -> None:
+    text = (
+        BASE + '[access]\nembed = ["org:bible/client"]\nsearch = ["spiffe://demo/coordinator/*"]\n'
+    )
+    config = load_silo_config(write(tmp_path, text))
+    assert config.access.allows("embed", ALICE)
+    assert not config.access.allows("embed", HUB)
+    assert config.access.allows("search", HUB)
+    assert not config.access.allows("search", ALICE)
+
+
+@pytest.mark.parametrize(
+    ("addition", "fragment"),
+    [
+        ("[limits]\nmax_kk = 5\n", "unknown key(s) in [limits]: max_kk"),
+        ("[limits]\nmax_k = true\n", "max_k must be an integer"),
+        ("[limits]\nmax_k = 0\n", "max_k must be at least 1"),
+        ("[server]\nlisten = 5\n", "listen must be str"),
+        ("[surprise]\nx = 1\n", "unknown section(s): surprise"),
+        ("[access]\nsearch = [1]\n", "search must be a list of strings"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, addition: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_silo_config(write(tmp_path, BASE + addition))
+    assert fragment in caught.value.message
+
+
+def test_tls_required_unless_insecure(tmp_path: Path) -> None:
+    bare = '[silo]\nname = "kjv"\nmodel = "static-64"\n'
+    with pytest.raises(ConfigError, match=r"\[tls\]"):
+        load_silo_config(write(tmp_path, bare))
+    assert load_silo_config(write(tmp_path, bare + "[server]\ninsecure = true\n")).tls is None
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_silo_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_silo_config(write(tmp_path, "[silo\n"))
+
+
+@given(st.text(max_size=200))
+def test_arbitrary_text_is_a_config_or_a_config_error(text: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "silo.toml"
+        path.write_text(text)
+        try:
+            load_silo_config(path)
+        except ConfigError as error:
+            assert error.message
+
+
+def test_error_translation_hides_internals() -> None:
+    assert status_for(InvalidArgument("k=0 is outside")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "k=0 is outside",
+    )
+    assert status_for(PermissionDenied("no"))[0] is grpc.StatusCode.PERMISSION_DENIED
+    # A server-side config problem and an unknown bug both reveal nothing to the peer.
+    assert status_for(ConfigError("/etc/secret path")) == (
+        grpc.StatusCode.INTERNAL,
+        GENERIC_INTERNAL_MESSAGE,
+    )
+    assert status_for(KeyError("internal detail")) == (
+        grpc.StatusCode.INTERNAL,
+        GENERIC_INTERNAL_MESSAGE,
+    )
