@@ -37,4 +37,4 @@ demo: install
 	bash deploy/local/silo_quickstart.sh
 
 bench: install
-	@echo "make bench: the adapter benchmark arrives with the adapter issue" >&2; exit 2
+	$(BIN)/python scripts/bench.py

@@ -1,0 +1,1 @@
+"""`silobridge eval`: retrieval quality of adapters against native and no-adapter baselines."""

@@ -1,0 +1,105 @@
+"""Anchor texts for fitting adapters: the public set, in-domain texts, or a user's file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from silobridge.evaluation.datasets import RetrievalDataset
+from silobridge.shared.demo_data import load_records
+from silobridge.shared.errors import ConfigError, InvalidArgument
+
+PUBLIC = "public"
+IN_DOMAIN = "in-domain"
+ANCHOR_KINDS: tuple[str, ...] = (PUBLIC, IN_DOMAIN)
+
+
+@dataclass(frozen=True)
+class AnchorSource:
+    """Anchor texts in a seeded order: the first ``n`` are the ``n``-anchor set (nested)."""
+
+    name: str
+    texts: tuple[str, ...]
+
+    def take(self, count: int) -> tuple[str, ...]:
+        if count > len(self.texts):
+            raise InvalidArgument(
+                f"{count} anchors asked of the {self.name!r} anchor set, which holds only "
+                f"{len(self.texts)} distinct texts; lower --anchor-count"
+            )
+        return self.texts[:count]
+
+
+def public_anchors(seed: int) -> AnchorSource:
+    """Python-documentation paragraphs: general technical English, not any silo's domain."""
+    texts = [r.text for r in load_records("pydoc_anchors")]
+    # File order groups paragraphs by page; shuffling makes small prefixes span many pages.
+    return AnchorSource(PUBLIC, _distinct_shuffled(texts, seed))
+
+
+def in_domain_anchors(dataset: RetrievalDataset) -> AnchorSource:
+    """Texts of the evaluated distribution that are neither test queries nor relevant documents.
+
+    The dataset loader already seeded the pool's order, so it is used as is.
+    """
+    return AnchorSource(IN_DOMAIN, tuple(dict.fromkeys(dataset.in_domain_pool)))
+
+
+def file_anchors(path: Path, seed: int) -> AnchorSource:
+    """A user's own public texts: JSONL objects with a "text" field, or one text per line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read anchor file {path}: {exc}") from exc
+    texts: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("{"):
+            try:
+                text = json.loads(stripped)["text"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f"{path}:{number} looks like JSON but has no string field 'text' ({exc})"
+                ) from exc
+            if not isinstance(text, str):
+                raise ConfigError(f"{path}:{number}: field 'text' is not a string")
+            stripped = text.strip()
+        if stripped:
+            texts.append(stripped)
+    if not texts:
+        raise ConfigError(f"anchor file {path} holds no texts")
+    return AnchorSource(f"file:{path.name}", _distinct_shuffled(texts, seed))
+
+
+def resolve_anchor_sources(
+    names: Sequence[str], files: Sequence[Path], dataset: RetrievalDataset, seed: int
+) -> list[AnchorSource]:
+    """The anchor sources a run asked for, in the order asked, without repeats."""
+    sources: list[AnchorSource] = []
+    for name in dict.fromkeys(names):
+        if name == PUBLIC:
+            sources.append(public_anchors(seed))
+        elif name == IN_DOMAIN:
+            sources.append(in_domain_anchors(dataset))
+        else:
+            raise InvalidArgument(
+                f"unknown anchor set {name!r}; choose {' or '.join(ANCHOR_KINDS)}, "
+                "or give --anchor-file"
+            )
+    sources.extend(file_anchors(path, seed) for path in dict.fromkeys(files))
+    if not sources:
+        raise InvalidArgument("no anchors: give --anchors public, --anchors in-domain or a file")
+    return sources
+
+
+def _distinct_shuffled(texts: Sequence[str], seed: int) -> tuple[str, ...]:
+    # Duplicates would weight one pair twice in the fit and overstate the anchor count.
+    distinct = list(dict.fromkeys(texts))
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    return tuple(distinct[i] for i in order)

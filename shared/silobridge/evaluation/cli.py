@@ -1,0 +1,109 @@
+"""``silobridge eval``: run the evaluation matrix from the command line and report it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from silobridge.shared.errors import SiloBridgeError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def eval_command(
+    source_model: Annotated[
+        str, typer.Option(help="Embedder spec of the asking side (the query's space).")
+    ],
+    target_model: Annotated[
+        str, typer.Option(help="Embedder spec of the searched side (the corpus's space).")
+    ],
+    dataset: Annotated[
+        str, typer.Option(help="Built-in dataset: bible-web2kjv or kjv-knn (unlabelled).")
+    ] = "bible-web2kjv",
+    dataset_dir: Annotated[
+        Path | None,
+        typer.Option(help="A BEIR-format directory (corpus.jsonl, queries.jsonl, qrels/*.tsv)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Qrels split of a BEIR directory (default: test).")
+    ] = None,
+    corpus_size: Annotated[
+        int | None, typer.Option(help="Subsample the corpus to N documents (relevant kept).")
+    ] = None,
+    queries: Annotated[int | None, typer.Option(help="Subsample M judged queries.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every sample and of adapter fitting.")] = 0,
+    anchors: Annotated[
+        list[str] | None,
+        typer.Option(help="Anchor set: public or in-domain; repeat for several."),
+    ] = None,
+    anchor_file: Annotated[
+        list[Path] | None,
+        typer.Option(help="Your own anchor texts (JSONL with 'text', or one per line)."),
+    ] = None,
+    anchor_count: Annotated[
+        list[int] | None, typer.Option(help="Anchors per fit; repeat for several (nested sets).")
+    ] = None,
+    adapters: Annotated[
+        str, typer.Option(help="Comma-separated adapter kinds, e.g. auto or procrustes,affine.")
+    ] = "auto",
+    two_stage: Annotated[
+        bool, typer.Option(help="Also re-rank the first kind's top 100 with the target model.")
+    ] = True,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the rows and config as JSON here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of retention against anchor count here.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Embedding cache directory (default $SILOBRIDGE_CACHE_DIR or ~/.cache)."),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")
+    ] = False,
+    threads: Annotated[int, typer.Option(help="Threads per embedding model.")] = 2,
+) -> None:
+    """Measure adapter retrieval quality beside the native and no-adapter baselines."""
+    from silobridge.evaluation.report import print_result, write_json, write_plot
+    from silobridge.evaluation.runner import EvalConfig, EvalSession, run_evaluation
+
+    kinds = tuple(kind.strip() for kind in adapters.split(",") if kind.strip())
+    config = EvalConfig(
+        source_model=source_model,
+        target_model=target_model,
+        dataset=None if dataset_dir is not None else dataset,
+        dataset_dir=dataset_dir,
+        split=split,
+        corpus_size=corpus_size,
+        queries=queries,
+        seed=seed,
+        # A file alone means "these anchors only"; nothing at all means the public set.
+        anchors=tuple(anchors) if anchors else (() if anchor_file else ("public",)),
+        anchor_files=tuple(anchor_file or ()),
+        anchor_counts=tuple(anchor_count or (4000,)),
+        adapters=kinds,
+        two_stage=two_stage,
+    )
+    try:
+        session = EvalSession(
+            cache_dir=cache_dir, use_cache=not no_cache, threads=threads, console=err
+        )
+        try:
+            result = run_evaluation(config, session)
+        finally:
+            session.close()
+        print_result(result, out)
+        if json_path is not None:
+            write_json(result, json_path)
+            err.print(f"wrote {json_path}", highlight=False)
+        if plot is not None:
+            write_plot(result, plot)
+            err.print(f"wrote {plot}", highlight=False)
+    except SiloBridgeError as error:
+        err.print(f"[red]error:[/red] {error.message}", highlight=False)
+        raise typer.Exit(1) from error

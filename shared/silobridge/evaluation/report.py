@@ -1,0 +1,114 @@
+"""Present an evaluation: a terminal table, a JSON file, and a retention-vs-anchors PNG plot."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from silobridge.evaluation.runner import EvalResult, EvalRow
+from silobridge.shared.errors import ConfigError
+
+TABLE_WIDTH = 150
+
+
+def result_table(result: EvalResult) -> Table:
+    config = result.config
+    dataset = result.dataset
+    table = Table(
+        title=(
+            f"{config.source_model} → {config.target_model} on {dataset['name']} "
+            f"({dataset['queries']} queries, {dataset['corpus']} documents)"
+        )
+    )
+    headers = ("method", "kind", "anchors", "count", "nDCG@10", "R@10", "MRR@10")
+    for header in headers:
+        table.add_column(header, justify="left" if header in headers[:3] else "right")
+    for header in ("retention", "ARR@10", "train s", "apply µs"):
+        table.add_column(header, justify="right")
+    for row in result.rows:
+        table.add_row(
+            row.method,
+            row.kind or "",
+            row.anchors or "",
+            "" if row.anchor_count is None else str(row.anchor_count),
+            _num(row.ndcg),
+            _num(row.recall),
+            _num(row.mrr),
+            _num(row.retention_ndcg),
+            _num(row.arr),
+            _num(row.train_s, 2),
+            _num(row.apply_us, 1),
+        )
+    return table
+
+
+def print_result(result: EvalResult, console: Console) -> None:
+    # Piped output defaults to 80 columns, which would truncate every number; a file or a log
+    # has no width limit worth honouring, so give the table the room it needs there.
+    if not console.is_terminal and console.width < TABLE_WIDTH:
+        console = Console(file=console.file, width=TABLE_WIDTH, no_color=console.no_color)
+    console.print(result_table(result))
+
+
+def write_json(result: EvalResult, path: Path) -> None:
+    try:
+        path.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc}") from exc
+
+
+def write_plot(result: EvalResult, path: Path) -> None:
+    """Retention of nDCG@10 (ARR@10 for an unlabelled set) against anchor count, log x-axis."""
+    # The object API with an explicit Agg canvas: no global pyplot state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labelled = bool(result.dataset.get("labelled", True))
+    metric = "retention of nDCG@10" if labelled else "ARR@10"
+    lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for row in result.rows:
+        value = _plotted(row, labelled)
+        if row.anchor_count is None or value is None:
+            continue
+        # Group auto by what was asked, not the per-count winner, so it stays one line.
+        kind = (row.kind or "").split("→")[0]
+        label = f"{kind} ({row.anchors})" + (" two-stage" if row.method == "two-stage" else "")
+        lines[label].append((row.anchor_count, value))
+    figure = Figure(figsize=(8, 5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for label, points in lines.items():
+        points.sort()
+        style = "--" if label.endswith("two-stage") else "-"
+        axes.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
+    axes.axhline(1.0, color="black", linewidth=1, label="native (upper bound)")
+    baseline = next((row for row in result.rows if row.method == "none"), None)
+    if baseline is not None and _plotted(baseline, labelled) is not None:
+        axes.axhline(_plotted(baseline, labelled) or 0.0, color="grey", linestyle=":", label="none")
+    axes.set_xscale("log")
+    axes.set_xlabel("anchor count")
+    axes.set_ylabel(metric)
+    axes.set_ylim(bottom=0.0)
+    axes.grid(True, which="both", alpha=0.3)
+    config = result.config
+    axes.set_title(
+        f"{config.source_model} → {config.target_model} on {result.dataset['name']}: {metric}"
+    )
+    axes.legend(fontsize="small", loc="best")
+    figure.tight_layout()
+    try:
+        figure.savefig(path, format="png", dpi=120)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc}") from exc
+
+
+def _plotted(row: EvalRow, labelled: bool) -> float | None:
+    return row.retention_ndcg if labelled else row.arr
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,348 @@
+"""The evaluation matrix: native, none, each adapter kind and two-stage, per anchor set/count."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from silobridge.evaluation.anchors import resolve_anchor_sources
+from silobridge.evaluation.cache import EmbeddingCache, default_cache_dir, embed_cached
+from silobridge.evaluation.datasets import RetrievalDataset, load_beir, load_builtin
+from silobridge.evaluation.metrics import (
+    IntMatrix,
+    arr_at_k,
+    mean_mrr,
+    mean_ndcg,
+    mean_recall,
+    retention,
+)
+from silobridge.evaluation.search import rerank, top_k
+from silobridge.evaluation.timing import MIN_APPLY_CALLS, describe_machine, median_apply_us
+from silobridge.shared.errors import InvalidArgument
+from silobridge.shared.spaces import FloatMatrix
+from silobridge.silo_agent.embedders import Embedder, load_embedder
+
+# The JSON row fields other tools read; every row carries each of them (None where n/a).
+ROW_FIELDS: tuple[str, ...] = (
+    "method",
+    "kind",
+    "anchors",
+    "anchor_count",
+    "ndcg@10",
+    "recall@10",
+    "mrr@10",
+    "retention_ndcg@10",
+    "retention_recall@10",
+    "arr@10",
+    "train_s",
+    "apply_us",
+)
+METHODS: tuple[str, ...] = ("native", "none", "adapter", "two-stage")
+CUTOFF = 10
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One (source model, target model) evaluation; every field has a CLI option of its name."""
+
+    source_model: str
+    target_model: str
+    dataset: str | None = "bible-web2kjv"
+    dataset_dir: Path | None = None  # a BEIR directory; wins over ``dataset`` when set
+    split: str | None = None
+    corpus_size: int | None = None
+    queries: int | None = None
+    seed: int = 0
+    anchors: tuple[str, ...] = ("public",)
+    anchor_files: tuple[Path, ...] = ()
+    anchor_counts: tuple[int, ...] = (4000,)
+    adapters: tuple[str, ...] = (AUTO,)
+    two_stage: bool = True
+    rerank_depth: int = 100
+    apply_calls: int = MIN_APPLY_CALLS
+
+    def validate(self) -> None:
+        if not self.anchor_counts or min(self.anchor_counts) < 1:
+            raise InvalidArgument("every --anchor-count must be at least 1")
+        if not self.adapters:
+            raise InvalidArgument("--adapters names no adapter kind")
+        if self.rerank_depth < CUTOFF:
+            raise InvalidArgument(f"the re-rank depth must be at least {CUTOFF}")
+        if self.apply_calls < MIN_APPLY_CALLS:
+            raise InvalidArgument(f"apply latency needs at least {MIN_APPLY_CALLS} calls")
+        from silobridge.shared.adapters import KINDS
+
+        unknown = [kind for kind in self.adapters if kind not in KINDS]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown adapter kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}"
+            )
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One line of the result table; ``to_json`` gives the documented row schema."""
+
+    method: str
+    kind: str | None
+    anchors: str | None
+    anchor_count: int | None
+    ndcg: float | None
+    recall: float | None
+    mrr: float | None
+    retention_ndcg: float | None
+    retention_recall: float | None
+    arr: float | None
+    train_s: float | None
+    apply_us: float | None
+    source_model: str
+    target_model: str
+    chosen_kind: str | None = None
+    heldout_ndcg: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "kind": self.kind,
+            "anchors": self.anchors,
+            "anchor_count": self.anchor_count,
+            "ndcg@10": self.ndcg,
+            "recall@10": self.recall,
+            "mrr@10": self.mrr,
+            "retention_ndcg@10": self.retention_ndcg,
+            "retention_recall@10": self.retention_recall,
+            "arr@10": self.arr,
+            "train_s": self.train_s,
+            "apply_us": self.apply_us,
+            "source_model": self.source_model,
+            "target_model": self.target_model,
+            "chosen_kind": self.chosen_kind,
+            "heldout_ndcg@10": self.heldout_ndcg,
+        }
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    rows: tuple[EvalRow, ...]
+    config: EvalConfig
+    dataset: dict[str, object]
+    date: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    machine: str = field(default_factory=describe_machine)
+
+    def to_json(self) -> dict[str, Any]:
+        config = {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in asdict(self.config).items()
+        }
+        config["anchor_files"] = [str(p) for p in self.config.anchor_files]
+        return {
+            "rows": [row.to_json() for row in self.rows],
+            "config": config,
+            "dataset": self.dataset,
+            "date": self.date,
+            "machine": self.machine,
+        }
+
+
+class EvalSession:
+    """Loaded embedders and the embedding cache, shared by several ``run_evaluation`` calls."""
+
+    def __init__(
+        self,
+        *,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
+        threads: int = 2,
+        console: Console | None = None,
+    ) -> None:
+        self.cache = EmbeddingCache((cache_dir or default_cache_dir()) if use_cache else None)
+        self.threads = threads
+        self.console = console
+        self._embedders: dict[str, Embedder] = {}
+
+    def embedder(self, spec: str) -> Embedder:
+        if spec not in self._embedders:
+            self._embedders[spec] = load_embedder(spec, threads=self.threads)
+        return self._embedders[spec]
+
+    def close(self) -> None:
+        self.cache.close()
+
+    @contextmanager
+    def progress(self) -> Iterator[Progress | None]:
+        if self.console is None:
+            yield None
+            return
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        ) as bar:
+            yield bar
+
+
+def load_dataset(config: EvalConfig) -> RetrievalDataset:
+    size, queries, seed = config.corpus_size, config.queries, config.seed
+    if config.dataset_dir is not None:
+        return load_beir(
+            config.dataset_dir, split=config.split, corpus_size=size, queries=queries, seed=seed
+        )
+    if config.dataset is None:
+        raise InvalidArgument("name a dataset (--dataset) or a BEIR directory (--dataset-dir)")
+    return load_builtin(config.dataset, corpus_size=size, queries=queries, seed=seed)
+
+
+def run_evaluation(config: EvalConfig, session: EvalSession | None = None) -> EvalResult:
+    """Embed, fit and score every row of the matrix ``config`` describes."""
+    config.validate()
+    own_session = session is None
+    active = session or EvalSession()
+    try:
+        return _run(config, active, load_dataset(config))
+    finally:
+        if own_session:
+            active.close()
+
+
+def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) -> EvalResult:
+    from silobridge.shared.adapters import FitConfig, fit
+
+    sources = resolve_anchor_sources(config.anchors, config.anchor_files, dataset, config.seed)
+    top = max(config.anchor_counts)
+    anchor_texts = {source.name: source.take(top) for source in sources}  # fails before embedding
+    source_model = session.embedder(config.source_model)
+    target_model = session.embedder(config.target_model)
+    with session.progress() as bar:
+
+        def embed(model: Embedder, texts: Sequence[str], label: str) -> FloatMatrix:
+            return embed_cached(model, texts, session.cache, label=label, progress=bar)
+
+        corpus = embed(target_model, dataset.corpus_texts, f"{dataset.name} corpus")
+        native_queries = embed(target_model, dataset.query_texts, f"{dataset.name} queries")
+        source_queries = embed(source_model, dataset.query_texts, f"{dataset.name} queries")
+        anchor_pairs = {
+            name: (
+                embed(source_model, texts, f"{name} anchors"),
+                embed(target_model, texts, f"{name} anchors"),
+            )
+            for name, texts in anchor_texts.items()
+        }
+    scorer = _Scorer(config, dataset, top_k(native_queries, corpus, CUTOFF))
+    rows = [scorer.row("native", scorer.native, train_s=None, apply_us=None)]
+    if source_model.dimension == target_model.dimension:
+        rows.append(scorer.row("none", top_k(source_queries, corpus, CUTOFF)))
+    for name, (source_anchors, target_anchors) in anchor_pairs.items():
+        for count in sorted(set(config.anchor_counts)):
+            for position, kind in enumerate(dict.fromkeys(config.adapters)):
+                started = time.perf_counter()
+                adapter = fit(
+                    source_anchors[:count],
+                    target_anchors[:count],
+                    FitConfig(kind=kind, seed=config.seed),
+                )
+                train_s = time.perf_counter() - started
+                depth = config.rerank_depth if position == 0 and config.two_stage else CUTOFF
+                ranked = top_k(adapter.apply(source_queries), corpus, depth)
+                chosen = str(adapter.kind)
+                label = f"{AUTO}→{chosen}" if kind == AUTO and chosen != AUTO else kind
+                rows.append(
+                    scorer.row(
+                        "adapter",
+                        ranked[:, :CUTOFF],
+                        kind=label,
+                        anchors=name,
+                        count=count,
+                        train_s=train_s,
+                        apply_us=median_apply_us(adapter, source_queries, config.apply_calls),
+                        chosen_kind=chosen,
+                        heldout=_heldout_ndcg(adapter.metrics),
+                    )
+                )
+                if position == 0 and config.two_stage:
+                    # The adapter shortlists; the target model's own query vector orders it.
+                    reranked = rerank(ranked, native_queries, corpus, CUTOFF)
+                    rows.append(
+                        scorer.row(
+                            "two-stage",
+                            reranked,
+                            kind=label,
+                            anchors=name,
+                            count=count,
+                            train_s=train_s,
+                            apply_us=None,
+                            chosen_kind=chosen,
+                        )
+                    )
+    return EvalResult(rows=tuple(rows), config=config, dataset=dataset.describe())
+
+
+class _Scorer:
+    """Turns rankings into rows, against the native rankings of the same queries."""
+
+    def __init__(self, config: EvalConfig, dataset: RetrievalDataset, native: IntMatrix) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.native = native
+        self.native_ndcg, self.native_recall, self.native_mrr = self._metrics(native)
+
+    def _metrics(self, ranked: IntMatrix) -> tuple[float | None, float | None, float | None]:
+        if not self.dataset.labelled:
+            return None, None, None
+        qrels = self.dataset.qrels
+        return (
+            mean_ndcg(ranked, qrels, CUTOFF),
+            mean_recall(ranked, qrels, CUTOFF),
+            mean_mrr(ranked, qrels, CUTOFF),
+        )
+
+    def row(
+        self,
+        method: str,
+        ranked: IntMatrix,
+        *,
+        kind: str | None = None,
+        anchors: str | None = None,
+        count: int | None = None,
+        train_s: float | None = None,
+        apply_us: float | None = None,
+        chosen_kind: str | None = None,
+        heldout: float | None = None,
+    ) -> EvalRow:
+        ndcg, recall, mrr = self._metrics(ranked)
+        return EvalRow(
+            method=method,
+            kind=kind,
+            anchors=anchors,
+            anchor_count=count,
+            ndcg=ndcg,
+            recall=recall,
+            mrr=mrr,
+            retention_ndcg=retention(ndcg, self.native_ndcg),
+            retention_recall=retention(recall, self.native_recall),
+            # Native agrees with itself by definition; computing it gives exactly 1.0 too.
+            arr=arr_at_k(ranked, self.native, CUTOFF),
+            train_s=train_s,
+            apply_us=apply_us,
+            source_model=self.config.source_model,
+            target_model=self.config.target_model,
+            chosen_kind=chosen_kind,
+            heldout_ndcg=heldout,
+        )
+
+
+def _heldout_ndcg(metrics: dict[str, float]) -> float | None:
+    for key in ("heldout_ndcg@10", "heldout_ndcg", "val_ndcg@10"):
+        if key in metrics:
+            return float(metrics[key])
+    return None

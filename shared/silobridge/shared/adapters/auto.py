@@ -1,0 +1,45 @@
+"""The ``auto`` kind: tune every candidate, keep the one that scores best on held-out anchors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from silobridge.shared.adapters.base import (
+    Adapter,
+    AnchorSplit,
+    FitConfig,
+    Float64Matrix,
+    heldout_ndcg,
+)
+from silobridge.shared.adapters.registry import tune_kind
+from silobridge.shared.errors import InvalidArgument
+
+
+def select_candidate(
+    source: Float64Matrix, target: Float64Matrix, split: AnchorSplit, config: FitConfig
+) -> tuple[Adapter, float, dict[str, float]]:
+    """The winning tuned adapter, its held-out nDCG@10, and every candidate's score by name.
+
+    Every candidate is tuned on the same fit/tune split and scored on the same held-out rows,
+    which none of them has seen (all other anchors' targets join as distractors). On a tie the
+    earlier candidate (the simpler one, by the default order) wins. ``identity`` is skipped
+    where the dimensions differ.
+    """
+    pairs = {name: (source[rows], target[rows]) for name, rows in vars(split).items()}
+    distractors = np.concatenate([pairs["fit"][1], pairs["tune"][1]])
+    scores: dict[str, float] = {}
+    best: tuple[float, Adapter] | None = None
+    for kind in dict.fromkeys(config.auto_candidates):
+        if kind == "identity" and source.shape[1] != target.shape[1]:
+            continue
+        tuned = tune_kind(kind, pairs["fit"], pairs["tune"], config)
+        score = heldout_ndcg(tuned, *pairs["held"], distractors=distractors)
+        scores[f"candidate_{kind}_ndcg@10"] = score
+        if best is None or score > best[0]:
+            best = (score, tuned)
+    if best is None:
+        raise InvalidArgument(
+            f"no auto candidate in {config.auto_candidates} applies to "
+            f"{source.shape[1]} -> {target.shape[1]} dimensions"
+        )
+    return best[1], best[0], scores
