@@ -12,10 +12,14 @@ import numpy as np
 from silobridge.evaluation.datasets import RetrievalDataset
 from silobridge.shared.demo_data import load_records
 from silobridge.shared.errors import ConfigError, InvalidArgument
+from silobridge.shared.synthetic_anchors import random_word_strings
 
 PUBLIC = "public"
+SYNTHETIC = "synthetic"
 IN_DOMAIN = "in-domain"
-ANCHOR_KINDS: tuple[str, ...] = (PUBLIC, IN_DOMAIN)
+ANCHOR_KINDS: tuple[str, ...] = (PUBLIC, SYNTHETIC, IN_DOMAIN)
+# Enough for the largest standard anchor count (16,000) with room for held-out splits.
+SYNTHETIC_POOL = 48_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ def public_anchors(seed: int) -> AnchorSource:
     texts = [r.text for r in load_records("pydoc_anchors")]
     # File order groups paragraphs by page; shuffling makes small prefixes span many pages.
     return AnchorSource(PUBLIC, _distinct_shuffled(texts, seed))
+
+
+def synthetic_anchors(seed: int) -> AnchorSource:
+    """Random strings of common English words: public by construction, no domain of their own."""
+    return AnchorSource(SYNTHETIC, random_word_strings(SYNTHETIC_POOL, seed))
 
 
 def in_domain_anchors(dataset: RetrievalDataset) -> AnchorSource:
@@ -85,16 +94,20 @@ def resolve_anchor_sources(
     for name in dict.fromkeys(names):
         if name == PUBLIC:
             sources.append(public_anchors(seed))
+        elif name == SYNTHETIC:
+            sources.append(synthetic_anchors(seed))
         elif name == IN_DOMAIN:
             sources.append(in_domain_anchors(dataset))
         else:
             raise InvalidArgument(
-                f"unknown anchor set {name!r}; choose {' or '.join(ANCHOR_KINDS)}, "
+                f"unknown anchor set {name!r}; choose {', '.join(ANCHOR_KINDS)}, "
                 "or give --anchor-file"
             )
     sources.extend(file_anchors(path, seed) for path in dict.fromkeys(files))
     if not sources:
-        raise InvalidArgument("no anchors: give --anchors public, --anchors in-domain or a file")
+        raise InvalidArgument(
+            "no anchors: give --anchors public, synthetic or in-domain, or an --anchor-file"
+        )
     return sources
 
 

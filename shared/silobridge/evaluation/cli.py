@@ -38,7 +38,10 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of every sample and of adapter fitting.")] = 0,
     anchors: Annotated[
         list[str] | None,
-        typer.Option(help="Anchor set: public or in-domain; repeat for several."),
+        typer.Option(
+            help="Anchor set: public (Python docs), synthetic (random word strings) or "
+            "in-domain; repeat for several."
+        ),
     ] = None,
     anchor_file: Annotated[
         list[Path] | None,
@@ -51,8 +54,11 @@ def eval_command(
         str, typer.Option(help="Comma-separated adapter kinds, e.g. auto or procrustes,affine.")
     ] = "auto",
     two_stage: Annotated[
-        bool, typer.Option(help="Also re-rank the first kind's top 100 with the target model.")
+        bool, typer.Option(help="Also re-rank the first kind's top hits with the target model.")
     ] = True,
+    rerank_depth: Annotated[
+        int, typer.Option(help="How many adapter hits the two-stage row re-ranks.")
+    ] = 100,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the rows and config as JSON here.")
     ] = None,
@@ -88,6 +94,7 @@ def eval_command(
         anchor_counts=tuple(anchor_count or (4000,)),
         adapters=kinds,
         two_stage=two_stage,
+        rerank_depth=rerank_depth,
     )
     try:
         session = EvalSession(
