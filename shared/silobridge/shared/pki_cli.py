@@ -7,16 +7,14 @@ hidden prompt. Errors print ``error: <message>`` to stderr and exit with status 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from silobridge.shared import pki
-from silobridge.shared.errors import SiloBridgeError
+from silobridge.shared.cli_support import fail, run_or_exit, stdout_console
 from silobridge.shared.identity import Role
 
 # The name of an environment variable, not a secret.
@@ -24,7 +22,6 @@ PASSPHRASE_ENV = "SILOBRIDGE_CA_PASSPHRASE"  # noqa: S105
 
 pki_app = typer.Typer(no_args_is_help=True, help="Consortium PKI: CA, requests, approvals.")
 
-_T = TypeVar("_T")
 
 CaDirOption = Annotated[Path, typer.Option("--ca-dir", help="Directory of the consortium CA.")]
 RoleOption = Annotated[Role, typer.Option("--role", help="What the participant is.")]
@@ -45,25 +42,6 @@ ValidDaysOption = Annotated[
 ]
 
 
-def _stdout() -> Console:
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _fail(message: str) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[red]error: {escape(message)}[/red]"
-    )
-    raise typer.Exit(code=1)
-
-
-def _run(action: Callable[[], _T]) -> _T:
-    """Run a PKI action; a domain error becomes ``error: ...`` on stderr and exit status 1."""
-    try:
-        return action()
-    except SiloBridgeError as err:
-        _fail(err.message)
-
-
 def _passphrase(*, confirm: bool) -> bytes:
     from_env = os.environ.get(PASSPHRASE_ENV)
     if from_env is not None:
@@ -74,11 +52,11 @@ def _passphrase(*, confirm: bool) -> bytes:
 
 def _load_ca(ca_dir: Path) -> pki.CertificateAuthority:
     passphrase = _passphrase(confirm=False)
-    return _run(lambda: pki.load_ca(ca_dir, passphrase))
+    return run_or_exit(lambda: pki.load_ca(ca_dir, passphrase))
 
 
 def _print_summary(cert_pem: bytes) -> None:
-    summary = _run(lambda: pki.describe_certificate(cert_pem))
+    summary = run_or_exit(lambda: pki.describe_certificate(cert_pem))
     usages = [
         usage
         for usage, present in (
@@ -87,7 +65,7 @@ def _print_summary(cert_pem: bytes) -> None:
         )
         if present
     ]
-    out = _stdout()
+    out = stdout_console()
     out.print(f"  identity:  {escape(summary.spiffe_id)} (O={escape(summary.org)})")
     out.print(f"  DNS names: {escape(', '.join(summary.dns_names)) or '-'}")
     out.print(f"  IPs:       {', '.join(summary.ip_addresses) or '-'}")
@@ -107,8 +85,10 @@ def init_command(
 ) -> None:
     """Create the consortium CA; its key is encrypted with a passphrase."""
     passphrase = _passphrase(confirm=True)
-    files = _run(lambda: pki.init_ca(directory, consortium, passphrase, valid_days=valid_days))
-    out = _stdout()
+    files = run_or_exit(
+        lambda: pki.init_ca(directory, consortium, passphrase, valid_days=valid_days)
+    )
+    out = stdout_console()
     out.print(f"CA for consortium {escape(consortium)} created:")
     out.print(f"  certificate: {escape(str(files.cert))} (give this to every participant)")
     out.print(f"  key:         {escape(str(files.key))} (encrypted; keep it offline)")
@@ -127,7 +107,7 @@ def request_command(
     ip: IpOption = None,
 ) -> None:
     """Make this participant's own key and a certificate signing request (CSR) for the CA."""
-    files = _run(
+    files = run_or_exit(
         lambda: pki.request_certificate(
             out,
             consortium=consortium,
@@ -138,7 +118,7 @@ def request_command(
             ip_addresses=ip or (),
         )
     )
-    console = _stdout()
+    console = stdout_console()
     console.print(f"  private key: {escape(str(files.key))} (stays here, never send it)")
     console.print(f"  request:     {escape(str(files.csr))} (send this to the CA operator)")
 
@@ -158,11 +138,11 @@ def approve_command(
     try:
         csr_pem = csr.read_bytes()
     except OSError as err:
-        _fail(f"cannot read {csr}: {err.strerror}")
+        fail(f"cannot read {csr}: {err.strerror}")
     ca = _load_ca(ca_dir)
-    cert_pem = _run(lambda: pki.approve_request(ca, csr_pem, valid_days=valid_days))
-    _run(lambda: pki.write_certificate(target, cert_pem))
-    console = _stdout()
+    cert_pem = run_or_exit(lambda: pki.approve_request(ca, csr_pem, valid_days=valid_days))
+    run_or_exit(lambda: pki.write_certificate(target, cert_pem))
+    console = stdout_console()
     console.print(f"Signed {escape(str(csr))}:")
     _print_summary(cert_pem)
     console.print(f"  certificate: {escape(str(target))} (send it back with ca.crt)")
@@ -182,7 +162,7 @@ def issue_command(
 ) -> None:
     """Request and approve in one step (for participants the CA operator provisions itself)."""
     ca = _load_ca(ca_dir)
-    files = _run(
+    files = run_or_exit(
         lambda: pki.issue_certificate(
             ca,
             out,
@@ -194,7 +174,7 @@ def issue_command(
             valid_days=valid_days,
         )
     )
-    console = _stdout()
+    console = stdout_console()
     console.print(f"Issued {escape(name)}:")
     _print_summary(files.cert.read_bytes())
     console.print(f"  private key:    {escape(str(files.key))}")

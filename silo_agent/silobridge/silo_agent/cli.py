@@ -9,22 +9,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from silobridge.shared.cli_support import fail, stderr_console, stdout_console
 from silobridge.shared.errors import SiloBridgeError
 
 silo_app = typer.Typer(no_args_is_help=True, help="Run one organization's silo agent.")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = stdout_console()
+err = stderr_console()
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path to silo.toml.")]
-
-
-def fail(error: SiloBridgeError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {error.message}", highlight=False)
-    return typer.Exit(1)
 
 
 @silo_app.command()
@@ -67,7 +62,7 @@ def ingest(
         finally:
             data.close()
     except SiloBridgeError as error:
-        raise fail(error) from None
+        fail(error.message)
     for bad in summary.bad_lines:
         err.print(
             f"[yellow]skipped[/yellow] {bad.path}:{bad.line_number}: {bad.reason}", highlight=False
@@ -95,7 +90,7 @@ def serve(
         cfg = load_silo_config(config)
         asyncio.run(run_server(cfg))
     except SiloBridgeError as error:
-        raise fail(error) from None
+        fail(error.message)
 
 
 @silo_app.command()
@@ -117,7 +112,7 @@ def search(
         finally:
             service.data.close()
     except SiloBridgeError as error:
-        raise fail(error) from None
+        fail(error.message)
     if as_json:
         rows = [
             {
@@ -163,7 +158,7 @@ def query(
     try:
         name, hits = asyncio.run(run())
     except SiloBridgeError as error:
-        raise fail(error) from None
+        fail(error.message)
     except grpc.aio.AioRpcError as error:
         err.print(f"[red]error:[/red] {error.code().name}: {error.details()}", highlight=False)
         raise typer.Exit(1) from None

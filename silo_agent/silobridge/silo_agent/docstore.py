@@ -126,18 +126,7 @@ class DocStore:
 
     def stored_hashes(self, doc_ids: Iterable[str]) -> dict[str, str]:
         """Content hash of each given doc id that is already stored (absent ids are left out)."""
-        ids = list(dict.fromkeys(doc_ids))
-        found: dict[str, str] = {}
-        with self._lock:
-            for start in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
-                    f"SELECT doc_id, content_hash FROM documents WHERE doc_id IN ({marks})",  # noqa: S608
-                    chunk,
-                ).fetchall()
-                found.update((str(doc_id), str(digest)) for doc_id, digest in rows)
-        return found
+        return self._column_by_id(doc_ids, "content_hash")
 
     def upsert(self, docs: Sequence[Document], vectors: FloatMatrix) -> UpsertCounts:
         """Insert new documents and update changed ones, in one durable transaction.
@@ -244,6 +233,11 @@ class DocStore:
 
     def texts(self, doc_ids: Iterable[str]) -> dict[str, str]:
         """The text of each given doc id that is stored (absent ids are left out)."""
+        return self._column_by_id(doc_ids, "text")
+
+    def _column_by_id(self, doc_ids: Iterable[str], column: str) -> dict[str, str]:
+        if column not in {"content_hash", "text"}:  # the column name is spliced into SQL below
+            raise ValueError(f"unexpected column {column!r}")
         ids = list(dict.fromkeys(doc_ids))
         found: dict[str, str] = {}
         with self._lock:
@@ -251,10 +245,10 @@ class DocStore:
                 chunk = ids[start : start + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 rows = self._conn.execute(
-                    f"SELECT doc_id, text FROM documents WHERE doc_id IN ({marks})",  # noqa: S608
+                    f"SELECT doc_id, {column} FROM documents WHERE doc_id IN ({marks})",  # noqa: S608
                     chunk,
                 ).fetchall()
-                found.update((str(doc_id), str(text)) for doc_id, text in rows)
+                found.update((str(doc_id), str(value)) for doc_id, value in rows)
         return found
 
     def get_meta(self, key: str) -> str | None:

@@ -6,7 +6,6 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +13,7 @@ import numpy.typing as npt
 from silobridge.shared.errors import FailedPrecondition, InvalidArgument
 from silobridge.shared.spaces import SpaceDescriptor
 from silobridge.silo_agent.docstore import DocStore, Document, UpsertCounts
+from silobridge.silo_agent.embedders import Embedder
 from silobridge.silo_agent.index import (
     IndexManifest,
     IndexSettings,
@@ -33,17 +33,9 @@ INDEX_DIR_NAME = "index"
 _INDEXED_VERSION = "indexed_data_version"
 
 
-class EmbedderLike(Protocol):
-    """What the storage layer needs from an embedder (structurally matches ``embedders``)."""
-
-    spec: str
-    model_id: str
-    dimension: int
-
-    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> FloatMatrix: ...
-
-    @property
-    def space(self) -> SpaceDescriptor: ...
+# What the storage layer needs from an embedder: the embedders' own structural protocol, so a
+# small deterministic embedder in a unit test satisfies it too.
+EmbedderLike = Embedder
 
 
 @dataclass(frozen=True)

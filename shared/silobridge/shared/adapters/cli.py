@@ -5,42 +5,19 @@ Errors print ``error: <message>`` to stderr and exit with status 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from silobridge.shared.adapters import artifact, signing
-from silobridge.shared.errors import SiloBridgeError
+from silobridge.shared.cli_support import run_or_exit, stdout_console
 from silobridge.shared.spaces import SpaceDescriptor
 
 adapter_app = typer.Typer(
     no_args_is_help=True, help="Adapter artifacts: signing keys, inspection, verification."
 )
-
-_T = TypeVar("_T")
-
-
-def _stdout() -> Console:
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _fail(message: str) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[red]error: {escape(message)}[/red]"
-    )
-    raise typer.Exit(code=1)
-
-
-def _run(action: Callable[[], _T]) -> _T:
-    """Run an action; a domain error becomes ``error: ...`` on stderr and exit status 1."""
-    try:
-        return action()
-    except SiloBridgeError as err:
-        _fail(err.message)
 
 
 @adapter_app.command()
@@ -50,8 +27,8 @@ def keygen(
     ],
 ) -> None:
     """Create the Ed25519 key that signs adapter artifacts (the coordinator keeps it)."""
-    public_path = _run(lambda: signing.generate_signing_key(out))
-    console = _stdout()
+    public_path = run_or_exit(lambda: signing.generate_signing_key(out))
+    console = stdout_console()
     console.print(f"private key: {escape(str(out))} (mode 0600, keep it on the coordinator)")
     console.print(f"public key:  {escape(str(public_path))} (give it to every silo)")
 
@@ -72,8 +49,8 @@ def inspect(
     ] = None,
 ) -> None:
     """Print an artifact's manifest; with --key, refuse it unless its signature verifies."""
-    verify_key = _run(lambda: signing.load_verify_key(key)) if key is not None else None
-    loaded = _run(lambda: artifact.load_adapter(directory, verify_key=verify_key))
+    verify_key = run_or_exit(lambda: signing.load_verify_key(key)) if key is not None else None
+    loaded = run_or_exit(lambda: artifact.load_adapter(directory, verify_key=verify_key))
     manifest = loaded.manifest
     if loaded.verified:
         signature = f"verified with {key}"
@@ -96,6 +73,6 @@ def inspect(
         ("format", str(manifest.format_version)),
         ("signature", signature),
     )
-    console = _stdout()
+    console = stdout_console()
     for label, value in rows:
         console.print(f"{label:<11}{escape(value)}")
