@@ -156,10 +156,30 @@ def test_auto_keeps_the_best_candidate_and_records_every_score(
     adapters: dict[str, Adapter],
 ) -> None:
     chosen = adapters["auto"]
-    scores = {kind: chosen.metrics[f"candidate_{kind}_ndcg@10"] for kind in FAST.auto_candidates}
-    assert chosen.kind in FAST.auto_candidates
-    assert chosen.metrics["heldout_ndcg@10"] == max(scores.values())
+    order = list(FAST.auto_candidates)
+    scores = {kind: chosen.metrics[f"candidate_{kind}_ndcg@10"] for kind in order}
+    assert chosen.kind in order
     assert chosen.metrics["heldout_ndcg@10"] == scores[chosen.kind]
+    # No later (more flexible) candidate beat the choice by more than the margin ...
+    for kind in order[order.index(chosen.kind) + 1 :]:
+        assert scores[kind] <= scores[chosen.kind] + FAST.auto_margin
+    # ... and the choice beat every earlier one by more than it.
+    for kind in order[: order.index(chosen.kind)]:
+        assert scores[chosen.kind] > scores[kind] + FAST.auto_margin
+
+
+@pytest.mark.parametrize(("margin", "expect_first"), [(0.0, False), (0.99, True)])
+def test_auto_margin_decides_between_simple_and_flexible(margin: float, expect_first: bool) -> None:
+    rng = np.random.default_rng(5)
+    source = unit(rng.standard_normal((300, 12)))
+    target = unit(np.tanh(source @ rng.standard_normal((12, 10)) * 2))  # a non-linear relation
+    config = replace(FAST, kind="auto", auto_margin=margin, auto_candidates=("procrustes", "mlp"))
+    chosen = fit(source, target, config)
+    scores = [chosen.metrics[f"candidate_{k}_ndcg@10"] for k in ("procrustes", "mlp")]
+    if expect_first:
+        assert chosen.kind == "procrustes"  # flexibility never pays a 0.99 margin
+    else:
+        assert chosen.metrics["heldout_ndcg@10"] == max(scores)
 
 
 def test_every_adapter_records_heldout_ndcg_and_train_time(adapters: dict[str, Adapter]) -> None:

@@ -21,9 +21,11 @@ def select_candidate(
     """The winning tuned adapter, its held-out nDCG@10, and every candidate's score by name.
 
     Every candidate is tuned on the same fit/tune split and scored on the same held-out rows,
-    which none of them has seen (all other anchors' targets join as distractors). On a tie the
-    earlier candidate (the simpler one, by the default order) wins. ``identity`` is skipped
-    where the dimensions differ.
+    which none of them has seen (all other anchors' targets join as distractors). A later
+    candidate (more flexible, by the default order) replaces the best so far only when it wins
+    by more than ``config.auto_margin``: complexity has to pay for itself, because held-out
+    anchors share the anchors' domain and not the silo's. ``identity`` is skipped where the
+    dimensions differ.
     """
     pairs = {name: (source[rows], target[rows]) for name, rows in vars(split).items()}
     distractors = np.concatenate([pairs["fit"][1], pairs["tune"][1]])
@@ -35,7 +37,7 @@ def select_candidate(
         tuned = tune_kind(kind, pairs["fit"], pairs["tune"], config)
         score = heldout_ndcg(tuned, *pairs["held"], distractors=distractors)
         scores[f"candidate_{kind}_ndcg@10"] = score
-        if best is None or score > best[0]:
+        if best is None or score > best[0] + config.auto_margin:
             best = (score, tuned)
     if best is None:
         raise InvalidArgument(
