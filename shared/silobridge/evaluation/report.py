@@ -69,22 +69,38 @@ def write_plot(result: EvalResult, path: Path) -> None:
 
     labelled = bool(result.dataset.get("labelled", True))
     metric = "retention of nDCG@10" if labelled else "ARR@10"
-    lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    # One colour per kind, one line style per anchor source, two-stage dotted-dashed: a chart
+    # with a dozen lines stays readable, and the legend sits beside the axes, not on the data.
+    lines: dict[tuple[str, str, bool], list[tuple[int, float]]] = defaultdict(list)
     for row in result.rows:
         value = _plotted(row, labelled)
         if row.anchor_count is None or value is None:
             continue
         # Group auto by what was asked, not the per-count winner, so it stays one line.
         kind = (row.kind or "").split("→")[0]
-        label = f"{kind} ({row.anchors})" + (" two-stage" if row.method == "two-stage" else "")
-        lines[label].append((row.anchor_count, value))
-    figure = Figure(figsize=(8, 5))
+        lines[(kind, row.anchors or "", row.method == "two-stage")].append(
+            (row.anchor_count, value)
+        )
+    kinds = list(dict.fromkeys(key[0] for key in lines))
+    sources = list(dict.fromkeys(key[1] for key in lines))
+    colours = [f"C{i % 10}" for i in range(len(kinds))]
+    styles = ["-", "--", ":", (0, (5, 1, 1, 1))]
+    markers = ["o", "s", "^", "D"]
+    figure = Figure(figsize=(10, 5.5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for label, points in lines.items():
+    for (kind, source, two_stage), points in lines.items():
         points.sort()
-        style = "--" if label.endswith("two-stage") else "-"
-        axes.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
+        which = sources.index(source) % len(styles)
+        axes.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            linestyle="-." if two_stage else styles[which],
+            marker=markers[which],
+            color="black" if two_stage else colours[kinds.index(kind)],
+            alpha=0.6 if two_stage else 1.0,
+            label=f"{kind} ({source})" + (" two-stage" if two_stage else ""),
+        )
     axes.axhline(1.0, color="black", linewidth=1, label="native (upper bound)")
     baseline = next((row for row in result.rows if row.method == "none"), None)
     if baseline is not None and _plotted(baseline, labelled) is not None:
@@ -98,7 +114,7 @@ def write_plot(result: EvalResult, path: Path) -> None:
     axes.set_title(
         f"{config.source_model} → {config.target_model} on {result.dataset['name']}: {metric}"
     )
-    axes.legend(fontsize="small", loc="best")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     try:
         figure.savefig(path, format="png", dpi=120)

@@ -129,6 +129,28 @@ class EvalRow:
             "heldout_ndcg@10": self.heldout_ndcg,
         }
 
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> EvalRow:
+        """The inverse of ``to_json``, for tools that re-read a result file."""
+        return cls(
+            method=row["method"],
+            kind=row["kind"],
+            anchors=row["anchors"],
+            anchor_count=row["anchor_count"],
+            ndcg=row["ndcg@10"],
+            recall=row["recall@10"],
+            mrr=row["mrr@10"],
+            retention_ndcg=row["retention_ndcg@10"],
+            retention_recall=row["retention_recall@10"],
+            arr=row["arr@10"],
+            train_s=row["train_s"],
+            apply_us=row["apply_us"],
+            source_model=row["source_model"],
+            target_model=row["target_model"],
+            chosen_kind=row.get("chosen_kind"),
+            heldout_ndcg=row.get("heldout_ndcg@10"),
+        )
+
 
 @dataclass(frozen=True)
 class EvalResult:
