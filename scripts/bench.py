@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import sys
 import time
@@ -211,7 +212,7 @@ def main(argv: list[str]) -> int:
             sections.append(
                 f"### {source} → {target}\n\n{markdown_table(result)}\n\n"
                 f"![retention vs anchors, {source} → {target}]"
-                f"({args.out_dir.relative_to(REPO)}/{stem}.png)\n\n"
+                f"({os.path.relpath(args.out_dir, args.markdown.parent)}/{stem}.png)\n\n"
                 f"_{minutes:.1f} min for this pair (embedding cache included)._\n"
             )
             console.print(json.dumps({"pair": stem, "minutes": round(minutes, 1)}))
