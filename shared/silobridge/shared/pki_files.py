@@ -42,6 +42,8 @@ def write_new_file(path: Path, data: bytes, mode: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         raise ConfigError(f"{path} already exists; refusing to overwrite it") from None
+    except OSError as err:
+        raise ConfigError(f"cannot create {path}: {err.strerror}") from None
     try:
         # The umask may have removed bits; set exactly what was asked for.
         os.fchmod(fd, mode)

@@ -6,7 +6,6 @@ coordinator's public key. Ed25519 here is for data signatures only (TLS keys are
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from silobridge.shared.errors import ConfigError, FailedPrecondition
+from silobridge.shared.pki_files import write_new_file
 
 PUBLIC_KEY_SUFFIX = ".pub"
 SIGNATURE_BYTES = 64
@@ -26,29 +26,6 @@ class SignatureInvalid(FailedPrecondition):
 def public_key_path(private_key_path: Path) -> Path:
     """Where ``generate_signing_key`` writes the public half: ``<path>.pub``."""
     return private_key_path.with_name(private_key_path.name + PUBLIC_KEY_SUFFIX)
-
-
-def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with ``mode`` from the first byte on; refuse to replace anything."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise ConfigError(f"{path} already exists; refusing to overwrite it") from None
-    except OSError as err:
-        raise ConfigError(f"cannot create {path}: {err.strerror}") from None
-    try:
-        # The umask may have removed bits; set exactly what was asked for.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            fd = -1
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        if fd != -1:
-            os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
 
 
 def generate_signing_key(path: Path) -> Path:
@@ -74,8 +51,8 @@ def generate_signing_key(path: Path) -> Path:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     # Private key first: if the public write fails, a rerun refuses rather than minting another.
-    _write_new_file(path, private_pem, 0o600)
-    _write_new_file(public_path, public_pem, 0o644)
+    write_new_file(path, private_pem, 0o600)
+    write_new_file(public_path, public_pem, 0o644)
     return public_path
 
 
