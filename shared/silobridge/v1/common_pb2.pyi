@@ -194,19 +194,29 @@ class SiloStatus(_message.Message):
     SILO_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    ADAPTER_ID_FIELD_NUMBER: _builtins.int
+    HIT_COUNT_FIELD_NUMBER: _builtins.int
+    ELAPSED_MS_FIELD_NUMBER: _builtins.int
     silo: _builtins.str
     state: Global___SiloState.ValueType
     message: _builtins.str
+    adapter_id: _builtins.str
+    """The adapter the query was translated with ("" when the spaces matched: no translation)."""
+    hit_count: _builtins.int
+    elapsed_ms: _builtins.float
     def __init__(
         self,
         *,
         silo: _builtins.str = ...,
         state: Global___SiloState.ValueType = ...,
         message: _builtins.str = ...,
+        adapter_id: _builtins.str = ...,
+        hit_count: _builtins.int = ...,
+        elapsed_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "silo", b"silo", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_id", b"adapter_id", "elapsed_ms", b"elapsed_ms", "hit_count", b"hit_count", "message", b"message", "silo", b"silo", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from silobridge.v1 import common_pb2 as silobridge_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsilobridge/v1/coordinator.proto\x12\rsilobridge.v1\x1a\x1asilobridge/v1/common.proto\"\'\n\x13RegisterSiloRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"S\n\x14RegisterSiloResponse\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\"\x12\n\x10ListSilosRequest\"\x82\x01\n\x08SiloInfo\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12-\n\x05space\x18\x03 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x16\n\x0e\x64ocument_count\x18\x05 \x01(\x04\";\n\x11ListSilosResponse\x12&\n\x05silos\x18\x01 \x03(\x0b\x32\x17.silobridge.v1.SiloInfo\"4\n\x13GetAnchorSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"s\n\x14GetAnchorSetResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05texts\x18\x04 \x03(\t\x12\x0e\n\x06offset\x18\x05 \x01(\r\x12\r\n\x05total\x18\x06 \x01(\r\"\xab\x01\n\x1dSubmitAnchorEmbeddingsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12-\n\x05space\x18\x03 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x0e\n\x06offset\x18\x04 \x01(\r\x12&\n\x07vectors\x18\x05 \x03(\x0b\x32\x15.silobridge.v1.Vector\"0\n\x1eSubmitAnchorEmbeddingsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\"c\n\x13TrainAdapterRequest\x12\x14\n\x0csource_space\x18\x01 \x01(\t\x12\x14\n\x0ctarget_space\x18\x02 \x01(\t\x12\x12\n\nanchor_set\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\xaa\x02\n\x0b\x41\x64\x61pterInfo\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12.\n\x06source\x18\x03 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12.\n\x06target\x18\x04 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x19\n\x11\x61nchor_set_sha256\x18\x05 \x01(\t\x12\x38\n\x07metrics\x18\x06 \x03(\x0b\x32\'.silobridge.v1.AdapterInfo.MetricsEntry\x12\x14\n\x0c\x63reated_unix\x18\x07 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"C\n\x14TrainAdapterResponse\x12+\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x1a.silobridge.v1.AdapterInfo\"\x15\n\x13ListAdaptersRequest\"D\n\x14ListAdaptersResponse\x12,\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1a.silobridge.v1.AdapterInfo\"\x98\x01\n\x16\x46\x65\x64\x65ratedSearchRequest\x12%\n\x06vector\x18\x01 \x01(\x0b\x32\x15.silobridge.v1.Vector\x12\x14\n\x0csource_space\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\r\n\x05silos\x18\x04 \x03(\t\x12\'\n\x05merge\x18\x05 \x01(\x0e\x32\x18.silobridge.v1.MergeMode\"S\n\x0c\x46\x65\x64\x65ratedHit\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x1f\n\x03hit\x18\x02 \x01(\x0b\x32\x12.silobridge.v1.Hit\x12\x14\n\x0cmerged_score\x18\x03 \x01(\x02\"q\n\x17\x46\x65\x64\x65ratedSearchResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.silobridge.v1.FederatedHit\x12+\n\x08statuses\x18\x02 \x03(\x0b\x32\x19.silobridge.v1.SiloStatus*V\n\tMergeMode\x12\x1a\n\x16MERGE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15MERGE_MODE_CALIBRATED\x10\x01\x12\x12\n\x0eMERGE_MODE_RRF\x10\x02\x32\xa5\x05\n\x12\x43oordinatorService\x12W\n\x0cRegisterSilo\x12\".silobridge.v1.RegisterSiloRequest\x1a#.silobridge.v1.RegisterSiloResponse\x12N\n\tListSilos\x12\x1f.silobridge.v1.ListSilosRequest\x1a .silobridge.v1.ListSilosResponse\x12Y\n\x0cGetAnchorSet\x12\".silobridge.v1.GetAnchorSetRequest\x1a#.silobridge.v1.GetAnchorSetResponse0\x01\x12w\n\x16SubmitAnchorEmbeddings\x12,.silobridge.v1.SubmitAnchorEmbeddingsRequest\x1a-.silobridge.v1.SubmitAnchorEmbeddingsResponse(\x01\x12W\n\x0cTrainAdapter\x12\".silobridge.v1.TrainAdapterRequest\x1a#.silobridge.v1.TrainAdapterResponse\x12W\n\x0cListAdapters\x12\".silobridge.v1.ListAdaptersRequest\x1a#.silobridge.v1.ListAdaptersResponse\x12`\n\x0f\x46\x65\x64\x65ratedSearch\x12%.silobridge.v1.FederatedSearchRequest\x1a&.silobridge.v1.FederatedSearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsilobridge/v1/coordinator.proto\x12\rsilobridge.v1\x1a\x1asilobridge/v1/common.proto\"\'\n\x13RegisterSiloRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"S\n\x14RegisterSiloResponse\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\"\x12\n\x10ListSilosRequest\"\xb9\x01\n\x08SiloInfo\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12-\n\x05space\x18\x03 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x16\n\x0e\x64ocument_count\x18\x05 \x01(\x04\x12\x0b\n\x03org\x18\x06 \x01(\t\x12\x17\n\x0fregistered_unix\x18\x07 \x01(\x03\x12\x0f\n\x07message\x18\x08 \x01(\t\";\n\x11ListSilosResponse\x12&\n\x05silos\x18\x01 \x03(\x0b\x32\x17.silobridge.v1.SiloInfo\"4\n\x13GetAnchorSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"s\n\x14GetAnchorSetResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05texts\x18\x04 \x03(\t\x12\x0e\n\x06offset\x18\x05 \x01(\r\x12\r\n\x05total\x18\x06 \x01(\r\"\xab\x01\n\x1dSubmitAnchorEmbeddingsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12-\n\x05space\x18\x03 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x0e\n\x06offset\x18\x04 \x01(\r\x12&\n\x07vectors\x18\x05 \x03(\x0b\x32\x15.silobridge.v1.Vector\"0\n\x1eSubmitAnchorEmbeddingsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\"\x7f\n\x13TrainAdapterRequest\x12\x14\n\x0csource_space\x18\x01 \x01(\t\x12\x14\n\x0ctarget_space\x18\x02 \x01(\t\x12\x12\n\nanchor_set\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x1a\n\x12\x61nchor_set_version\x18\x05 \x01(\t\"c\n\x14TrainAdapterProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12+\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32\x1a.silobridge.v1.AdapterInfo\"\xff\x02\n\x0b\x41\x64\x61pterInfo\x12\x12\n\nadapter_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12.\n\x06source\x18\x03 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12.\n\x06target\x18\x04 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x19\n\x11\x61nchor_set_sha256\x18\x05 \x01(\t\x12\x38\n\x07metrics\x18\x06 \x03(\x0b\x32\'.silobridge.v1.AdapterInfo.MetricsEntry\x12\x14\n\x0c\x63reated_unix\x18\x07 \x01(\x03\x12\x12\n\nanchor_set\x18\x08 \x01(\t\x12\x1a\n\x12\x61nchor_set_version\x18\t \x01(\t\x12\r\n\x05stale\x18\n \x01(\x08\x12\x14\n\x0cstale_reason\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x15\n\x13ListAdaptersRequest\"D\n\x14ListAdaptersResponse\x12,\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1a.silobridge.v1.AdapterInfo\"\xc3\x01\n\x16\x46\x65\x64\x65ratedSearchRequest\x12%\n\x06vector\x18\x01 \x01(\x0b\x32\x15.silobridge.v1.Vector\x12\x14\n\x0csource_space\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\r\n\x05silos\x18\x04 \x03(\t\x12\'\n\x05merge\x18\x05 \x01(\x0e\x32\x18.silobridge.v1.MergeMode\x12\x13\n\x0brerank_text\x18\x06 \x01(\t\x12\x14\n\x0crerank_depth\x18\x07 \x01(\r\"S\n\x0c\x46\x65\x64\x65ratedHit\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x1f\n\x03hit\x18\x02 \x01(\x0b\x32\x12.silobridge.v1.Hit\x12\x14\n\x0cmerged_score\x18\x03 \x01(\x02\"q\n\x17\x46\x65\x64\x65ratedSearchResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.silobridge.v1.FederatedHit\x12+\n\x08statuses\x18\x02 \x03(\x0b\x32\x19.silobridge.v1.SiloStatus*V\n\tMergeMode\x12\x1a\n\x16MERGE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15MERGE_MODE_CALIBRATED\x10\x01\x12\x12\n\x0eMERGE_MODE_RRF\x10\x02\x32\xa7\x05\n\x12\x43oordinatorService\x12W\n\x0cRegisterSilo\x12\".silobridge.v1.RegisterSiloRequest\x1a#.silobridge.v1.RegisterSiloResponse\x12N\n\tListSilos\x12\x1f.silobridge.v1.ListSilosRequest\x1a .silobridge.v1.ListSilosResponse\x12Y\n\x0cGetAnchorSet\x12\".silobridge.v1.GetAnchorSetRequest\x1a#.silobridge.v1.GetAnchorSetResponse0\x01\x12w\n\x16SubmitAnchorEmbeddings\x12,.silobridge.v1.SubmitAnchorEmbeddingsRequest\x1a-.silobridge.v1.SubmitAnchorEmbeddingsResponse(\x01\x12Y\n\x0cTrainAdapter\x12\".silobridge.v1.TrainAdapterRequest\x1a#.silobridge.v1.TrainAdapterProgress0\x01\x12W\n\x0cListAdapters\x12\".silobridge.v1.ListAdaptersRequest\x1a#.silobridge.v1.ListAdaptersResponse\x12`\n\x0f\x46\x65\x64\x65ratedSearch\x12%.silobridge.v1.FederatedSearchRequest\x1a&.silobridge.v1.FederatedSearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADAPTERINFO_METRICSENTRY']._loaded_options = None
   _globals['_ADAPTERINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MERGEMODE']._serialized_start=1732
-  _globals['_MERGEMODE']._serialized_end=1818
+  _globals['_MERGEMODE']._serialized_start=1975
+  _globals['_MERGEMODE']._serialized_end=2061
   _globals['_REGISTERSILOREQUEST']._serialized_start=78
   _globals['_REGISTERSILOREQUEST']._serialized_end=117
   _globals['_REGISTERSILORESPONSE']._serialized_start=119
@@ -43,35 +43,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSILOSREQUEST']._serialized_start=204
   _globals['_LISTSILOSREQUEST']._serialized_end=222
   _globals['_SILOINFO']._serialized_start=225
-  _globals['_SILOINFO']._serialized_end=355
-  _globals['_LISTSILOSRESPONSE']._serialized_start=357
-  _globals['_LISTSILOSRESPONSE']._serialized_end=416
-  _globals['_GETANCHORSETREQUEST']._serialized_start=418
-  _globals['_GETANCHORSETREQUEST']._serialized_end=470
-  _globals['_GETANCHORSETRESPONSE']._serialized_start=472
-  _globals['_GETANCHORSETRESPONSE']._serialized_end=587
-  _globals['_SUBMITANCHOREMBEDDINGSREQUEST']._serialized_start=590
-  _globals['_SUBMITANCHOREMBEDDINGSREQUEST']._serialized_end=761
-  _globals['_SUBMITANCHOREMBEDDINGSRESPONSE']._serialized_start=763
-  _globals['_SUBMITANCHOREMBEDDINGSRESPONSE']._serialized_end=811
-  _globals['_TRAINADAPTERREQUEST']._serialized_start=813
-  _globals['_TRAINADAPTERREQUEST']._serialized_end=912
-  _globals['_ADAPTERINFO']._serialized_start=915
-  _globals['_ADAPTERINFO']._serialized_end=1213
-  _globals['_ADAPTERINFO_METRICSENTRY']._serialized_start=1167
-  _globals['_ADAPTERINFO_METRICSENTRY']._serialized_end=1213
-  _globals['_TRAINADAPTERRESPONSE']._serialized_start=1215
-  _globals['_TRAINADAPTERRESPONSE']._serialized_end=1282
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1284
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1305
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1307
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1375
-  _globals['_FEDERATEDSEARCHREQUEST']._serialized_start=1378
-  _globals['_FEDERATEDSEARCHREQUEST']._serialized_end=1530
-  _globals['_FEDERATEDHIT']._serialized_start=1532
-  _globals['_FEDERATEDHIT']._serialized_end=1615
-  _globals['_FEDERATEDSEARCHRESPONSE']._serialized_start=1617
-  _globals['_FEDERATEDSEARCHRESPONSE']._serialized_end=1730
-  _globals['_COORDINATORSERVICE']._serialized_start=1821
-  _globals['_COORDINATORSERVICE']._serialized_end=2498
+  _globals['_SILOINFO']._serialized_end=410
+  _globals['_LISTSILOSRESPONSE']._serialized_start=412
+  _globals['_LISTSILOSRESPONSE']._serialized_end=471
+  _globals['_GETANCHORSETREQUEST']._serialized_start=473
+  _globals['_GETANCHORSETREQUEST']._serialized_end=525
+  _globals['_GETANCHORSETRESPONSE']._serialized_start=527
+  _globals['_GETANCHORSETRESPONSE']._serialized_end=642
+  _globals['_SUBMITANCHOREMBEDDINGSREQUEST']._serialized_start=645
+  _globals['_SUBMITANCHOREMBEDDINGSREQUEST']._serialized_end=816
+  _globals['_SUBMITANCHOREMBEDDINGSRESPONSE']._serialized_start=818
+  _globals['_SUBMITANCHOREMBEDDINGSRESPONSE']._serialized_end=866
+  _globals['_TRAINADAPTERREQUEST']._serialized_start=868
+  _globals['_TRAINADAPTERREQUEST']._serialized_end=995
+  _globals['_TRAINADAPTERPROGRESS']._serialized_start=997
+  _globals['_TRAINADAPTERPROGRESS']._serialized_end=1096
+  _globals['_ADAPTERINFO']._serialized_start=1099
+  _globals['_ADAPTERINFO']._serialized_end=1482
+  _globals['_ADAPTERINFO_METRICSENTRY']._serialized_start=1436
+  _globals['_ADAPTERINFO_METRICSENTRY']._serialized_end=1482
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1484
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1505
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1507
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1575
+  _globals['_FEDERATEDSEARCHREQUEST']._serialized_start=1578
+  _globals['_FEDERATEDSEARCHREQUEST']._serialized_end=1773
+  _globals['_FEDERATEDHIT']._serialized_start=1775
+  _globals['_FEDERATEDHIT']._serialized_end=1858
+  _globals['_FEDERATEDSEARCHRESPONSE']._serialized_start=1860
+  _globals['_FEDERATEDSEARCHRESPONSE']._serialized_end=1973
+  _globals['_COORDINATORSERVICE']._serialized_start=2064
+  _globals['_COORDINATORSERVICE']._serialized_end=2743
 # @@protoc_insertion_point(module_scope)

@@ -54,10 +54,10 @@ class CoordinatorServiceStub:
                 request_serializer=silobridge_dot_v1_dot_coordinator__pb2.SubmitAnchorEmbeddingsRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.SubmitAnchorEmbeddingsResponse.FromString,
                 _registered_method=True)
-        self.TrainAdapter = channel.unary_unary(
+        self.TrainAdapter = channel.unary_stream(
                 '/silobridge.v1.CoordinatorService/TrainAdapter',
                 request_serializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterRequest.SerializeToString,
-                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterResponse.FromString,
+                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterProgress.FromString,
                 _registered_method=True)
         self.ListAdapters = channel.unary_unary(
                 '/silobridge.v1.CoordinatorService/ListAdapters',
@@ -99,7 +99,8 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TrainAdapter(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Admin only. Streams progress; the last message carries the stored adapter.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -139,10 +140,10 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.SubmitAnchorEmbeddingsRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_coordinator__pb2.SubmitAnchorEmbeddingsResponse.SerializeToString,
             ),
-            'TrainAdapter': grpc.unary_unary_rpc_method_handler(
+            'TrainAdapter': grpc.unary_stream_rpc_method_handler(
                     servicer.TrainAdapter,
                     request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterRequest.FromString,
-                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterResponse.SerializeToString,
+                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterProgress.SerializeToString,
             ),
             'ListAdapters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAdapters,
@@ -284,12 +285,12 @@ class CoordinatorService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/silobridge.v1.CoordinatorService/TrainAdapter',
             silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterRequest.SerializeToString,
-            silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterResponse.FromString,
+            silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterProgress.FromString,
             options,
             channel_credentials,
             insecure,

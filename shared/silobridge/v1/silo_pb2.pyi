@@ -157,7 +157,15 @@ class SearchRequest(_message.Message):
 
     VECTOR_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
+    RERANK_TEXT_FIELD_NUMBER: _builtins.int
+    RERANK_DEPTH_FIELD_NUMBER: _builtins.int
     k: _builtins.int
+    rerank_text: _builtins.str
+    """Optional two-stage re-ranking: only a silo whose policy accepts query text uses it (others
+    refuse the call). The silo takes its top rerank_depth hits for `vector`, embeds this text
+    with its own model and re-orders them by that native score.
+    """
+    rerank_depth: _builtins.int
     @_builtins.property
     def vector(self) -> _common_pb2.Vector: ...
     def __init__(
@@ -165,10 +173,12 @@ class SearchRequest(_message.Message):
         *,
         vector: _common_pb2.Vector | None = ...,
         k: _builtins.int = ...,
+        rerank_text: _builtins.str = ...,
+        rerank_depth: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "rerank_depth", b"rerank_depth", "rerank_text", b"rerank_text", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
