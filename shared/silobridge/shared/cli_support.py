@@ -16,11 +16,11 @@ T = TypeVar("T")
 
 def stdout_console() -> Console:
     # soft_wrap: paths and ids in messages must never be split across lines.
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, emoji=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def fail(message: str) -> NoReturn:
