@@ -68,9 +68,17 @@ class SiloClient:
         return np.stack(rows) if rows else np.zeros((0, reply.space.dimension), np.float32)
 
     async def search(
-        self, vector: FloatVector, k: int, *, timeout: float | None = None
+        self,
+        vector: FloatVector,
+        k: int,
+        *,
+        timeout: float | None = None,
+        rerank_text: str = "",
+        rerank_depth: int = 0,
     ) -> list[RemoteHit]:
-        request = silo_pb2.SearchRequest(vector=vector_to_proto(vector), k=k)
+        request = silo_pb2.SearchRequest(
+            vector=vector_to_proto(vector), k=k, rerank_text=rerank_text, rerank_depth=rerank_depth
+        )
         reply = await self.stub.Search(request, timeout=timeout)
         return [RemoteHit(h.doc_id, h.score, dict(h.fields)) for h in reply.hits]
 

@@ -1,0 +1,33 @@
+"""``silobridge coordinator …``: run the consortium's coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from silobridge.shared.cli_support import fail
+from silobridge.shared.errors import SiloBridgeError
+
+coordinator_app = typer.Typer(no_args_is_help=True, help="Run the consortium's coordinator.")
+
+
+@coordinator_app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to coordinator.toml.")],
+    log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
+) -> None:
+    """Serve CoordinatorService over mutual TLS until SIGTERM/SIGINT."""
+    from silobridge.coordinator.config import load_coordinator_config
+    from silobridge.coordinator.server import serve as run_server
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(run_server(load_coordinator_config(config)))
+    except SiloBridgeError as error:
+        fail(error.message)

@@ -1,0 +1,150 @@
+"""The coordinator's configuration (``coordinator.toml``): storage, server, TLS, training, policy.
+
+Policy rules fail closed: an action whose rule list is absent or empty is denied to everyone. A
+rule is a glob over the caller's SPIFFE id (``spiffe://demo/client/*``), ``org:<O>`` or
+``org:<O>/<role>`` (see ``silobridge.shared.identity``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from silobridge.shared.config_io import Section, load_toml, refuse_unknown_sections
+from silobridge.shared.errors import ConfigError, InvalidArgument
+from silobridge.shared.identity import PeerIdentity, identity_matches, validate_rule
+from silobridge.shared.transport import TlsFiles
+
+# Actions of the consortium policy; each RPC maps to one (``ACTION_FOR_RPC`` in the service).
+ACTIONS = ("register", "list", "anchors", "train")
+# Key of ``[policy.query]`` that applies to silos without an entry of their own.
+DEFAULT_SILO = "*"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:50050"
+    # Threads for CPU work on the query path (translation, merging) and state access.
+    workers: int = 2
+    # Adapter fits run here, one at a time by default: they are CPU-heavy and rare.
+    train_workers: int = 1
+    insecure: bool = False
+    grace_seconds: float = 5.0
+    # Per-silo deadline when the caller set none; a caller's own deadline always wins if sooner.
+    silo_timeout_seconds: float = 10.0
+    max_k: int = 100
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    kind: str = "auto"
+    seed: int = 0
+    mlp_epochs: int = 300
+
+
+@dataclass(frozen=True)
+class CoordinatorPolicy:
+    """Who may do what at the coordinator. A silo's own policy still has the last word."""
+
+    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Silo name (or ``*``) -> rules of who may query it. A silo's own entry replaces ``*``.
+    query: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def allows(self, action: str, identity: PeerIdentity) -> bool:
+        return any(identity_matches(identity, rule) for rule in self.rules.get(action, ()))
+
+    def may_query(self, identity: PeerIdentity, silo: str) -> bool:
+        rules = self.query.get(silo, self.query.get(DEFAULT_SILO, ()))
+        return any(identity_matches(identity, rule) for rule in rules)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    source: Path
+    name: str
+    state_dir: Path
+    signing_key: Path
+    server: ServerSettings
+    tls: TlsFiles | None
+    training: TrainingSettings
+    policy: CoordinatorPolicy
+
+
+def _rules(section: Section, key: str) -> tuple[str, ...]:
+    rules = section.strings(key)
+    for rule in rules:
+        try:
+            validate_rule(rule)
+        except InvalidArgument as error:
+            raise ConfigError(
+                f"{section.source}: [{section.name}] {key}: {error.message}"
+            ) from None
+    return rules
+
+
+def load_coordinator_config(path: Path) -> CoordinatorConfig:
+    """Read and check ``coordinator.toml``; every problem is a ConfigError naming the key."""
+    path = path.resolve()
+    doc = load_toml(path)
+    refuse_unknown_sections(path, doc, {"coordinator", "server", "tls", "training", "policy"})
+
+    main = Section.of(path, doc, "coordinator")
+    name = main.get("name", str, "coordinator")
+    state_dir = main.path("state_dir", default="state")
+    signing_key = main.path("signing_key", default=str(state_dir / "adapter-signing.key"))
+    main.finish()
+
+    srv = Section.of(path, doc, "server")
+    timeout = srv.get("silo_timeout_seconds", float, ServerSettings.silo_timeout_seconds)
+    if not timeout > 0:
+        raise ConfigError(f"{path}: [server] silo_timeout_seconds must be positive")
+    server = ServerSettings(
+        listen=srv.get("listen", str, ServerSettings.listen),
+        workers=srv.positive("workers", ServerSettings.workers),
+        train_workers=srv.positive("train_workers", ServerSettings.train_workers),
+        insecure=srv.get("insecure", bool, False),
+        grace_seconds=srv.get("grace_seconds", float, ServerSettings.grace_seconds),
+        silo_timeout_seconds=timeout,
+        max_k=srv.positive("max_k", ServerSettings.max_k),
+    )
+    srv.finish()
+
+    tls: TlsFiles | None = None
+    if "tls" in doc:
+        section = Section.of(path, doc, "tls")
+        tls = TlsFiles(cert=section.path("cert"), key=section.path("key"), ca=section.path("ca"))
+        section.finish()
+    elif not server.insecure:
+        raise ConfigError(f"{path}: [tls] cert, key and ca are required (or server.insecure)")
+
+    trn = Section.of(path, doc, "training")
+    training = TrainingSettings(
+        kind=trn.get("kind", str, TrainingSettings.kind),
+        seed=trn.get("seed", int, TrainingSettings.seed),
+        mlp_epochs=trn.positive("mlp_epochs", TrainingSettings.mlp_epochs),
+    )
+    trn.finish()
+
+    raw_policy = doc.get("policy", {})
+    if not isinstance(raw_policy, dict):
+        raise ConfigError(f"{path}: [policy] must be a table")
+    raw_query = raw_policy.get("query", {})
+    if not isinstance(raw_query, dict):
+        raise ConfigError(f"{path}: [policy.query] must be a table of silo = [rules]")
+    pol = Section(path, "policy", {k: v for k, v in raw_policy.items() if k != "query"})
+    rules = {action: _rules(pol, action) for action in ACTIONS}
+    pol.finish()
+    qry = Section(path, "policy.query", raw_query)
+    query = {silo: _rules(qry, silo) for silo in raw_query}
+    qry.finish()
+
+    return CoordinatorConfig(
+        source=path,
+        name=name,
+        state_dir=state_dir,
+        signing_key=signing_key,
+        server=server,
+        tls=tls,
+        training=training,
+        policy=CoordinatorPolicy(rules=rules, query=query),
+    )

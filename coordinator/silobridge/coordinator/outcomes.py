@@ -1,0 +1,64 @@
+"""Outcomes of a federated query, per silo and merged: plain data, no transport."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from silobridge.coordinator.merge import MergedHit
+from silobridge.shared.silo_client import RemoteHit, SiloInfo
+from silobridge.shared.spaces import FloatMatrix
+from silobridge.shared.vectors import FloatVector
+
+
+class SiloOutcome(enum.Enum):
+    OK = "ok"
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"
+    DENIED = "denied"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class SiloReport:
+    """What one silo contributed to a federated query."""
+
+    silo: str
+    outcome: SiloOutcome
+    message: str = ""
+    adapter_id: str = ""
+    hit_count: int = 0
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class FederatedAnswer:
+    hits: list[MergedHit]
+    reports: list[SiloReport] = field(default_factory=list)
+
+
+class SiloGateway(Protocol):
+    """How the coordinator reaches silos (gRPC in production: ``silo_links.GrpcSiloGateway``)."""
+
+    async def describe(self, endpoint: str, *, timeout: float) -> SiloInfo: ...
+
+    async def search(
+        self,
+        endpoint: str,
+        vector: FloatVector,
+        k: int,
+        *,
+        timeout: float,
+        rerank_text: str = "",
+        rerank_depth: int = 0,
+    ) -> list[RemoteHit]: ...
+
+    async def embed_anchors(
+        self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
+    ) -> FloatMatrix: ...
+
+    def outcome(self, error: BaseException) -> tuple[SiloOutcome, str]: ...
+
+    async def close(self) -> None: ...
