@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from silobridge.shared.adapters.base import (
@@ -16,7 +18,12 @@ from silobridge.shared.errors import InvalidArgument
 
 
 def select_candidate(
-    source: Float64Matrix, target: Float64Matrix, split: AnchorSplit, config: FitConfig
+    source: Float64Matrix,
+    target: Float64Matrix,
+    split: AnchorSplit,
+    config: FitConfig,
+    *,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Adapter, float, dict[str, float]]:
     """The winning tuned adapter, its held-out nDCG@10, and every candidate's score by name.
 
@@ -25,7 +32,7 @@ def select_candidate(
     candidate (more flexible, by the default order) replaces the best so far only when it wins
     by more than ``config.auto_margin``: complexity has to pay for itself, because held-out
     anchors share the anchors' domain and not the silo's. ``identity`` is skipped where the
-    dimensions differ.
+    dimensions differ. ``progress``, when given, hears of each candidate and its score.
     """
     pairs = {name: (source[rows], target[rows]) for name, rows in vars(split).items()}
     distractors = np.concatenate([pairs["fit"][1], pairs["tune"][1]])
@@ -34,9 +41,13 @@ def select_candidate(
     for kind in dict.fromkeys(config.auto_candidates):
         if kind == "identity" and source.shape[1] != target.shape[1]:
             continue
+        if progress is not None:
+            progress(f"tuning {kind}")
         tuned = tune_kind(kind, pairs["fit"], pairs["tune"], config)
         score = heldout_ndcg(tuned, *pairs["held"], distractors=distractors)
         scores[f"candidate_{kind}_ndcg@10"] = score
+        if progress is not None:
+            progress(f"{kind} held-out nDCG@10 {score:.3f}")
         if best is None or score > best[0] + config.auto_margin:
             best = (score, tuned)
     if best is None:
@@ -44,4 +55,6 @@ def select_candidate(
             f"no auto candidate in {config.auto_candidates} applies to "
             f"{source.shape[1]} -> {target.shape[1]} dimensions"
         )
+    if progress is not None:
+        progress(f"auto chose {best[1].kind} (held-out nDCG@10 {best[0]:.3f})")
     return best[1], best[0], scores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,11 @@ _DEFAULT_CONFIG = FitConfig()
 
 
 def fit(
-    source: npt.ArrayLike, target: npt.ArrayLike, config: FitConfig = _DEFAULT_CONFIG
+    source: npt.ArrayLike,
+    target: npt.ArrayLike,
+    config: FitConfig = _DEFAULT_CONFIG,
+    *,
+    progress: Callable[[str], None] | None = None,
 ) -> Adapter:
     """Fit an adapter of ``config.kind`` mapping ``source`` rows to ``target`` rows.
 
@@ -30,8 +35,10 @@ def fit(
     are L2-normalised here if they are not. The anchors are split (seeded) into fit, tune and
     held-out parts: choices are made on tune, ``metrics["heldout_ndcg@10"]`` is measured on
     held-out (every other anchor's target joining as a distractor), and the returned adapter
-    is refitted on all anchors with those choices.
+    is refitted on all anchors with those choices. ``progress``, when given, is called with a
+    short line before each step and with each held-out score (fitting can take minutes).
     """
+    report = progress if progress is not None else _silent
     started = time.perf_counter()
     src, tgt = validated_anchors(source, target)
     if config.kind == "identity" and src.shape[1] != tgt.shape[1]:
@@ -41,13 +48,16 @@ def fit(
         )
     split = split_anchors(src.shape[0], config.holdout_fraction, config.seed)
     if config.kind == "auto":
-        tuned, score, scores = select_candidate(src, tgt, split, config)
+        tuned, score, scores = select_candidate(src, tgt, split, config, progress=report)
     else:
+        report(f"tuning {config.kind}")
         fit_pair = (src[split.fit], tgt[split.fit])
         tuned = tune_kind(config.kind, fit_pair, (src[split.tune], tgt[split.tune]), config)
         others = tgt[np.concatenate([split.fit, split.tune])]
         score = heldout_ndcg(tuned, src[split.held], tgt[split.held], distractors=others)
+        report(f"{tuned.kind} held-out nDCG@10 {score:.3f}")
         scores = {}
+    report(f"refitting {tuned.kind} on all {src.shape[0]} anchors")
     adapter = refit_kind(tuned, src, tgt, config)
     adapter.metrics.update(scores)
     adapter.metrics["heldout_ndcg@10"] = score
@@ -55,3 +65,7 @@ def fit(
     adapter.metrics["heldout_anchors"] = float(split.held.shape[0])
     adapter.metrics["train_s"] = time.perf_counter() - started
     return adapter
+
+
+def _silent(message: str) -> None:
+    """The default progress sink: fitting says nothing unless asked."""

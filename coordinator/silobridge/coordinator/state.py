@@ -1,0 +1,450 @@
+"""The coordinator's durable state: registered silos, anchor embeddings and adapter records.
+
+``state_dir/state.sqlite`` (WAL, synchronous=FULL) holds the tables; ``state_dir/adapters/`` holds
+the signed artifact directories the adapter records point at. Every write is one transaction, so
+a write that returned survives ``kill -9`` and a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from silobridge.shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from silobridge.shared.spaces import SpaceDescriptor
+
+FloatMatrix = npt.NDArray[np.float32]
+
+STATE_FILE = "state.sqlite"
+ADAPTERS_DIR = "adapters"
+# Bumped whenever the tables change; an older coordinator refuses a newer file instead of
+# misreading it (PRAGMA user_version, stored in the database header).
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE silos (
+    name           TEXT PRIMARY KEY,
+    endpoint       TEXT NOT NULL,
+    spiffe_id      TEXT NOT NULL,
+    org            TEXT NOT NULL,
+    space          TEXT NOT NULL,
+    document_count INTEGER NOT NULL,
+    registered_at  REAL NOT NULL
+);
+CREATE TABLE anchor_embeddings (
+    silo        TEXT NOT NULL REFERENCES silos(name) ON DELETE CASCADE,
+    anchor_set  TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    space       TEXT NOT NULL,
+    dim         INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    vectors     BLOB NOT NULL,
+    stored_at   REAL NOT NULL,
+    PRIMARY KEY (silo, anchor_set, version)
+);
+CREATE INDEX anchor_embeddings_by_space
+    ON anchor_embeddings (anchor_set, version, fingerprint, stored_at);
+CREATE TABLE adapters (
+    adapter_id         TEXT PRIMARY KEY,
+    kind               TEXT NOT NULL,
+    source             TEXT NOT NULL,
+    target             TEXT NOT NULL,
+    anchor_set         TEXT NOT NULL,
+    anchor_set_version TEXT NOT NULL,
+    anchor_set_sha256  TEXT NOT NULL,
+    metrics            TEXT NOT NULL,
+    created_at         REAL NOT NULL,
+    path               TEXT NOT NULL
+);
+"""
+
+# Statements are spelled out in full (no string assembly), so no value can reach SQL text.
+_SELECT_SILOS = (
+    "SELECT name, endpoint, spiffe_id, org, space, document_count, registered_at FROM silos"
+)
+_SELECT_ADAPTERS = (
+    "SELECT adapter_id, kind, source, target, anchor_set, anchor_set_version, "
+    "anchor_set_sha256, metrics, created_at, path FROM adapters"
+)
+
+
+@dataclass(frozen=True)
+class SiloRecord:
+    """A registered silo: where to reach it, who it is, and the space its index lives in."""
+
+    name: str
+    endpoint: str
+    spiffe_id: str
+    org: str
+    space: SpaceDescriptor
+    document_count: int
+    registered_at: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """A trained adapter: the spaces it maps between, its anchors, metrics and artifact."""
+
+    adapter_id: str
+    kind: str
+    source: SpaceDescriptor
+    target: SpaceDescriptor
+    anchor_set: str
+    anchor_set_version: str
+    anchor_set_sha256: str
+    metrics: dict[str, float]
+    created_at: float  # unix seconds
+    path: Path  # the artifact directory
+
+
+def space_to_json(space: SpaceDescriptor) -> str:
+    """A space descriptor as canonical JSON."""
+    return json.dumps(
+        {
+            "space_id": space.space_id,
+            "model_id": space.model_id,
+            "dimension": space.dimension,
+            "fingerprint": space.fingerprint,
+            "metric": space.metric,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def space_from_json(text: str) -> SpaceDescriptor:
+    """Parse ``space_to_json``'s output; anything else is a corrupt state file."""
+    try:
+        raw = json.loads(text)
+        return SpaceDescriptor(
+            space_id=_typed(raw, "space_id", str),
+            model_id=_typed(raw, "model_id", str),
+            dimension=_typed(raw, "dimension", int),
+            fingerprint=_typed(raw, "fingerprint", str),
+            metric=_typed(raw, "metric", str),
+        )
+    except (ValueError, TypeError, KeyError) as err:
+        raise FailedPrecondition(f"coordinator state holds a malformed space: {err}") from None
+
+
+def _typed(raw: Mapping[str, Any], key: str, kind: type[Any]) -> Any:
+    value = raw[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{key} is {type(value).__name__}, expected {kind.__name__}")
+    return value
+
+
+class CoordinatorState:
+    """SQLite-backed state shared by the server's threads; one connection behind a lock.
+
+    Adapter training runs in a worker thread while queries read, so every statement takes the
+    lock; SQLite work here is small (a few rows, or one anchor matrix), so the lock is brief.
+    """
+
+    def __init__(self, state_dir: Path, conn: sqlite3.Connection) -> None:
+        self.state_dir = state_dir
+        self.adapters_dir = state_dir / ADAPTERS_DIR
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, state_dir: Path) -> CoordinatorState:
+        """Open (creating if needed) the state under ``state_dir``."""
+        state_dir = Path(state_dir)
+        path = state_dir / STATE_FILE
+        try:
+            (state_dir / ADAPTERS_DIR).mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit, one per write.
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        except (OSError, sqlite3.Error) as err:
+            raise FailedPrecondition(f"cannot open coordinator state {path}: {err}") from None
+        try:
+            _prepare(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(state_dir, conn)
+
+    def close(self) -> None:
+        """Close the database; later calls raise ``FailedPrecondition``."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> CoordinatorState:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- silos ----------------------------------------------------------------------------
+
+    def upsert_silo(self, record: SiloRecord) -> None:
+        """Register ``record``, replacing any silo of the same name."""
+        if record.document_count < 0:
+            raise InvalidArgument(
+                f"silo {record.name!r} reports {record.document_count} documents; "
+                "a count cannot be negative"
+            )
+        with self._write() as conn:
+            # ON CONFLICT ... DO UPDATE, not INSERT OR REPLACE: REPLACE deletes the row first,
+            # and the cascade would drop the silo's stored anchor embeddings with it.
+            conn.execute(
+                "INSERT INTO silos (name, endpoint, spiffe_id, org, space, document_count, "
+                "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET endpoint=excluded.endpoint, "
+                "spiffe_id=excluded.spiffe_id, org=excluded.org, space=excluded.space, "
+                "document_count=excluded.document_count, registered_at=excluded.registered_at",
+                (
+                    record.name,
+                    record.endpoint,
+                    record.spiffe_id,
+                    record.org,
+                    space_to_json(record.space),
+                    record.document_count,
+                    record.registered_at,
+                ),
+            )
+
+    def silos(self) -> list[SiloRecord]:
+        """Every registered silo, sorted by name."""
+        rows = self._read(_SELECT_SILOS + " ORDER BY name", ())
+        return [_silo_from_row(row) for row in rows]
+
+    def silo(self, name: str) -> SiloRecord:
+        """The silo called ``name``; ``NotFound`` lists the registered ones."""
+        rows = self._read(_SELECT_SILOS + " WHERE name = ?", (name,))
+        if not rows:
+            known = [row[0] for row in self._read("SELECT name FROM silos ORDER BY name", ())]
+            listed = ", ".join(known) if known else "none yet"
+            raise NotFound(f"no silo named {name!r} is registered (registered: {listed})")
+        return _silo_from_row(rows[0])
+
+    # --- anchor embeddings ----------------------------------------------------------------
+
+    def store_anchor_embeddings(
+        self, silo: str, anchor_set: str, version: str, space: SpaceDescriptor, vectors: FloatMatrix
+    ) -> None:
+        """Keep ``silo``'s embeddings of one anchor-set version, replacing what it sent before."""
+        matrix = np.asarray(vectors)
+        if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] != space.dimension:
+            raise InvalidArgument(
+                f"anchor embeddings from silo {silo!r} have shape {matrix.shape}; expected "
+                f"(count >= 1, {space.dimension}) for space {space.space_id!r}"
+            )
+        if not np.all(np.isfinite(matrix)):
+            raise InvalidArgument(
+                f"anchor embeddings from silo {silo!r} for {anchor_set} {version} hold "
+                "non-finite values (NaN or infinity)"
+            )
+        blob = np.ascontiguousarray(matrix, dtype="<f4").tobytes()
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM silos WHERE name = ?", (silo,)).fetchone() is None:
+                raise NotFound(
+                    f"silo {silo!r} is not registered; register it before sending anchor embeddings"
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO anchor_embeddings (silo, anchor_set, version, "
+                "fingerprint, space, dim, count, vectors, stored_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    silo,
+                    anchor_set,
+                    version,
+                    space.fingerprint,
+                    space_to_json(space),
+                    int(matrix.shape[1]),
+                    int(matrix.shape[0]),
+                    blob,
+                    time.time(),
+                ),
+            )
+
+    def anchor_embeddings(
+        self, anchor_set: str, version: str, fingerprint: str
+    ) -> FloatMatrix | None:
+        """The newest stored embeddings of this anchor-set version in the space ``fingerprint``.
+
+        Any silo running the same model gives the same embeddings, so which silo sent them does
+        not matter; ``None`` when no silo in that space has sent them.
+        """
+        rows = self._read(
+            "SELECT silo, dim, count, vectors FROM anchor_embeddings "
+            "WHERE anchor_set = ? AND version = ? AND fingerprint = ? "
+            "ORDER BY stored_at DESC, rowid DESC LIMIT 1",
+            (anchor_set, version, fingerprint),
+        )
+        if not rows:
+            return None
+        silo, dim, count, blob = rows[0]
+        if len(blob) != int(dim) * int(count) * 4:
+            raise FailedPrecondition(
+                f"stored anchor embeddings of {anchor_set} {version} from silo {silo!r} are "
+                f"corrupt ({len(blob)} bytes for {count} x {dim} float32); ask the silo to "
+                "push its anchor embeddings again"
+            )
+        flat = np.frombuffer(blob, dtype="<f4")
+        return flat.reshape(int(count), int(dim)).astype(np.float32)
+
+    # --- adapters -------------------------------------------------------------------------
+
+    def add_adapter(self, record: AdapterRecord) -> None:
+        """Record an adapter, replacing any record with the same ``adapter_id``."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO adapters (adapter_id, kind, source, target, anchor_set, "
+                "anchor_set_version, anchor_set_sha256, metrics, created_at, path) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.adapter_id,
+                    record.kind,
+                    space_to_json(record.source),
+                    space_to_json(record.target),
+                    record.anchor_set,
+                    record.anchor_set_version,
+                    record.anchor_set_sha256,
+                    json.dumps(
+                        {name: float(value) for name, value in record.metrics.items()},
+                        sort_keys=True,
+                    ),
+                    record.created_at,
+                    self._stored_path(record.path),
+                ),
+            )
+
+    def adapters(self) -> list[AdapterRecord]:
+        """Every adapter record, newest first."""
+        rows = self._read(_SELECT_ADAPTERS + " ORDER BY created_at DESC, adapter_id", ())
+        return [self._adapter_from_row(row) for row in rows]
+
+    def adapter_for(self, source_space_id: str, target_space_id: str) -> AdapterRecord | None:
+        """The newest adapter from ``source_space_id`` to ``target_space_id``, if any."""
+        # Adapters are few (one per space pair and anchor set), so filtering here is cheap.
+        for record in self.adapters():
+            if (record.source.space_id, record.target.space_id) == (
+                source_space_id,
+                target_space_id,
+            ):
+                return record
+        return None
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _stored_path(self, path: Path) -> str:
+        # Artifacts under the state directory are stored relative to it, so the whole state
+        # directory can be moved or restored from a backup elsewhere.
+        try:
+            return str(Path(path).relative_to(self.state_dir))
+        except ValueError:
+            return str(path)
+
+    def _adapter_from_row(self, row: tuple[Any, ...]) -> AdapterRecord:
+        adapter_id, kind, source, target, name, version, sha256, metrics, created, path = row
+        try:
+            parsed = json.loads(metrics)
+            metric_values = {str(key): float(value) for key, value in parsed.items()}
+        except (ValueError, TypeError, AttributeError) as err:
+            raise FailedPrecondition(
+                f"coordinator state holds malformed metrics for adapter {adapter_id!r}: {err}"
+            ) from None
+        stored = Path(path)
+        return AdapterRecord(
+            adapter_id=adapter_id,
+            kind=kind,
+            source=space_from_json(source),
+            target=space_from_json(target),
+            anchor_set=name,
+            anchor_set_version=version,
+            anchor_set_sha256=sha256,
+            metrics=metric_values,
+            created_at=float(created),
+            path=stored if stored.is_absolute() else self.state_dir / stored,
+        )
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise FailedPrecondition(f"coordinator state {self.state_dir} is closed")
+        return self._conn
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._connection().execute(sql, params).fetchall())
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                # SQLite may already have rolled back (e.g. disk full); a second ROLLBACK would
+                # hide the real error behind "no transaction is active".
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Set the pragmas and create or check the schema."""
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives kill -9.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise FailedPrecondition(
+                    f"coordinator state {path} has schema version {version}, newer than the "
+                    f"{SCHEMA_VERSION} this coordinator understands; upgrade silobridge or "
+                    "point state_dir elsewhere"
+                )
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as err:
+        raise FailedPrecondition(
+            f"{path} is not a usable coordinator state database ({err}); "
+            "point state_dir at the coordinator's own directory"
+        ) from None
+
+
+def _silo_from_row(row: tuple[Any, ...]) -> SiloRecord:
+    name, endpoint, spiffe_id, org, space, document_count, registered_at = row
+    return SiloRecord(
+        name=name,
+        endpoint=endpoint,
+        spiffe_id=spiffe_id,
+        org=org,
+        space=space_from_json(space),
+        document_count=int(document_count),
+        registered_at=float(registered_at),
+    )
