@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import typer
 
+from silobridge.client.cli import adapters_command, query_command, silos_command, train_command
+from silobridge.coordinator.anchors_cli import anchors_app
+from silobridge.coordinator.cli import coordinator_app
 from silobridge.evaluation.cli import eval_command
 from silobridge.shared.adapters.cli import adapter_app
 from silobridge.shared.pki_cli import pki_app
 from silobridge.silo_agent.cli import silo_app
 
 app = typer.Typer(no_args_is_help=True, help="SiloBridge: federated cross-silo retrieval.")
-app.add_typer(pki_app, name="pki")
+# Client commands (a member organization's user; --config client.toml).
+app.command("query")(query_command)
+app.command("silos")(silos_command)
+app.command("adapters")(adapters_command)
+app.command("train")(train_command)
+# Running the parts of a consortium.
+app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(silo_app, name="silo")
+app.add_typer(anchors_app, name="anchors")
+app.add_typer(pki_app, name="pki")
+# Adapter artifacts and offline evaluation.
 app.add_typer(adapter_app, name="adapter")
 app.command("eval")(eval_command)
 

@@ -1,0 +1,306 @@
+"""``silobridge query | silos | adapters | train``: a consortium member's commands.
+
+Plain functions; ``silobridge.cli`` registers them as top-level commands. Heavy imports (gRPC,
+numpy, the SDK) happen inside each command so ``silobridge --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+from rich.table import Column, Table
+from rich.text import Text
+
+from silobridge.shared.cli_support import fail, stderr_console, stdout_console
+from silobridge.shared.errors import SiloBridgeError
+
+if TYPE_CHECKING:
+    from silobridge.client.api import AdapterView, FederatedResult, SiloView
+
+T = TypeVar("T")
+out = stdout_console()
+err = stderr_console()
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path to client.toml.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+STATE_STYLES = {
+    "ok": "green",
+    "timeout": "yellow",
+    "unavailable": "red",
+    "denied": "magenta",
+    "error": "red",
+}
+NDCG_METRIC = "heldout_ndcg@10"
+
+
+def _whole(header: str) -> Column:
+    # Ids and addresses are copied into other commands: fold them, never cut them with "…".
+    return Column(header, overflow="fold")
+
+
+def format_age(seconds: float) -> str:
+    """A coarse age: ``42s``, ``5m``, ``3h``, ``12d``; a future time (clock skew) is ``0s``."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def split_silos(value: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; empty means every silo the caller may query."""
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def hits_table(result: FederatedResult, title: str) -> Table:
+    table = Table(
+        "rank", _whole("silo"), _whole("doc id"), "score", "merged", "disclosed fields", title=title
+    )
+    for rank, hit in enumerate(result.hits, 1):
+        # Text() keeps a peer's strings from being read as rich markup.
+        table.add_row(
+            str(rank),
+            Text(hit.silo),
+            Text(hit.doc_id),
+            f"{hit.score:.3f}",
+            f"{hit.merged_score:.3f}",
+            Text(json.dumps(hit.fields, ensure_ascii=False) if hit.fields else ""),
+        )
+    return table
+
+
+def status_table(result: FederatedResult) -> Table:
+    table = Table(
+        _whole("silo"), "state", "hits", "ms", _whole("adapter"), "message", title="silos"
+    )
+    for status in result.statuses:
+        table.add_row(
+            Text(status.silo),
+            Text(status.state, style=STATE_STYLES.get(status.state, "red")),
+            str(status.hit_count),
+            f"{status.elapsed_ms:.0f}",
+            Text(status.adapter_id or "—"),
+            Text(status.message),
+        )
+    return table
+
+
+def silos_table(silos: Sequence[SiloView]) -> Table:
+    table = Table(
+        _whole("silo"),
+        "org",
+        _whole("endpoint"),
+        "model",
+        "dim",
+        _whole("space"),
+        "docs",
+        "health",
+        "message",
+    )
+    for silo in silos:
+        table.add_row(
+            Text(silo.silo),
+            Text(silo.org),
+            Text(silo.endpoint),
+            Text(silo.space.model_id if silo.space else "?"),
+            str(silo.space.dimension) if silo.space else "?",
+            Text(silo.space.space_id if silo.space else "?"),
+            str(silo.document_count),
+            Text("ok", style="green") if silo.healthy else Text("down", style="red"),
+            Text(silo.message),
+        )
+    return table
+
+
+def adapters_table(adapters: Sequence[AdapterView], now: float) -> Table:
+    table = Table(_whole("id"), "kind", "source → target", "anchor set", "nDCG@10", "age", "stale")
+    for adapter in adapters:
+        ndcg = adapter.metrics.get(NDCG_METRIC)
+        table.add_row(
+            Text(adapter.adapter_id),
+            Text(adapter.kind),
+            Text(f"{adapter.source.model_id} → {adapter.target.model_id}"),
+            Text(f"{adapter.anchor_set}@{adapter.version}"),
+            "—" if ndcg is None else f"{ndcg:.3f}",
+            format_age(now - adapter.created_unix),
+            Text(f"STALE: {adapter.stale_reason}", style="red") if adapter.stale else Text(""),
+        )
+    return table
+
+
+def _run(make: Callable[[], Coroutine[Any, Any, T]], where: Callable[[], str]) -> T:
+    """Run one async client action; errors become ``error: CODE: details (where)`` and exit 1."""
+    import grpc
+
+    try:
+        return asyncio.run(make())
+    except SiloBridgeError as error:
+        fail(error.message)
+    except grpc.aio.AioRpcError as error:
+        fail(f"{error.code().name}: {error.details()} ({where()})")
+
+
+def query_command(
+    config: ConfigOption,
+    text: Annotated[str, typer.Argument(help="Query text; embedded by your home silo.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="Number of merged hits.")] = 10,
+    silos: Annotated[
+        str, typer.Option(help="Comma-separated silo names; default: all you may query.")
+    ] = "",
+    merge: Annotated[str, typer.Option(help="Score merging: calibrated or rrf.")] = "calibrated",
+    rerank: Annotated[
+        bool,
+        typer.Option(
+            help="Two-stage re-ranking: SENDS THE QUERY TEXT to every target silo that accepts it."
+        ),
+    ] = False,
+    rerank_depth: Annotated[
+        int, typer.Option(help="Hits each silo re-ranks (0: the coordinator's default).")
+    ] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Search the federation: the text is embedded at home; only its vector travels (by default)."""
+    from silobridge.client.api import FederatedClient, check_search_options
+    from silobridge.client.config import load_client_config
+
+    if not text.strip():
+        fail("the query text is empty")
+    try:
+        check_search_options(k=k, merge=merge, rerank_depth=rerank_depth)
+        cfg = load_client_config(config)
+    except SiloBridgeError as error:
+        fail(error.message)
+    # Which peer a failure came from: the text goes to the home silo, the vector to the coordinator.
+    step = f"home silo at {cfg.home_silo}"
+
+    async def run() -> FederatedResult:
+        nonlocal step
+        async with FederatedClient(cfg) as client:
+            matrix, space = await client.embed([text])
+            step = f"coordinator at {cfg.coordinator}"
+            return await client.search_vector(
+                matrix[0],
+                space.space_id,
+                k=k,
+                silos=split_silos(silos),
+                merge=merge,
+                rerank_text=text if rerank else "",
+                rerank_depth=rerank_depth,
+            )
+
+    result = _run(run, lambda: step)
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+    else:
+        out.print(hits_table(result, title=f"federated search: {text!r}"))
+        out.print(status_table(result))
+    if result.failed:
+        names = ", ".join(f"{status.silo} ({status.state})" for status in result.failed)
+        err.print(f"[yellow]partial answer: not every silo answered: {escape(names)}[/yellow]")
+
+
+def silos_command(config: ConfigOption, as_json: JsonOption = False) -> None:
+    """List the silos registered at the coordinator, probed for health just now."""
+    from silobridge.client.api import FederatedClient
+    from silobridge.client.config import load_client_config
+
+    try:
+        cfg = load_client_config(config)
+    except SiloBridgeError as error:
+        fail(error.message)
+
+    async def run() -> list[SiloView]:
+        async with FederatedClient(cfg) as client:
+            return await client.list_silos()
+
+    silos = _run(run, lambda: f"coordinator at {cfg.coordinator}")
+    if as_json:
+        out.print_json(json.dumps([asdict(silo) for silo in silos]))
+    else:
+        out.print(silos_table(silos))
+
+
+def adapters_command(config: ConfigOption, as_json: JsonOption = False) -> None:
+    """List the adapters the coordinator holds; a STALE one is refused until retrained."""
+    from silobridge.client.api import FederatedClient
+    from silobridge.client.config import load_client_config
+
+    try:
+        cfg = load_client_config(config)
+    except SiloBridgeError as error:
+        fail(error.message)
+
+    async def run() -> list[AdapterView]:
+        async with FederatedClient(cfg) as client:
+            return await client.list_adapters()
+
+    adapters = _run(run, lambda: f"coordinator at {cfg.coordinator}")
+    if as_json:
+        out.print_json(json.dumps([asdict(adapter) for adapter in adapters]))
+    else:
+        out.print(adapters_table(adapters, now=time.time()))
+
+
+def train_command(
+    config: ConfigOption,
+    source: Annotated[str, typer.Option(help="Source space id (the querying silo's space).")],
+    target: Annotated[str, typer.Option(help="Target space id (the searched silo's space).")],
+    anchor_set: Annotated[str, typer.Option(help="Anchor set name at the coordinator.")],
+    kind: Annotated[str, typer.Option(help="Adapter kind; auto picks the best.")] = "auto",
+    version: Annotated[str, typer.Option(help="Anchor set version; default: the newest.")] = "",
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds before giving up; default: wait.")
+    ] = None,
+) -> None:
+    """Train an adapter source → target on an anchor set at the coordinator (admins only)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from silobridge.client.api import FederatedClient
+    from silobridge.client.config import load_client_config
+
+    try:
+        cfg = load_client_config(config)
+    except SiloBridgeError as error:
+        fail(error.message)
+    started = time.monotonic()
+
+    async def run() -> AdapterView | None:
+        adapter: AdapterView | None = None
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(f"training {source} → {target}", total=None)
+            async with FederatedClient(cfg) as client:
+                steps = client.train(
+                    source, target, anchor_set, kind=kind, version=version, timeout=timeout
+                )
+                async for step in steps:
+                    progress.console.print(
+                        f"[cyan]{escape(step.stage)}[/cyan] {escape(step.message)}"
+                    )
+                    progress.update(task, description=f"training: {step.stage}")
+                    adapter = step.adapter or adapter
+        return adapter
+
+    adapter = _run(run, lambda: f"coordinator at {cfg.coordinator}")
+    if adapter is None:
+        fail("the coordinator ended training without reporting an adapter")
+    ndcg = adapter.metrics.get(NDCG_METRIC)
+    out.print(
+        f"trained adapter {escape(adapter.adapter_id)} ({escape(adapter.kind)}) "
+        f"in {time.monotonic() - started:.1f} s; held-out nDCG@10 "
+        + ("—" if ndcg is None else f"{ndcg:.3f}")
+    )
