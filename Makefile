@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint protos protos-check demo bench clean-demo
+.PHONY: install test lint protos protos-check demo silo-demo bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,16 @@ protos-check: install
 test: install lint protos-check
 	$(BIN)/pytest
 
+# Three organizations, a coordinator and federated search on loopback (deploy/local/README.md).
 demo: install
+	$(BIN)/python deploy/local/consortium_demo.py
+
+# One silo alone: PKI, ingest, serve over mTLS, query.
+silo-demo: install
 	bash deploy/local/silo_quickstart.sh
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+clean-demo:
+	rm -rf demo-run

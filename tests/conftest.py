@@ -97,6 +97,8 @@ def write_silo_config(
     disclose: tuple[str, ...] = (),
     max_k: int = 50,
     extra: str = "",
+    accept_query_text: bool = False,
+    max_rerank_depth: int = 200,
 ) -> Path:
     """A silo.toml whose access rules let the coordinator and the silo's own org in."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,7 @@ ca = "{tls.ca}"
 max_k = {max_k}
 max_embed_texts = 64
 max_text_chars = 2000
+max_rerank_depth = {max_rerank_depth}
 
 [access]
 describe = ["spiffe://{CONSORTIUM}/coordinator/*", "org:bible"]
@@ -130,6 +133,7 @@ embed = ["org:bible/client"]
 embed_anchors = ["spiffe://{CONSORTIUM}/coordinator/*"]
 search = ["spiffe://{CONSORTIUM}/coordinator/*", "org:bible/client"]
 disclose_fields = [{disclosed}]
+accept_query_text = {"true" if accept_query_text else "false"}
 {extra}
 """
     )

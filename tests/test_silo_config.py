@@ -122,3 +122,31 @@ def test_error_translation_hides_internals() -> None:
         grpc.StatusCode.INTERNAL,
         GENERIC_INTERNAL_MESSAGE,
     )
+
+
+def test_query_text_refused_and_rerank_depth_bounded_by_default(tmp_path: Path) -> None:
+    config = load_silo_config(write(tmp_path, BASE))
+    assert config.access.accept_query_text is False
+    assert config.limits.max_rerank_depth == 200
+    assert config.coordinator is None
+    opted_in = load_silo_config(
+        write(
+            tmp_path,
+            BASE + "[access]\naccept_query_text = true\n[limits]\nmax_rerank_depth = 50\n",
+        )
+    )
+    assert opted_in.access.accept_query_text is True
+    assert opted_in.limits.max_rerank_depth == 50
+
+
+@pytest.mark.parametrize(
+    ("addition", "fragment"),
+    [
+        ("[access]\naccept_query_text = 1\n", "accept_query_text must be bool"),
+        ("[limits]\nmax_rerank_depth = 0\n", "max_rerank_depth must be at least 1"),
+    ],
+)
+def test_bad_rerank_settings_name_the_key(tmp_path: Path, addition: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_silo_config(write(tmp_path, BASE + addition))
+    assert fragment in caught.value.message

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# `make demo` (foundation stage): one silo end to end — PKI, ingest, serve over mTLS, query.
+# `make silo-demo`: one silo end to end — PKI, ingest, serve over mTLS, query.
 # Re-running reuses the CA, certificates and index already built under $DEMO_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SB=".venv/bin/silobridge"
-DEMO_DIR="${SILOBRIDGE_DEMO_DIR:-demo-run}"
+DEMO_DIR="${SILOBRIDGE_DEMO_DIR:-demo-run/silo-quickstart}"
 CORPUS="${SILOBRIDGE_DEMO_CORPUS:-data/demo/kjv.jsonl.gz}"
 # Demo only: a real consortium keeps this passphrase out of the environment and types it.
 export SILOBRIDGE_CA_PASSPHRASE="${SILOBRIDGE_CA_PASSPHRASE:-demo-only-passphrase}"

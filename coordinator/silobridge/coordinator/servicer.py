@@ -128,7 +128,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     @stream_boundary
     async def TrainAdapter(
         self, request: coordinator_pb2.TrainAdapterRequest, context: Context
-    ) -> AsyncIterator[coordinator_pb2.TrainAdapterProgress]:
+    ) -> AsyncIterator[coordinator_pb2.TrainAdapterResponse]:
         events = self.service.train(
             peer_identity(context),
             source_space=request.source_space,
@@ -138,7 +138,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             kind=request.kind,
         )
         async for event in events:
-            message = coordinator_pb2.TrainAdapterProgress(stage=event.stage, message=event.message)
+            message = coordinator_pb2.TrainAdapterResponse(stage=event.stage, message=event.message)
             if event.adapter is not None:
                 message.adapter.CopyFrom(adapter_info(event.adapter))
             yield message

@@ -304,7 +304,7 @@ class TrainAdapterRequest(_message.Message):
 Global___TrainAdapterRequest: _TypeAlias = TrainAdapterRequest  # noqa: Y015
 
 @_typing.final
-class TrainAdapterProgress(_message.Message):
+class TrainAdapterResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STAGE_FIELD_NUMBER: _builtins.int
@@ -330,7 +330,7 @@ class TrainAdapterProgress(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TrainAdapterProgress: _TypeAlias = TrainAdapterProgress  # noqa: Y015
+Global___TrainAdapterResponse: _TypeAlias = TrainAdapterResponse  # noqa: Y015
 
 @_typing.final
 class AdapterInfo(_message.Message):

@@ -57,7 +57,7 @@ class CoordinatorServiceStub:
         self.TrainAdapter = channel.unary_stream(
                 '/silobridge.v1.CoordinatorService/TrainAdapter',
                 request_serializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterRequest.SerializeToString,
-                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterProgress.FromString,
+                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterResponse.FromString,
                 _registered_method=True)
         self.ListAdapters = channel.unary_unary(
                 '/silobridge.v1.CoordinatorService/ListAdapters',
@@ -99,7 +99,7 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TrainAdapter(self, request, context):
-        """Admin only. Streams progress; the last message carries the stored adapter.
+        """Admin only. Streams progress messages; the last one carries the stored adapter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +143,7 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
             'TrainAdapter': grpc.unary_stream_rpc_method_handler(
                     servicer.TrainAdapter,
                     request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterRequest.FromString,
-                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterProgress.SerializeToString,
+                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterResponse.SerializeToString,
             ),
             'ListAdapters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAdapters,
@@ -290,7 +290,7 @@ class CoordinatorService:
             target,
             '/silobridge.v1.CoordinatorService/TrainAdapter',
             silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterRequest.SerializeToString,
-            silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterProgress.FromString,
+            silobridge_dot_v1_dot_coordinator__pb2.TrainAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

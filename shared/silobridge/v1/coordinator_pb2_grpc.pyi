@@ -35,8 +35,8 @@ class CoordinatorServiceStub:
     ListSilos: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListSilosRequest, _coordinator_pb2.ListSilosResponse]
     GetAnchorSet: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.GetAnchorSetRequest, _coordinator_pb2.GetAnchorSetResponse]
     SubmitAnchorEmbeddings: _grpc.StreamUnaryMultiCallable[_coordinator_pb2.SubmitAnchorEmbeddingsRequest, _coordinator_pb2.SubmitAnchorEmbeddingsResponse]
-    TrainAdapter: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.TrainAdapterRequest, _coordinator_pb2.TrainAdapterProgress]
-    """Admin only. Streams progress; the last message carries the stored adapter."""
+    TrainAdapter: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.TrainAdapterRequest, _coordinator_pb2.TrainAdapterResponse]
+    """Admin only. Streams progress messages; the last one carries the stored adapter."""
     ListAdapters: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListAdaptersRequest, _coordinator_pb2.ListAdaptersResponse]
     FederatedSearch: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchRequest, _coordinator_pb2.FederatedSearchResponse]
 
@@ -47,8 +47,8 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     ListSilos: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListSilosRequest, _coordinator_pb2.ListSilosResponse]  # type: ignore[assignment]
     GetAnchorSet: _aio.UnaryStreamMultiCallable[_coordinator_pb2.GetAnchorSetRequest, _coordinator_pb2.GetAnchorSetResponse]  # type: ignore[assignment]
     SubmitAnchorEmbeddings: _aio.StreamUnaryMultiCallable[_coordinator_pb2.SubmitAnchorEmbeddingsRequest, _coordinator_pb2.SubmitAnchorEmbeddingsResponse]  # type: ignore[assignment]
-    TrainAdapter: _aio.UnaryStreamMultiCallable[_coordinator_pb2.TrainAdapterRequest, _coordinator_pb2.TrainAdapterProgress]  # type: ignore[assignment]
-    """Admin only. Streams progress; the last message carries the stored adapter."""
+    TrainAdapter: _aio.UnaryStreamMultiCallable[_coordinator_pb2.TrainAdapterRequest, _coordinator_pb2.TrainAdapterResponse]  # type: ignore[assignment]
+    """Admin only. Streams progress messages; the last one carries the stored adapter."""
     ListAdapters: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListAdaptersRequest, _coordinator_pb2.ListAdaptersResponse]  # type: ignore[assignment]
     FederatedSearch: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchRequest, _coordinator_pb2.FederatedSearchResponse]  # type: ignore[assignment]
 
@@ -86,8 +86,8 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _coordinator_pb2.TrainAdapterRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.TrainAdapterProgress], _abc.AsyncIterator[_coordinator_pb2.TrainAdapterProgress]]:
-        """Admin only. Streams progress; the last message carries the stored adapter."""
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.TrainAdapterResponse], _abc.AsyncIterator[_coordinator_pb2.TrainAdapterResponse]]:
+        """Admin only. Streams progress messages; the last one carries the stored adapter."""
 
     @_abc_1.abstractmethod
     def ListAdapters(

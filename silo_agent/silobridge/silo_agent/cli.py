@@ -169,3 +169,63 @@ def query(
     for rank, (doc_id, score, fields) in enumerate(hits, 1):
         table.add_row(str(rank), doc_id, f"{score:.3f}", json.dumps(fields) if fields else "")
     out.print(table)
+
+
+@silo_app.command("push-anchors")
+def push_anchors(
+    config: ConfigOption,
+    anchor_set: Annotated[str, typer.Option("--anchor-set", help="Anchor set name.")],
+    version: Annotated[
+        str, typer.Option("--version", help="Anchor set version (default: the newest).")
+    ] = "",
+    batch_size: Annotated[int, typer.Option(help="Texts embedded per batch.")] = 64,
+) -> None:
+    """Fetch an anchor set from the coordinator, embed it with the silo's model, submit the vectors.
+
+    Only the public anchor texts' vectors leave the silo; documents and their vectors never do.
+    """
+    import grpc
+
+    from silobridge.silo_agent.config import load_silo_config
+    from silobridge.silo_agent.embedders import load_embedder
+    from silobridge.silo_agent.registration import push_anchor_embeddings
+
+    try:
+        cfg = load_silo_config(config)
+        if cfg.coordinator is None:
+            fail(
+                f"{cfg.source} has no [coordinator] section: add one with "
+                'endpoint = "host:port" of the coordinator to push anchors to'
+            )
+        with err.status(f"loading model {cfg.model} …"):
+            embedder = load_embedder(cfg.model, threads=max(cfg.server.threads, 2))
+        with Progress(
+            TextColumn("[bold]embed anchors"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("texts"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("embed", total=None)
+            pushed = asyncio.run(
+                push_anchor_embeddings(
+                    cfg,
+                    embedder,
+                    anchor_set,
+                    version,
+                    batch_size=batch_size,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+            )
+    except SiloBridgeError as error:
+        fail(error.message)
+    except grpc.aio.AioRpcError as error:
+        err.print(f"[red]error:[/red] {error.code().name}: {error.details()}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(
+        f"pushed {pushed.count} anchor vectors of {pushed.anchor_set} {pushed.version} "
+        f"in space {pushed.space_id}",
+        highlight=False,
+    )

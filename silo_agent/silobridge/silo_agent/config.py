@@ -2,7 +2,9 @@
 
 Access rules fail closed: an RPC whose rule list is absent or empty is denied to everyone.
 A rule is a glob over the caller's SPIFFE id (``spiffe://demo/coordinator/*``), ``org:<O>`` (any
-certificate of organization O) or ``org:<O>/<role>``.
+certificate of organization O) or ``org:<O>/<role>``. Query text (two-stage re-ranking) is refused
+unless ``[access] accept_query_text = true``. An optional ``[coordinator]`` section makes
+``silo serve`` register the silo with a coordinator.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Limits:
     max_text_chars: int = 8_192
     max_anchor_texts: int = 200_000
     batch_size: int = 64
+    # Candidates a two-stage re-rank may fetch and re-score per search.
+    max_rerank_depth: int = 200
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,20 @@ class AccessPolicy:
 
     rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
     disclose_fields: tuple[str, ...] = ()
+    # Two-stage re-ranking sends the query text itself here; off unless the silo opts in.
+    accept_query_text: bool = False
 
     def allows(self, rpc: str, identity: PeerIdentity) -> bool:
         return any(identity_matches(identity, rule) for rule in self.rules.get(rpc, ()))
+
+
+@dataclass(frozen=True)
+class CoordinatorLink:
+    """Where to register on ``silo serve``, and the address the coordinator should call back."""
+
+    endpoint: str
+    # None: the listen host with the port actually bound.
+    advertise: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,13 +78,26 @@ class SiloConfig:
     index: IndexSettings
     limits: Limits
     access: AccessPolicy
+    coordinator: CoordinatorLink | None = None
+
+
+def check_host_port(value: str, where: str) -> str:
+    """``host:port`` with a non-empty host and a port in 1..65535 (IPv6 as ``[::1]:port``)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{where} must be host:port (port 1-65535), got {value!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError(f"{where}: write an IPv6 host in brackets, e.g. [::1]:50051")
+    return value
 
 
 def load_silo_config(path: Path) -> SiloConfig:
     """Read and check ``silo.toml``; every problem is a ConfigError naming the key."""
     path = path.resolve()
     doc = load_toml(path)
-    refuse_unknown_sections(path, doc, {"silo", "server", "tls", "index", "limits", "access"})
+    refuse_unknown_sections(
+        path, doc, {"silo", "server", "tls", "index", "limits", "access", "coordinator"}
+    )
 
     silo = Section.of(path, doc, "silo")
     name = silo.require("name", str)
@@ -113,6 +141,7 @@ def load_silo_config(path: Path) -> SiloConfig:
         max_text_chars=lim.positive("max_text_chars", Limits.max_text_chars),
         max_anchor_texts=lim.positive("max_anchor_texts", Limits.max_anchor_texts),
         batch_size=lim.positive("batch_size", Limits.batch_size),
+        max_rerank_depth=lim.positive("max_rerank_depth", Limits.max_rerank_depth),
     )
     lim.finish()
 
@@ -120,8 +149,24 @@ def load_silo_config(path: Path) -> SiloConfig:
     access = AccessPolicy(
         rules={rpc: acc.strings(rpc) for rpc in RPCS},
         disclose_fields=acc.strings("disclose_fields"),
+        accept_query_text=acc.get("accept_query_text", bool, False),
     )
     acc.finish()
+
+    coordinator: CoordinatorLink | None = None
+    if "coordinator" in doc:
+        coord = Section.of(path, doc, "coordinator")
+        endpoint = check_host_port(
+            coord.require("endpoint", str), f"{path}: [coordinator] endpoint"
+        )
+        advertise = coord.get("advertise", str, "")
+        coord.finish()
+        coordinator = CoordinatorLink(
+            endpoint=endpoint,
+            advertise=check_host_port(advertise, f"{path}: [coordinator] advertise")
+            if advertise
+            else None,
+        )
 
     return SiloConfig(
         source=path,
@@ -133,4 +178,5 @@ def load_silo_config(path: Path) -> SiloConfig:
         index=index,
         limits=limits,
         access=access,
+        coordinator=coordinator,
     )

@@ -235,6 +235,21 @@ class VectorIndex:
             for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
 
+    def reconstruct(self, keys: KeyArray) -> FloatMatrix | None:
+        """The stored vectors of ``keys`` (keys this index holds), row by row.
+
+        None when the index type cannot give vectors back (an IVF index without a direct map);
+        flat and HNSW indexes can.
+        """
+        ids = np.ascontiguousarray(keys, dtype=np.int64)
+        if ids.shape[0] == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        try:
+            rows = self._index.reconstruct_batch(ids)
+        except RuntimeError:
+            return None
+        return np.asarray(rows, dtype=np.float32).reshape(ids.shape[0], self.dimension)
+
     def save(self, directory: Path | str, *, fingerprint: str, model_id: str) -> IndexManifest:
         """Write a new index file, then atomically point ``manifest.json`` at it.
 

@@ -14,6 +14,7 @@ from silobridge.shared import transport
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.embedders import load_embedder
 from silobridge.silo_agent.index import pin_faiss_threads
+from silobridge.silo_agent.registration import start_registration, stop_registration
 from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.servicer import SiloServicer
 from silobridge.silo_agent.store import SiloData
@@ -63,8 +64,13 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
     return RunningSilo(server, port, servicer, health_servicer, executor)
 
 
-async def serve(config: SiloConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Run the silo until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(
+    config: SiloConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run the silo until SIGTERM/SIGINT (or ``stop``), then shut down gracefully.
+
+    With a ``[coordinator]`` section the silo registers itself in the background once serving.
+    """
     service = open_service(config)
     running = await start_silo(service)
     host = config.server.listen.rsplit(":", 1)[0]
@@ -77,6 +83,8 @@ async def serve(config: SiloConfig, *, ready: asyncio.Event | None = None) -> No
         running.port,
     )
     print(f"silo {config.name} listening on {host}:{running.port}", flush=True)
+    # After the server started: the coordinator calls Describe back while registering.
+    registration = start_registration(config, running.port)
     if ready is not None:
         ready.set()
 
@@ -85,6 +93,13 @@ async def serve(config: SiloConfig, *, ready: asyncio.Event | None = None) -> No
         service.data.close()
         log.info("silo %r stopped", config.name)
 
-    await transport.serve_until_signal(
-        running.server, running.health, grace_seconds=config.server.grace_seconds, on_stopped=flush
-    )
+    try:
+        await transport.serve_until_signal(
+            running.server,
+            running.health,
+            grace_seconds=config.server.grace_seconds,
+            on_stopped=flush,
+            stop_event=stop,
+        )
+    finally:
+        await stop_registration(registration)

@@ -18,9 +18,11 @@ from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.shared.vectors import FloatVector, validate_k, validate_query_vector
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.embedders import Embedder
-from silobridge.silo_agent.store import SiloData
+from silobridge.silo_agent.store import ScoredDocument, SiloData
 
 log = logging.getLogger(__name__)
+# First-stage candidates re-scored when the caller names no rerank_depth (at least k).
+DEFAULT_RERANK_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -91,13 +93,33 @@ class SiloService:
         self._check_texts(texts, self.config.limits.max_anchor_texts)
         return self.embedder.embed(texts, batch_size=self.config.limits.batch_size)
 
-    def search(self, caller: PeerIdentity, vector: FloatVector, k: int) -> list[SearchHit]:
-        """Nearest documents to a vector in this silo's space; only disclosed fields leave."""
+    def search(
+        self,
+        caller: PeerIdentity,
+        vector: FloatVector,
+        k: int,
+        rerank_text: str = "",
+        rerank_depth: int = 0,
+    ) -> list[SearchHit]:
+        """Nearest documents to a vector in this silo's space; only disclosed fields leave.
+
+        With ``rerank_text`` (two-stage re-ranking, only if the silo accepts query text) the top
+        ``rerank_depth`` hits for ``vector`` are re-ordered by their cosine with the text embedded
+        by this silo's own model, and that native score is what is returned.
+        """
         self.authorize("search", caller)
+        if rerank_text and not self.config.access.accept_query_text:
+            raise PermissionDenied(
+                f"silo {self.config.name!r} does not accept query text (two-stage re-ranking); "
+                "resend without it"
+            )
         validate_k(k, self.config.limits.max_k)
         query = validate_query_vector(vector, self.embedder.dimension)
+        if rerank_text:
+            hits = self._rerank(query, k, rerank_text, rerank_depth)
+        else:
+            hits = self.data.search(query, k)
         disclosed = self.config.access.disclose_fields
-        hits = self.data.search(query, k)
         return [
             SearchHit(
                 doc_id=hit.doc_id,
@@ -105,6 +127,54 @@ class SiloService:
                 fields={name: hit.metadata[name] for name in disclosed if name in hit.metadata},
             )
             for hit in hits
+        ]
+
+    def rerank_depth(self, k: int, requested: int) -> int:
+        """How many first-stage candidates to re-score: ``requested`` or max(k, 100), clamped."""
+        limit = self.config.limits.max_rerank_depth
+        if requested > limit:
+            raise InvalidArgument(
+                f"rerank_depth={requested} exceeds this silo's max_rerank_depth of {limit}; "
+                f"ask for at most {limit} (0 picks a default)"
+            )
+        depth = requested or max(k, DEFAULT_RERANK_DEPTH)
+        # Never fewer candidates than hits asked for, even where max_rerank_depth < max_k.
+        return max(k, min(depth, limit))
+
+    def _rerank(
+        self, query: FloatVector, k: int, text: str, requested_depth: int
+    ) -> list[ScoredDocument]:
+        # The text is the caller's query: validated, embedded, never logged.
+        max_chars = self.config.limits.max_text_chars
+        if len(text) > max_chars:
+            raise ResourceExhausted(
+                f"rerank_text has {len(text)} characters; the limit is {max_chars}"
+            )
+        if not text.strip():
+            raise InvalidArgument("rerank_text is blank; send the query text or leave it empty")
+        depth = self.rerank_depth(k, requested_depth)
+        native = self.embedder.embed([text])[0]
+        candidates = self.data.search_candidates(query, depth)
+        if not candidates.hits:
+            return []
+        vectors = candidates.vectors
+        if vectors is None:
+            # An index type that cannot give vectors back: re-embed the candidates' own texts.
+            texts = self.data.texts(hit.doc_id for hit in candidates.hits)
+            vectors = self.embedder.embed(
+                [texts.get(hit.doc_id, "") or " " for hit in candidates.hits],
+                batch_size=self.config.limits.batch_size,
+            )
+        scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(native, dtype=np.float32)
+        order = np.argsort(-scores, kind="stable")[:k]
+        log.debug("re-ranked %d candidates into %d hits", len(candidates.hits), len(order))
+        return [
+            ScoredDocument(
+                doc_id=candidates.hits[i].doc_id,
+                score=float(scores[i]),
+                metadata=candidates.hits[i].metadata,
+            )
+            for i in order
         ]
 
     def search_text(self, text: str, k: int) -> list[SearchHit]:

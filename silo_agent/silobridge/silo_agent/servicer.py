@@ -88,7 +88,10 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
         self.service.authorize("search", caller)  # an unauthorized caller learns nothing more
         vector = vector_from_proto(request.vector)
         k = request.k
-        hits = await self._run(lambda: self.service.search(caller, vector, k))
+        rerank_text, rerank_depth = request.rerank_text, request.rerank_depth
+        hits = await self._run(
+            lambda: self.service.search(caller, vector, k, rerank_text, rerank_depth)
+        )
         return silo_pb2.SearchResponse(
             hits=[common_pb2.Hit(doc_id=h.doc_id, score=h.score, fields=h.fields) for h in hits],
             space=space_to_proto(self.service.embedder.space),

@@ -47,6 +47,15 @@ class ScoredDocument:
     metadata: Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """A first-stage result to re-rank: hits, best first, and each hit's stored vector."""
+
+    hits: list[ScoredDocument]
+    # Row i is hits[i]'s vector as the index stores it; None if the index cannot give it back.
+    vectors: FloatMatrix | None
+
+
 class SiloData:
     """Docstore + index of one data directory, bound to one embedding space.
 
@@ -128,6 +137,15 @@ class SiloData:
 
     def search(self, vector: FloatVector, k: int) -> list[ScoredDocument]:
         """Top-``k`` documents for an L2-normalised query vector in this space, best first."""
+        return self._search(vector, k, with_vectors=False).hits
+
+    def search_candidates(self, vector: FloatVector, depth: int) -> Candidates:
+        """Top-``depth`` documents with their stored vectors, for a second-stage re-rank."""
+        return self._search(vector, depth, with_vectors=True)
+
+    def _search(self, vector: FloatVector, k: int, *, with_vectors: bool) -> Candidates:
+        # One reference for the search and the reconstruction: a concurrent rebuild swaps
+        # ``self._index`` but cannot mix two indexes into one answer.
         index = self._index
         if index is None:
             raise FailedPrecondition("index not built yet: run `silobridge silo ingest` first")
@@ -137,13 +155,17 @@ class SiloData:
                 f"query vector has shape {query.shape}; this silo expects "
                 f"({self._space.dimension},)"
             )
-        hits = index.search(query.reshape(1, -1), k)[0]
-        docs = self.docstore.fetch(key for key, _ in hits)
-        return [
+        found = index.search(query.reshape(1, -1), k)[0]
+        docs = self.docstore.fetch(key for key, _ in found)
+        hits = [(key, score) for key, score in found if key in docs]
+        scored = [
             ScoredDocument(doc_id=docs[key].doc_id, score=score, metadata=docs[key].metadata)
             for key, score in hits
-            if key in docs
         ]
+        if not with_vectors:
+            return Candidates(scored, None)
+        keys = np.fromiter((key for key, _ in hits), dtype=np.int64, count=len(hits))
+        return Candidates(scored, index.reconstruct(keys))
 
     def rebuild_index(self) -> IndexManifest:
         """Rebuild the index from every vector in the docstore, save it, and serve it.

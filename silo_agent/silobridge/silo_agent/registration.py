@@ -1,0 +1,279 @@
+"""The silo's calls to its coordinator: self-registration on `silo serve`, and pushing anchors.
+
+Transport code (it speaks gRPC); the domain service never sees it. Both calls go over mTLS with
+the silo's own certificate, so the coordinator learns the silo's identity from TLS alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from silobridge.shared import transport
+from silobridge.shared.errors import ConfigError, FailedPrecondition
+from silobridge.shared.serde import space_to_proto, vector_to_proto
+from silobridge.silo_agent.config import CoordinatorLink, SiloConfig
+from silobridge.silo_agent.embedders import Embedder
+from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+REGISTER_TIMEOUT_SECONDS = 10.0
+INITIAL_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 30.0
+# The coordinator has answered and said no: retrying cannot change its mind.
+NON_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+SUBMIT_CHUNK_VECTORS = 1_000
+# Hosts a server may listen on that no peer can call back; advertise a reachable one instead.
+_WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::", ""}  # noqa: S104 (detected, never bound)
+
+ProgressFn = Callable[[int, int], None]  # (texts embedded so far, total)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The coordinator's answer to RegisterSilo."""
+
+    coordinator: str
+    silo: str
+    space_id: str
+    advertised: str
+
+
+@dataclass(frozen=True)
+class AnchorPush:
+    """What push_anchor_embeddings sent, and how many vectors the coordinator stored."""
+
+    anchor_set: str
+    version: str
+    count: int
+    space_id: str
+    stored: int
+
+
+def _link(config: SiloConfig) -> CoordinatorLink:
+    if config.coordinator is None:
+        raise ConfigError(
+            f"{config.source}: no [coordinator] section; add one with "
+            'endpoint = "host:port" of the coordinator'
+        )
+    return config.coordinator
+
+
+def advertise_address(config: SiloConfig, bound_port: int) -> str:
+    """The endpoint the coordinator should call: ``advertise``, else the listen host and port."""
+    link = _link(config)
+    if link.advertise:
+        return link.advertise
+    host = config.server.listen.rsplit(":", 1)[0]
+    if host in _WILDCARD_HOSTS:
+        log.warning(
+            "silo listens on %s, which the coordinator cannot call back; set [coordinator] "
+            'advertise = "host:port" in %s',
+            host or "all interfaces",
+            config.source,
+        )
+    return f"{host}:{bound_port}"
+
+
+def _open(config: SiloConfig, link: CoordinatorLink) -> grpc.aio.Channel:
+    return transport.open_channel(link.endpoint, config.tls, insecure=config.server.insecure)
+
+
+async def register_with_coordinator(
+    config: SiloConfig,
+    advertise: str,
+    *,
+    initial_backoff: float = INITIAL_BACKOFF_SECONDS,
+    max_backoff: float = MAX_BACKOFF_SECONDS,
+    timeout: float = REGISTER_TIMEOUT_SECONDS,
+) -> Registration | None:
+    """Call RegisterSilo until it succeeds; None after a refusal that retrying cannot fix.
+
+    Transient failures (coordinator down, deadline, internal error) are retried with exponential
+    backoff from ``initial_backoff`` doubling up to ``max_backoff``.
+    """
+    link = _link(config)
+    try:
+        channel = _open(config, link)
+    except ConfigError as error:
+        log.error("cannot register with coordinator %s: %s", link.endpoint, error.message)
+        return None
+    delay = initial_backoff
+    async with channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        while True:
+            try:
+                reply = await stub.RegisterSilo(
+                    coordinator_pb2.RegisterSiloRequest(endpoint=advertise), timeout=timeout
+                )
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code in NON_RETRYABLE:
+                    log.error(
+                        "coordinator %s refused to register silo %r at %s: %s: %s",
+                        link.endpoint,
+                        config.name,
+                        advertise,
+                        code.name,
+                        error.details(),
+                    )
+                    return None
+                log.warning(
+                    "registering with coordinator %s failed (%s: %s); retrying in %.1f s",
+                    link.endpoint,
+                    code.name,
+                    error.details(),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff)
+                continue
+            registration = Registration(
+                coordinator=link.endpoint,
+                silo=reply.silo or config.name,
+                space_id=reply.space.space_id,
+                advertised=advertise,
+            )
+            log.info(
+                "registered with coordinator %s as %s (space %s)",
+                link.endpoint,
+                registration.silo,
+                registration.space_id,
+            )
+            # Scripts wait for this line on stdout.
+            print(
+                f"silo {registration.silo} registered with coordinator {link.endpoint}", flush=True
+            )
+            return registration
+
+
+def start_registration(
+    config: SiloConfig, bound_port: int
+) -> asyncio.Task[Registration | None] | None:
+    """Register in the background if ``[coordinator]`` is configured; None otherwise."""
+    if config.coordinator is None:
+        return None
+    advertise = advertise_address(config, bound_port)
+    endpoint = config.coordinator.endpoint
+
+    async def run() -> Registration | None:
+        try:
+            return await register_with_coordinator(config, advertise)
+        except Exception:  # a background task: log, never let the failure go unretrieved
+            log.exception("registration with coordinator %s failed", endpoint)
+            return None
+
+    return asyncio.get_running_loop().create_task(run(), name="silo-registration")
+
+
+async def stop_registration(task: asyncio.Task[Registration | None] | None) -> None:
+    """Cancel a registration still retrying and wait for it to finish."""
+    if task is None:
+        return
+    task.cancel()
+    # wait(), not await: a cancellation of *this* task must still propagate.
+    await asyncio.wait({task})
+
+
+async def _fetch_anchor_set(
+    stub: coordinator_pb2_grpc.CoordinatorServiceAsyncStub,
+    name: str,
+    version: str,
+    timeout: float,
+) -> tuple[str, str, list[str]]:
+    """(name, version, texts) of an anchor set streamed by the coordinator, checked for gaps."""
+    texts: list[str] = []
+    got_name, got_version, total = name, version, -1
+    call = stub.GetAnchorSet(
+        coordinator_pb2.GetAnchorSetRequest(name=name, version=version), timeout=timeout
+    )
+    async for chunk in call:
+        if total < 0:
+            got_name, got_version, total = chunk.name or name, chunk.version, chunk.total
+        if chunk.offset != len(texts) or (chunk.version and chunk.version != got_version):
+            raise FailedPrecondition(
+                f"coordinator sent anchor set {name!r} out of order (chunk at offset "
+                f"{chunk.offset} after {len(texts)} texts); push again"
+            )
+        texts.extend(chunk.texts)
+    if not got_version:
+        raise FailedPrecondition(f"coordinator sent anchor set {name!r} without a version")
+    if not texts:
+        raise FailedPrecondition(f"anchor set {got_name!r} {got_version} has no texts")
+    if total != len(texts):
+        raise FailedPrecondition(
+            f"coordinator announced {total} texts for anchor set {got_name!r} {got_version} but "
+            f"sent {len(texts)}; push again"
+        )
+    return got_name, got_version, texts
+
+
+async def push_anchor_embeddings(
+    config: SiloConfig,
+    embedder: Embedder,
+    anchor_set: str,
+    version: str = "",
+    *,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+    timeout: float | None = None,
+    fetch_timeout: float = 120.0,
+) -> AnchorPush:
+    """Fetch an anchor set from the coordinator, embed it here, and submit the vectors.
+
+    Vectors stream back in chunks (at most 1,000 each) while later ones are still being embedded.
+    Coordinator refusals surface as ``grpc.aio.AioRpcError``.
+    """
+    link = _link(config)
+    space = embedder.space
+    # Keep each message well under the transport's bound, whatever the model's dimension.
+    per_chunk = max(
+        1, min(SUBMIT_CHUNK_VECTORS, transport.MAX_MESSAGE_BYTES // 2 // (4 * space.dimension))
+    )
+    async with _open(config, link) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        name, got_version, texts = await _fetch_anchor_set(stub, anchor_set, version, fetch_timeout)
+        total = len(texts)
+        if progress is not None:
+            progress(0, total)
+
+        async def requests() -> AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest]:
+            for offset in range(0, total, per_chunk):
+                part = texts[offset : offset + per_chunk]
+                rows = []
+                for start in range(0, len(part), batch_size):
+                    batch = part[start : start + batch_size]
+                    # Off the event loop, so the stream's keepalives go on while the model runs.
+                    rows.append(
+                        await asyncio.to_thread(embedder.embed, batch, batch_size=batch_size)
+                    )
+                    if progress is not None:
+                        progress(offset + start + len(batch), total)
+                yield coordinator_pb2.SubmitAnchorEmbeddingsRequest(
+                    anchor_set=name,
+                    version=got_version,
+                    space=space_to_proto(space),
+                    offset=offset,
+                    vectors=[vector_to_proto(row) for row in np.concatenate(rows)],
+                )
+
+        reply = await stub.SubmitAnchorEmbeddings(requests(), timeout=timeout)
+    return AnchorPush(
+        anchor_set=name,
+        version=got_version,
+        count=total,
+        space_id=space.space_id,
+        stored=reply.stored,
+    )

@@ -1,0 +1,249 @@
+"""The whole system as users run it: a coordinator and three silos with different real models,
+each a separate `silobridge` process over mutual TLS on loopback, queried through the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from silobridge.client.api import FederatedClient, FederatedResult
+from silobridge.client.config import load_client_config
+from silobridge.shared.demo_data import load_records
+from silobridge.shared.localnet import ClientSpec, LocalConsortium, SiloSpec
+from silobridge.shared.vectors import FloatVector
+
+pytestmark = pytest.mark.integration
+
+QUERY_COUNT = 100
+ANCHORS = 4000
+
+
+def _write_jsonl(path: Path, records: list[tuple[str, str, dict[str, str]]]) -> Path:
+    with path.open("w") as handle:
+        for doc_id, text, metadata in records:
+            handle.write(json.dumps({"id": doc_id, "text": text, "metadata": metadata}) + "\n")
+    return path
+
+
+@dataclass
+class Net:
+    consortium: LocalConsortium
+    specs: dict[str, SiloSpec]
+    queries: list[tuple[str, str]]  # (WEB text, expected KJV id)
+    source_space: str
+    vectors: dict[str, FloatVector]  # alice's vectors of a few queries, embedded up front
+
+
+def _query_policy(consortium: str) -> dict[str, list[str]]:
+    return {
+        "*": ["org:pyorg/client", "org:bible/client"],
+        # Only the bible organization may query the web silo: alice (pyorg) gets it "denied".
+        "web": ["org:bible/client"],
+    }
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    root = tmp_path_factory.mktemp("consortium")
+    corpora = root / "corpora"
+    corpora.mkdir()
+    kjv = load_records("kjv")
+    web = load_records("web")
+    kept = range(0, len(kjv), 10)
+    kjv_file = _write_jsonl(
+        corpora / "kjv.jsonl", [(kjv[i].id, kjv[i].text, dict(kjv[i].metadata)) for i in kept]
+    )
+    # The web silo holds other verses than the queries' (offset 5), so it cannot answer them.
+    web_file = _write_jsonl(
+        corpora / "web.jsonl",
+        [(web[i].id, web[i].text, dict(web[i].metadata)) for i in range(5, len(web), 10)],
+    )
+    docs = load_records("pydoc_anchors", limit=300)
+    docs_file = _write_jsonl(
+        corpora / "pydocs.jsonl", [(d.id, d.text, dict(d.metadata)) for d in docs]
+    )
+    queries = [(web[i].text, kjv[i].id) for i in list(kept)[:: len(kept) // QUERY_COUNT]]
+    queries = queries[:QUERY_COUNT]
+    specs = {
+        "kjv": SiloSpec("kjv", "bible", "minilm-l3-onnx", kjv_file, ("book",), True),
+        "pydocs": SiloSpec("pydocs", "pyorg", "minilm-l6", docs_file, ("source",)),
+        "web": SiloSpec("web", "openbible", "static-64", web_file, ("book",)),
+    }
+    clients = [
+        ClientSpec("alice", "pyorg", "pydocs"),
+        ClientSpec("bob", "bible", "kjv"),
+        ClientSpec("mallory", "elsewhere", "pydocs"),
+    ]
+    lines: list[str] = []
+    consortium = LocalConsortium(
+        root, list(specs.values()), clients, query_policy=_query_policy("demo"), say=lines.append
+    )
+    with consortium:
+        consortium.provision()
+        for spec in specs.values():
+            consortium.ingest(spec)
+        consortium.start_coordinator()
+        for spec in specs.values():
+            consortium.start_silo(spec)
+        consortium.write_client_configs()
+        admin = str(consortium.client_config("admin"))
+        consortium.run("anchors", "build", "--config", str(consortium.coordinator_config),
+                       "--name", "public", "--synthetic", str(ANCHORS))  # fmt: skip
+        silos = json.loads(consortium.run("silos", "--config", admin, "--json", quiet=True))
+        space = {s["silo"]: s["space"]["space_id"] for s in silos}
+        for target, kind in (("kjv", "auto"), ("web", "affine")):
+            pair = ("--source", space["pydocs"], "--target", space[target])
+            consortium.run("train", "--config", admin, *pair, "--anchor-set", "public",
+                           "--kind", kind)  # fmt: skip
+        texts = [text for text, _ in queries[:4]]
+        vectors = asyncio.run(_embed_as(consortium.client_config("alice"), texts))
+        yield Net(
+            consortium, specs, queries, space["pydocs"], dict(zip(texts, vectors, strict=True))
+        )
+        print("\n".join(lines[-40:]))
+
+
+async def _embed_as(config: Path, texts: list[str]) -> list[FloatVector]:
+    async with FederatedClient(load_client_config(config)) as client:
+        matrix, _space = await client.embed(texts)
+        return list(matrix)
+
+
+def _client(net: Net, name: str, timeout: float | None = None) -> FederatedClient:
+    config = load_client_config(net.consortium.client_config(name))
+    if timeout is not None:
+        config = type(config)(**{**vars(config), "timeout_seconds": timeout})
+    return FederatedClient(config)
+
+
+def _states(result: FederatedResult) -> dict[str, str]:
+    return {s.silo: s.state for s in result.statuses}
+
+
+def test_federated_queries_find_the_kjv_verse(net: Net) -> None:
+    async def run() -> tuple[int, int]:
+        async with _client(net, "alice") as alice:
+            texts = [text for text, _ in net.queries]
+            vectors, space = await alice.embed(texts[:64])
+            rest, _ = await alice.embed(texts[64:])
+            found_all = found_kjv = 0
+            for (_text, expected), vector in zip(net.queries, [*vectors, *rest], strict=True):
+                merged = await alice.search_vector(vector, space.space_id, k=10)
+                assert _states(merged) == {"kjv": "ok", "pydocs": "ok", "web": "denied"}
+                found_all += any(h.silo == "kjv" and h.doc_id == expected for h in merged.hits)
+                only = await alice.search_vector(vector, space.space_id, k=10, silos=["kjv"])
+                found_kjv += any(h.doc_id == expected for h in only.hits)
+            return found_all, found_kjv
+
+    found_all, found_kjv = asyncio.run(run())
+    print(
+        f"\nWEB→KJV through the coordinator (minilm-l6 → minilm-l3-onnx, {ANCHORS} synthetic "
+        f"public anchors): expected verse in the merged top 10 for {found_all}/{QUERY_COUNT} "
+        f"queries over all silos, {found_kjv}/{QUERY_COUNT} with --silos kjv"
+    )
+    assert found_all >= 0.8 * QUERY_COUNT
+    assert found_kjv >= found_all
+
+
+def test_query_cli_prints_hits_and_statuses(net: Net) -> None:
+    text, expected = net.queries[0]
+    out = net.consortium.run(
+        "query", "--config", str(net.consortium.client_config("alice")), "--json", text,
+        quiet=True,
+    )  # fmt: skip
+    result = json.loads(out)
+    assert {s["silo"]: s["state"] for s in result["statuses"]} == {
+        "kjv": "ok",
+        "pydocs": "ok",
+        "web": "denied",
+    }
+    assert any(h["doc_id"] == expected for h in result["hits"])
+    kjv_hits = [h for h in result["hits"] if h["silo"] == "kjv"]
+    # Only disclosed fields leave a silo: the KJV silo discloses the book and nothing else.
+    assert kjv_hits and all(set(h["fields"]) <= {"book"} for h in kjv_hits)
+
+
+def test_caller_allowed_no_silo_is_refused_and_non_admin_cannot_train(net: Net) -> None:
+    async def run() -> None:
+        async with _client(net, "mallory") as mallory, _client(net, "alice") as alice:
+            vectors, space = await alice.embed(["The Lord is my shepherd"])
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await mallory.search_vector(vectors[0], space.space_id, k=5)
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as train:
+                async for _ in alice.train(space.space_id, space.space_id, "public"):
+                    pass
+            assert train.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+    asyncio.run(run())
+
+
+def test_two_stage_reranking_needs_the_silos_consent(net: Net) -> None:
+    async def run() -> FederatedResult:
+        async with _client(net, "alice") as alice:
+            return await alice.query(net.queries[1][0], k=5, silos=["kjv", "pydocs"], rerank=True)
+
+    result = asyncio.run(run())
+    # kjv accepts query text and re-ranks; pydocs' policy does not, so it refuses the call.
+    assert _states(result) == {"kjv": "ok", "pydocs": "denied"}
+    assert result.hits[0].doc_id == net.queries[1][1]
+
+
+def _ask_alice(net: Net, text: str, timeout: float = 3.0) -> tuple[FederatedResult, float]:
+    async def ask() -> tuple[FederatedResult, float]:
+        async with _client(net, "alice", timeout=timeout) as alice:
+            started = time.monotonic()
+            result = await alice.search_vector(net.vectors[text], net.source_space, k=5)
+            return result, time.monotonic() - started
+
+    return asyncio.run(ask())
+
+
+def test_slow_silo_times_out_and_dead_silo_is_unavailable(net: Net) -> None:
+    consortium = net.consortium
+    text = net.queries[2][0]
+    # A silo that stops answering (SIGSTOP: the socket accepts, nothing replies) times out.
+    kjv = consortium.procs["kjv"]
+    kjv.popen.send_signal(signal.SIGSTOP)
+    try:
+        result, elapsed = _ask_alice(net, text)
+    finally:
+        kjv.popen.send_signal(signal.SIGCONT)
+    assert _states(result) == {"kjv": "timeout", "pydocs": "ok", "web": "denied"}
+    assert elapsed < 3.0
+    assert result.hits and {h.silo for h in result.hits} == {"pydocs"}
+
+    # A silo killed outright is "unavailable"; the others still answer within the deadline.
+    consortium.procs["pydocs"].stop(signal.SIGKILL)
+    result, elapsed = _ask_alice(net, text)
+    assert _states(result) == {"kjv": "ok", "pydocs": "unavailable", "web": "denied"}
+    assert elapsed < 3.0
+    assert any(h.silo == "kjv" and h.doc_id == net.queries[2][1] for h in result.hits)
+
+
+def test_restarted_coordinator_keeps_silos_and_adapters(net: Net) -> None:
+    consortium = net.consortium
+    consortium.procs["coordinator"].stop()
+    consortium.start_coordinator()  # a new port: rewrite the client configs
+    consortium.write_client_configs()
+    admin = str(consortium.client_config("admin"))
+    silos = json.loads(consortium.run("silos", "--config", admin, "--json", quiet=True))
+    assert {s["silo"] for s in silos} == {"kjv", "pydocs", "web"}
+    health = {s["silo"]: s["healthy"] for s in silos}
+    assert health == {"kjv": True, "pydocs": False, "web": True}  # pydocs was killed above
+    adapters = json.loads(consortium.run("adapters", "--config", admin, "--json", quiet=True))
+    assert len(adapters) == 2 and not any(a["stale"] for a in adapters)
+
+    text, expected = net.queries[3]
+    result, _elapsed = _ask_alice(net, text, timeout=10.0)
+    assert _states(result) == {"kjv": "ok", "pydocs": "unavailable", "web": "denied"}
+    assert any(h.silo == "kjv" and h.doc_id == expected for h in result.hits)
