@@ -98,7 +98,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         admin = str(consortium.client_config("admin"))
         consortium.run("anchors", "build", "--config", str(consortium.coordinator_config),
                        "--name", "public", "--synthetic", str(ANCHORS))  # fmt: skip
-        silos = json.loads(consortium.run("silos", "--config", admin, "--json", quiet=True))
+        silos = json.loads(consortium.run("silos", "--config", admin, "--json", capture=True))
         space = {s["silo"]: s["space"]["space_id"] for s in silos}
         for target, kind in (("kjv", "auto"), ("web", "affine")):
             pair = ("--source", space["pydocs"], "--target", space[target])
@@ -158,7 +158,7 @@ def test_query_cli_prints_hits_and_statuses(net: Net) -> None:
     text, expected = net.queries[0]
     out = net.consortium.run(
         "query", "--config", str(net.consortium.client_config("alice")), "--json", text,
-        quiet=True,
+        capture=True,
     )  # fmt: skip
     result = json.loads(out)
     assert {s["silo"]: s["state"] for s in result["statuses"]} == {
@@ -236,11 +236,11 @@ def test_restarted_coordinator_keeps_silos_and_adapters(net: Net) -> None:
     consortium.start_coordinator()  # a new port: rewrite the client configs
     consortium.write_client_configs()
     admin = str(consortium.client_config("admin"))
-    silos = json.loads(consortium.run("silos", "--config", admin, "--json", quiet=True))
+    silos = json.loads(consortium.run("silos", "--config", admin, "--json", capture=True))
     assert {s["silo"] for s in silos} == {"kjv", "pydocs", "web"}
     health = {s["silo"]: s["healthy"] for s in silos}
     assert health == {"kjv": True, "pydocs": False, "web": True}  # pydocs was killed above
-    adapters = json.loads(consortium.run("adapters", "--config", admin, "--json", quiet=True))
+    adapters = json.loads(consortium.run("adapters", "--config", admin, "--json", capture=True))
     assert len(adapters) == 2 and not any(a["stale"] for a in adapters)
 
     text, expected = net.queries[3]

@@ -77,11 +77,11 @@ def consortium_for(root: Path) -> LocalConsortium:
 def train_adapters(net: LocalConsortium) -> str:
     """Train alice's space -> every other space, unless a current adapter exists."""
     admin = str(net.client_config("admin"))
-    silos = json.loads(net.run("silos", "--config", admin, "--json", quiet=True))
+    silos = json.loads(net.run("silos", "--config", admin, "--json", capture=True))
     space = {s["silo"]: s["space"]["space_id"] for s in silos}
     current = {
         (a["source"]["space_id"], a["target"]["space_id"])
-        for a in json.loads(net.run("adapters", "--config", admin, "--json", quiet=True))
+        for a in json.loads(net.run("adapters", "--config", admin, "--json", capture=True))
         if not a["stale"]
     }
     for target in ("kjv", "web"):

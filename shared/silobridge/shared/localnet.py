@@ -112,21 +112,27 @@ class LocalConsortium:
 
     # --- commands ---------------------------------------------------------------------------
 
-    def run(self, *args: str, quiet: bool = False, check: bool = True) -> str:
-        """Run ``silobridge ARGS`` to completion; echo the command; return its stdout."""
+    def run(self, *args: str, capture: bool = False) -> str:
+        """Run ``silobridge ARGS`` to completion and return its stdout if ``capture``.
+
+        Without ``capture`` the command is echoed and its output (tables, progress bars) goes
+        straight to this process's terminal, as if the user had typed it.
+        """
         shown = " ".join(args).replace(str(self.root) + "/", "")
-        if not quiet:
+        if not capture:
             self.say(f"$ silobridge {shown}")
+            sys.stdout.flush()
         done = subprocess.run(
-            [*SILOBRIDGE, *args], env=self.env, capture_output=True, text=True, check=False
+            [*SILOBRIDGE, *args],
+            env=self.env,
+            capture_output=capture,
+            text=True,
+            check=False,
         )
-        if not quiet and done.stdout.strip():
-            self.say(done.stdout.rstrip())
-        if check and done.returncode != 0:
-            raise FailedPrecondition(
-                f"silobridge {shown} failed ({done.returncode}):\n{done.stderr[-3000:]}"
-            )
-        return done.stdout
+        if done.returncode != 0:
+            detail = f":\n{done.stderr[-3000:]}" if capture else " (its output is above)"
+            raise FailedPrecondition(f"silobridge {shown} failed ({done.returncode}){detail}")
+        return done.stdout if capture else ""
 
     def start(self, name: str, *args: str) -> Proc:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -175,7 +181,7 @@ class LocalConsortium:
             if not (self.certs(name) / f"{name}.crt").exists():
                 self.run(
                     "pki", "issue", "--ca-dir", str(ca), "--out", str(self.certs(name)),
-                    "--role", role, "--name", name, "--org", org, quiet=True,
+                    "--role", role, "--name", name, "--org", org, capture=True,
                 )  # fmt: skip
         self.say(f"certificates for {len(parties)} parties in {self.root / 'certs'}")
 

@@ -1,0 +1,266 @@
+"""The coordinator's domain service: policy per silo, routing, staleness, merging, deadlines.
+
+Silos are reached through a recording test double of the gateway (the real gRPC path is covered
+by tests/test_consortium_e2e.py); state, anchors, training and signing are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from silobridge.coordinator.anchorsets import AnchorCatalogue
+from silobridge.coordinator.config import load_coordinator_config
+from silobridge.coordinator.outcomes import FederatedAnswer, SiloOutcome
+from silobridge.coordinator.server import open_coordinator
+from silobridge.coordinator.service import CoordinatorService
+from silobridge.coordinator.state import SiloRecord
+from silobridge.shared.errors import InvalidArgument, NotFound, PermissionDenied
+from silobridge.shared.identity import PeerIdentity
+from silobridge.shared.silo_client import RemoteHit, SiloInfo
+from silobridge.shared.spaces import FloatMatrix
+from silobridge.shared.synthetic_anchors import random_word_strings
+from silobridge.shared.vectors import FloatVector
+from silobridge.silo_agent.embedders import Embedder, load_embedder
+
+ADMIN = PeerIdentity("spiffe://t/client/admin", "t", "client", "admin", "hub")
+ALICE = PeerIdentity("spiffe://t/client/alice", "t", "client", "alice", "pyorg")
+MALLORY = PeerIdentity("spiffe://t/client/mallory", "t", "client", "mallory", "elsewhere")
+
+
+class FakeGateway:
+    """Answers for silos from real embedders; ``slow`` silos never answer."""
+
+    def __init__(self, embedders: dict[str, Embedder], names: dict[str, str]) -> None:
+        self.embedders = embedders  # endpoint -> embedder
+        self.names = names  # endpoint -> silo name
+        self.slow: set[str] = set()
+        self.searched: list[tuple[str, int]] = []
+
+    async def describe(self, endpoint: str, *, timeout: float) -> SiloInfo:
+        embedder = self.embedders[endpoint]
+        return SiloInfo(self.names[endpoint], embedder.space, 100, 50)
+
+    async def search(
+        self,
+        endpoint: str,
+        vector: FloatVector,
+        k: int,
+        *,
+        timeout: float,
+        rerank_text: str = "",
+        rerank_depth: int = 0,
+    ) -> list[RemoteHit]:
+        self.searched.append((endpoint, vector.shape[0]))
+        if endpoint in self.slow:
+            await asyncio.sleep(3600)
+        return [RemoteHit(f"{self.names[endpoint]}-{i}", 0.5 - i / 100, {}) for i in range(k)]
+
+    async def embed_anchors(
+        self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
+    ) -> FloatMatrix:
+        return self.embedders[endpoint].embed(list(texts))
+
+    def outcome(self, error: BaseException) -> tuple[SiloOutcome, str]:
+        if isinstance(error, TimeoutError):
+            return SiloOutcome.TIMEOUT, "no answer within the deadline"
+        return SiloOutcome.ERROR, repr(error)
+
+    async def close(self) -> None:
+        return None
+
+
+CONFIG = """
+[coordinator]
+state_dir = "state"
+[server]
+insecure = true
+silo_timeout_seconds = 0.5
+[training]
+kind = "procrustes"
+[policy]
+register = ["spiffe://t/silo/*"]
+list = ["spiffe://t/client/*"]
+anchors = ["spiffe://t/silo/*"]
+train = ["spiffe://t/client/admin"]
+[policy.query]
+"*" = ["org:pyorg/client"]
+web = ["org:bible/client"]
+"""
+
+
+@pytest.fixture(scope="module")
+def embedders() -> dict[str, Embedder]:
+    return {
+        "pydocs:1": load_embedder("static-64"),
+        "kjv:1": load_embedder("minilm-l3-onnx"),
+        "web:1": load_embedder("static-64"),
+    }
+
+
+@pytest.fixture
+def service(tmp_path: Path, embedders: dict[str, Embedder]) -> Iterator[CoordinatorService]:
+    (tmp_path / "coordinator.toml").write_text(CONFIG)
+    config = load_coordinator_config(tmp_path / "coordinator.toml")
+    service = open_coordinator(config)
+    gateway = FakeGateway(embedders, {e: e.split(":")[0] for e in embedders})
+    service.gateway = gateway
+    AnchorCatalogue(config.state_dir / "anchors").build(
+        "public", random_word_strings(300, 0), source="synthetic:300:seed=0"
+    )
+
+    async def setup() -> None:
+        for endpoint in embedders:
+            name = endpoint.split(":")[0]
+            silo = PeerIdentity(f"spiffe://t/silo/{name}", "t", "silo", name, name)
+            await service.register(silo, endpoint)
+        source = embedders["pydocs:1"].space.space_id
+        target = embedders["kjv:1"].space.space_id
+        async for _event in service.train(
+            ADMIN, source_space=source, target_space=target, anchor_set="public"
+        ):
+            pass
+
+    asyncio.run(setup())
+    yield service
+    service.state.close()
+    for pool in (service.executor, service.train_executor):
+        assert isinstance(pool, ThreadPoolExecutor)
+        pool.shutdown()
+
+
+def search(
+    service: CoordinatorService,
+    caller: PeerIdentity,
+    *,
+    silos: Sequence[str] = (),
+    merge: str = "calibrated",
+) -> FederatedAnswer:
+    space = service.state.silo("pydocs").space
+    vector = np.ones(space.dimension, dtype=np.float32)
+    return asyncio.run(
+        service.federated_search(
+            caller, vector=vector, source_space=space.space_id, k=5, silos=silos, merge=merge
+        )
+    )
+
+
+def states(answer: FederatedAnswer) -> dict[str, str]:
+    return {r.silo: r.outcome.value for r in answer.reports}
+
+
+def test_each_silo_is_translated_into_its_own_space_and_denied_where_policy_says(
+    service: CoordinatorService,
+) -> None:
+    answer = search(service, ALICE)
+    # pydocs: same space (no adapter); kjv: the trained adapter; web: not allowed for pyorg.
+    assert states(answer) == {"kjv": "ok", "pydocs": "ok", "web": "denied"}
+    reports = {r.silo: r for r in answer.reports}
+    assert reports["pydocs"].adapter_id == "" and reports["kjv"].adapter_id
+    dims = dict(service.gateway.searched)  # type: ignore[attr-defined]
+    assert dims == {"pydocs:1": 64, "kjv:1": 384}
+    assert len(answer.hits) == 5
+    assert [h.merged_score for h in answer.hits] == sorted(
+        (h.merged_score for h in answer.hits), reverse=True
+    )
+
+
+def test_a_caller_allowed_no_target_is_refused_outright(service: CoordinatorService) -> None:
+    with pytest.raises(PermissionDenied, match="mallory"):
+        search(service, MALLORY)
+    with pytest.raises(PermissionDenied, match="train"):
+
+        async def train() -> None:
+            async for _ in service.train(
+                ALICE, source_space="a", target_space="b", anchor_set="public"
+            ):
+                pass
+
+        asyncio.run(train())
+
+
+def test_a_silo_without_an_adapter_reports_an_error_naming_what_to_do(
+    service: CoordinatorService,
+) -> None:
+    answer = search(service, ALICE, silos=["kjv", "pydocs"])
+    assert states(answer) == {"kjv": "ok", "pydocs": "ok"}
+    kjv_space = service.state.silo("kjv").space
+    answer = asyncio.run(
+        service.federated_search(
+            ALICE,
+            vector=np.ones(kjv_space.dimension, dtype=np.float32),
+            source_space=kjv_space.space_id,
+            k=3,
+        )
+    )
+    pydocs = next(r for r in answer.reports if r.silo == "pydocs")
+    assert pydocs.outcome is SiloOutcome.ERROR
+    assert "no adapter" in pydocs.message and "silobridge train" in pydocs.message
+
+
+def test_an_adapter_whose_target_fingerprint_changed_is_refused_naming_both(
+    service: CoordinatorService,
+) -> None:
+    kjv = service.state.silo("kjv")
+    trained = kjv.space.fingerprint
+    # The kjv silo re-registers after its model changed behaviour under the same model id.
+    changed = dataclasses.replace(kjv.space, fingerprint="0123456789abcdef", space_id="x@01234567")
+    service.state.upsert_silo(dataclasses.replace(kjv, space=changed))
+    answer = search(service, ALICE, silos=["kjv"])
+    report = answer.reports[0]
+    assert report.outcome is SiloOutcome.ERROR
+    assert trained in report.message and "0123456789abcdef" in report.message
+    assert "retrain" in report.message
+    views = asyncio.run(service.list_adapters(ADMIN))
+    assert views[0].stale_reason and trained in views[0].stale_reason
+
+
+def test_a_slow_silo_times_out_within_the_deadline(service: CoordinatorService) -> None:
+    service.gateway.slow.add("kjv:1")  # type: ignore[attr-defined]
+    answer, elapsed = asyncio.run(_timed(service))
+    assert states(answer) == {"kjv": "timeout", "pydocs": "ok", "web": "denied"}
+    assert elapsed < 1.5  # silo_timeout_seconds = 0.5 (+ the 0.5 s transport guard)
+
+
+async def _timed(service: CoordinatorService) -> tuple[FederatedAnswer, float]:
+    space = service.state.silo("pydocs").space
+    started = asyncio.get_running_loop().time()
+    answer = await service.federated_search(
+        ALICE,
+        vector=np.ones(space.dimension, dtype=np.float32),
+        source_space=space.space_id,
+        k=5,
+        time_remaining=5.0,
+    )
+    return answer, asyncio.get_running_loop().time() - started
+
+
+def test_rrf_merging_and_bad_requests(service: CoordinatorService) -> None:
+    answer = search(service, ALICE, merge="rrf")
+    assert answer.hits[0].merged_score == pytest.approx(1 / 61)
+    with pytest.raises(InvalidArgument, match="merge"):
+        search(service, ALICE, merge="best")
+    with pytest.raises(NotFound, match="registered: kjv, pydocs, web"):
+        search(service, ALICE, silos=["nope"])
+    with pytest.raises(NotFound, match="unknown source space"):
+        asyncio.run(
+            service.federated_search(
+                ALICE, vector=np.ones(4, np.float32), source_space="other@1", k=3
+            )
+        )
+
+
+def test_registration_takes_the_name_from_the_certificate(service: CoordinatorService) -> None:
+    impostor = PeerIdentity("spiffe://t/silo/web", "t", "silo", "web", "openbible")
+    with pytest.raises(PermissionDenied, match="says it is 'kjv'"):
+        asyncio.run(service.register(impostor, "kjv:1"))
+    with pytest.raises(PermissionDenied):
+        asyncio.run(service.register(ALICE, "kjv:1"))
+    records: list[SiloRecord] = service.state.silos()
+    assert {r.name: r.endpoint for r in records}["web"] == "web:1"
