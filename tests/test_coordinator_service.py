@@ -41,6 +41,7 @@ class FakeGateway:
         self.embedders = embedders  # endpoint -> embedder
         self.names = names  # endpoint -> silo name
         self.slow: set[str] = set()
+        self.broken: set[str] = set()  # these answer with a NaN score
         self.searched: list[tuple[str, int]] = []
 
     async def describe(self, endpoint: str, *, timeout: float) -> SiloInfo:
@@ -60,7 +61,10 @@ class FakeGateway:
         self.searched.append((endpoint, vector.shape[0]))
         if endpoint in self.slow:
             await asyncio.sleep(3600)
-        return [RemoteHit(f"{self.names[endpoint]}-{i}", 0.5 - i / 100, {}) for i in range(k)]
+        hits = [RemoteHit(f"{self.names[endpoint]}-{i}", 0.5 - i / 100, {}) for i in range(k)]
+        if endpoint in self.broken:
+            hits[-1] = RemoteHit("bad", float("nan"), {})
+        return hits
 
     async def embed_anchors(
         self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
@@ -264,3 +268,13 @@ def test_registration_takes_the_name_from_the_certificate(service: CoordinatorSe
         asyncio.run(service.register(ALICE, "kjv:1"))
     records: list[SiloRecord] = service.state.silos()
     assert {r.name: r.endpoint for r in records}["web"] == "web:1"
+
+
+def test_a_silo_answering_nonsense_scores_is_dropped_not_merged(
+    service: CoordinatorService,
+) -> None:
+    service.gateway.broken.add("kjv:1")  # type: ignore[attr-defined]
+    answer = search(service, ALICE)
+    assert states(answer) == {"kjv": "error", "pydocs": "ok", "web": "denied"}
+    assert "non-finite" in answer.reports[0].message
+    assert answer.hits and {h.silo for h in answer.hits} == {"pydocs"}

@@ -120,7 +120,8 @@ async def limited(count: int, call: Callable[[int], Awaitable[list[str]]]) -> li
 
 def kjv_ranked(result: FederatedResult) -> list[str]:
     # Positions in the merged list count every silo's hits; only KJV ids can be relevant.
-    return [hit.doc_id if hit.silo == "kjv" else "" for hit in result.hits]
+    # Other silos' hits are kept as "<silo>:" so the table can say how often they ranked.
+    return [hit.doc_id if hit.silo == "kjv" else f"{hit.silo}:" for hit in result.hits]
 
 
 async def retention_table(net: LocalConsortium) -> None:
@@ -197,6 +198,12 @@ async def retention_table(net: LocalConsortium) -> None:
     )
     for line in [header, ["-" * w for w in widths], *table]:
         say("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+    merged = [doc for ids in results["federated: all three silos, merged top 10"] for doc in ids]
+    others = {silo: sum(doc == f"{silo}:" for doc in merged) for silo in ("pydocs", "web")}
+    say(
+        f"In the merged top-10 lists, {len(merged) - sum(others.values())} of {len(merged)} hits "
+        f"came from kjv, {others['pydocs']} from pydocs and {others['web']} from web."
+    )
 
 
 def main() -> int:

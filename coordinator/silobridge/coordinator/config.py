@@ -13,7 +13,7 @@ from pathlib import Path
 from silobridge.shared.config_io import Section, load_toml, refuse_unknown_sections
 from silobridge.shared.errors import ConfigError, InvalidArgument
 from silobridge.shared.identity import PeerIdentity, identity_matches, validate_rule
-from silobridge.shared.transport import TlsFiles
+from silobridge.shared.transport import TlsFiles, tls_from_config
 
 # Actions of the consortium policy; each RPC maps to one (``ACTION_FOR_RPC`` in the service).
 ACTIONS = ("register", "list", "anchors", "train")
@@ -109,13 +109,7 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     )
     srv.finish()
 
-    tls: TlsFiles | None = None
-    if "tls" in doc:
-        section = Section.of(path, doc, "tls")
-        tls = TlsFiles(cert=section.path("cert"), key=section.path("key"), ca=section.path("ca"))
-        section.finish()
-    elif not server.insecure:
-        raise ConfigError(f"{path}: [tls] cert, key and ca are required (or server.insecure)")
+    tls = tls_from_config(path, doc, insecure=server.insecure, insecure_key="server.insecure")
 
     trn = Section.of(path, doc, "training")
     training = TrainingSettings(

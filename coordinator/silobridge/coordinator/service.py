@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -508,6 +509,10 @@ class CoordinatorService:
             elapsed = (time.monotonic() - started) * 1000
             return None, SiloReport(name, outcome, why, route.adapter_id, 0, elapsed)
         elapsed = (time.monotonic() - started) * 1000
+        if not all(math.isfinite(h.score) for h in hits):
+            # One misbehaving silo must not break the merge of everyone else's hits.
+            message = "the silo returned a non-finite score; its hits were dropped"
+            return None, SiloReport(name, SiloOutcome.ERROR, message, route.adapter_id, 0, elapsed)
         scored = [ScoredHit(h.doc_id, h.score, h.fields) for h in hits]
         report = SiloReport(name, SiloOutcome.OK, "", route.adapter_id, len(scored), elapsed)
         return SiloResult(name, scored, route.calibration), report

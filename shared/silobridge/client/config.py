@@ -24,7 +24,7 @@ from pathlib import Path
 
 from silobridge.shared.config_io import Section, load_toml, refuse_unknown_sections
 from silobridge.shared.errors import ConfigError, InvalidArgument
-from silobridge.shared.transport import TlsFiles
+from silobridge.shared.transport import TlsFiles, tls_from_config
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
@@ -101,13 +101,7 @@ def load_client_config(path: Path) -> ClientConfig:
     insecure = client.get("insecure", bool, False)
     client.finish()
 
-    tls: TlsFiles | None = None
-    if "tls" in doc:
-        section = Section.of(path, doc, "tls")
-        tls = TlsFiles(cert=section.path("cert"), key=section.path("key"), ca=section.path("ca"))
-        section.finish()
-    elif not insecure:
-        raise ConfigError(f"{path}: [tls] cert, key and ca are required (or [client] insecure)")
+    tls = tls_from_config(path, doc, insecure=insecure, insecure_key="[client] insecure")
 
     return ClientConfig(
         source=path,

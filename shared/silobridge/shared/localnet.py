@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,7 +98,14 @@ class LocalConsortium:
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
         self.logs = self.root / "logs"
-        self.env = {**os.environ, "SILOBRIDGE_CA_PASSPHRASE": DEMO_PASSPHRASE}
+        # Children print tables to our terminal, or to a log file: give them its width (or a
+        # wide default, so tables in files stay readable).
+        columns = str(shutil.get_terminal_size(fallback=(160, 40)).columns)
+        self.env = {
+            **os.environ,
+            "SILOBRIDGE_CA_PASSPHRASE": DEMO_PASSPHRASE,
+            "COLUMNS": os.environ.get("COLUMNS", columns),
+        }
 
     def __enter__(self) -> LocalConsortium:
         return self

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from silobridge.shared.config_io import Section
 from silobridge.shared.errors import ConfigError, PermissionDenied
 from silobridge.shared.identity import PeerIdentity, identity_from_certificate_pem
 
@@ -97,6 +98,20 @@ class TlsFiles:
                     f"cannot read TLS {label} file {path}: {error.strerror}"
                 ) from None
         return out[0], out[1], out[2]
+
+
+def tls_from_config(
+    source: Path, document: Mapping[str, Any], *, insecure: bool, insecure_key: str
+) -> TlsFiles | None:
+    """The ``[tls]`` table of a config file (paths relative to it); required unless insecure."""
+    if "tls" not in document:
+        if insecure:
+            return None
+        raise ConfigError(f"{source}: [tls] cert, key and ca are required (or {insecure_key})")
+    section = Section.of(source, document, "tls")
+    tls = TlsFiles(cert=section.path("cert"), key=section.path("key"), ca=section.path("ca"))
+    section.finish()
+    return tls
 
 
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:

@@ -16,7 +16,7 @@ from pathlib import Path
 from silobridge.shared.config_io import Section, load_toml, refuse_unknown_sections
 from silobridge.shared.errors import ConfigError
 from silobridge.shared.identity import PeerIdentity, identity_matches
-from silobridge.shared.transport import TlsFiles
+from silobridge.shared.transport import TlsFiles, tls_from_config
 from silobridge.silo_agent.index import IndexSettings
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -117,13 +117,7 @@ def load_silo_config(path: Path) -> SiloConfig:
     )
     srv.finish()
 
-    tls: TlsFiles | None = None
-    if "tls" in doc:
-        section = Section.of(path, doc, "tls")
-        tls = TlsFiles(cert=section.path("cert"), key=section.path("key"), ca=section.path("ca"))
-        section.finish()
-    elif not server.insecure:
-        raise ConfigError(f"{path}: [tls] cert, key and ca are required (or server.insecure)")
+    tls = tls_from_config(path, doc, insecure=server.insecure, insecure_key="server.insecure")
 
     idx = Section.of(path, doc, "index")
     index = IndexSettings(
