@@ -98,6 +98,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         admin = str(consortium.client_config("admin"))
         consortium.run("anchors", "build", "--config", str(consortium.coordinator_config),
                        "--name", "public", "--synthetic", str(ANCHORS))  # fmt: skip
+        # The web silo pushes its anchor vectors itself; the others are asked when training.
+        consortium.run("silo", "push-anchors", "--config", str(consortium.silo_config("web")),
+                       "--anchor-set", "public")  # fmt: skip
         silos = json.loads(consortium.run("silos", "--config", admin, "--json", capture=True))
         space = {s["silo"]: s["space"]["space_id"] for s in silos}
         for target, kind in (("kjv", "auto"), ("web", "affine")):

@@ -18,6 +18,7 @@ import asyncio
 import json
 import math
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +41,7 @@ ANCHOR_COUNT = 16_000
 EVAL_QUERIES = 500
 PYDOCS = 5_000
 CONCURRENCY = 8
+LATENCY_QUERIES = 200
 
 
 def say(text: str) -> None:
@@ -162,6 +164,15 @@ async def retention_table(net: LocalConsortium) -> None:
             )
             return kjv_ranked(result)
 
+        # Latency, one query at a time: the direct silo search against the same search made
+        # through the coordinator (translation, fan-out, merge and the extra hop).
+        latency: dict[str, list[float]] = {"direct": [], "federated": []}
+        for i in range(LATENCY_QUERIES):
+            for name, call in (("direct", direct(source[i])), ("federated", adapted(i))):
+                begun = time.perf_counter()
+                await call
+                latency[name].append(time.perf_counter() - begun)
+
         started = time.monotonic()
         count = len(texts)
         results = {
@@ -198,6 +209,12 @@ async def retention_table(net: LocalConsortium) -> None:
     )
     for line in [header, ["-" * w for w in widths], *table]:
         say("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+    direct_ms, federated_ms = (statistics.median(latency[n]) * 1000 for n in latency)
+    say(
+        f"Latency over {LATENCY_QUERIES} sequential queries (median): kjv silo searched directly "
+        f"{direct_ms:.2f} ms, through the coordinator {federated_ms:.2f} ms; coordinator "
+        f"overhead {federated_ms - direct_ms:.2f} ms per query."
+    )
     merged = [doc for ids in results["federated: all three silos, merged top 10"] for doc in ids]
     others = {silo: sum(doc == f"{silo}:" for doc in merged) for silo in ("pydocs", "web")}
     say(

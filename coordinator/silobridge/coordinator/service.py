@@ -97,6 +97,14 @@ class SubmittedChunk:
     vectors: FloatMatrix
 
 
+@dataclass(frozen=True)
+class _Plan:
+    source: SpaceDescriptor
+    targets: list[SiloRecord]
+    routes: list[Route | SiloReport]
+    denied: list[SiloReport]
+
+
 def validate_endpoint(endpoint: str) -> str:
     if not _ENDPOINT.match(endpoint):
         raise InvalidArgument(f"endpoint {endpoint!r} is not host:port")
@@ -420,33 +428,12 @@ class CoordinatorService:
         validate_k(k, self.config.server.max_k)
         if merge not in MERGE_MODES:
             raise InvalidArgument(f"unknown merge mode {merge!r}; choose one of {MERGE_MODES}")
-        source, registered = await self._run(
-            lambda: (self._source_space(source_space), self.state.silos())
+        # One worker-thread hop for everything that reads state or loads adapters.
+        plan = await self._run(
+            lambda: self._plan(caller, source_space, silos, reranked=bool(rerank_text))
         )
-        query = validate_query_vector(vector, source.dimension)
-        by_name = {s.name: s for s in registered}
-        unknown = [name for name in silos if name not in by_name]
-        if unknown:
-            raise NotFound(
-                f"unknown silo(s) {', '.join(unknown)}; registered: {', '.join(sorted(by_name))}"
-            )
-        targets = [by_name[n] for n in dict.fromkeys(silos)] if silos else registered
-        allowed = [s for s in targets if self.config.policy.may_query(caller, s.name)]
-        if not allowed:
-            raise PermissionDenied(
-                f"the consortium policy does not allow {caller.spiffe_id or 'this caller'} to "
-                f"query any of: {', '.join(s.name for s in targets) or 'no silos registered'}"
-            )
-        reports = [
-            SiloReport(
-                s.name, SiloOutcome.DENIED, "the consortium policy does not allow this caller"
-            )
-            for s in targets
-            if s not in allowed
-        ]
-        routes = await self._run(
-            lambda: [self._route(source, s, reranked=bool(rerank_text)) for s in allowed]
-        )
+        query = validate_query_vector(vector, plan.source.dimension)
+        targets, routes, reports = plan.targets, plan.routes, list(plan.denied)
         budget = self.config.server.silo_timeout_seconds
         if time_remaining is not None:
             budget = min(budget, time_remaining - (time.monotonic() - started) - REPLY_MARGIN_S)
@@ -461,6 +448,33 @@ class CoordinatorService:
         order = {s.name: i for i, s in enumerate(targets)}
         reports.sort(key=lambda r: order.get(r.silo, len(order)))
         return FederatedAnswer(hits=hits, reports=reports)
+
+    def _plan(
+        self, caller: PeerIdentity, source_space: str, silos: Sequence[str], *, reranked: bool
+    ) -> _Plan:
+        """Which silos to ask, and how: policy per silo, then a route (adapter) for each."""
+        source = self._source_space(source_space)
+        registered = self.state.silos()
+        by_name = {s.name: s for s in registered}
+        unknown = [name for name in silos if name not in by_name]
+        if unknown:
+            raise NotFound(
+                f"unknown silo(s) {', '.join(unknown)}; registered: {', '.join(sorted(by_name))}"
+            )
+        targets = [by_name[n] for n in dict.fromkeys(silos)] if silos else registered
+        allowed = [s for s in targets if self.config.policy.may_query(caller, s.name)]
+        if not allowed:
+            raise PermissionDenied(
+                f"the consortium policy does not allow {caller.spiffe_id or 'this caller'} to "
+                f"query any of: {', '.join(s.name for s in targets) or 'no silos registered'}"
+            )
+        denied = [
+            SiloReport(s.name, SiloOutcome.DENIED, "the consortium policy denies this caller")
+            for s in targets
+            if s not in allowed
+        ]
+        routes = [self._route(source, s, reranked=reranked) for s in allowed]
+        return _Plan(source, targets, routes, denied)
 
     def _route(
         self, source: SpaceDescriptor, silo: SiloRecord, *, reranked: bool

@@ -11,12 +11,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -78,6 +78,8 @@ _SELECT_ADAPTERS = (
     "SELECT adapter_id, kind, source, target, anchor_set, anchor_set_version, "
     "anchor_set_sha256, metrics, created_at, path FROM adapters"
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,11 @@ class CoordinatorState:
         self.adapters_dir = state_dir / ADAPTERS_DIR
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.Lock()
+        # Silo and adapter lists are read on every federated query and change rarely. This
+        # process is the only writer of its state directory, so they are cached until the next
+        # write; ``_generation`` keeps a read that raced a write from caching stale rows.
+        self._generation = 0
+        self._cache: dict[str, list[Any]] = {}
 
     @classmethod
     def open(cls, state_dir: Path) -> CoordinatorState:
@@ -226,8 +233,10 @@ class CoordinatorState:
 
     def silos(self) -> list[SiloRecord]:
         """Every registered silo, sorted by name."""
-        rows = self._read(_SELECT_SILOS + " ORDER BY name", ())
-        return [_silo_from_row(row) for row in rows]
+        return self._cached(
+            "silos",
+            lambda: [_silo_from_row(r) for r in self._read(_SELECT_SILOS + " ORDER BY name", ())],
+        )
 
     def silo(self, name: str) -> SiloRecord:
         """The silo called ``name``; ``NotFound`` lists the registered ones."""
@@ -332,8 +341,10 @@ class CoordinatorState:
 
     def adapters(self) -> list[AdapterRecord]:
         """Every adapter record, newest first."""
-        rows = self._read(_SELECT_ADAPTERS + " ORDER BY created_at DESC, adapter_id", ())
-        return [self._adapter_from_row(row) for row in rows]
+        sql = _SELECT_ADAPTERS + " ORDER BY created_at DESC, adapter_id"
+        return self._cached(
+            "adapters", lambda: [self._adapter_from_row(row) for row in self._read(sql, ())]
+        )
 
     def adapter_for(self, source_space_id: str, target_space_id: str) -> AdapterRecord | None:
         """The newest adapter from ``source_space_id`` to ``target_space_id``, if any."""
@@ -384,6 +395,17 @@ class CoordinatorState:
             raise FailedPrecondition(f"coordinator state {self.state_dir} is closed")
         return self._conn
 
+    def _cached(self, key: str, load: Callable[[], list[T]]) -> list[T]:
+        with self._lock:
+            self._connection()  # a closed state refuses use, cached or not
+            generation, hit = self._generation, self._cache.get(key)
+        if hit is None:
+            hit = load()
+            with self._lock:
+                if self._generation == generation:
+                    self._cache[key] = hit
+        return list(hit)
+
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._connection().execute(sql, params).fetchall())
@@ -392,6 +414,8 @@ class CoordinatorState:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._connection()
+            self._generation += 1
+            self._cache.clear()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
