@@ -227,8 +227,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("demo-run"), help="where everything goes")
     args = parser.parse_args()
-    # SIGTERM (e.g. from a CI runner) unwinds like Ctrl-C, so every process is stopped.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM (e.g. from a CI runner) unwind the same way, so every process is
+    # stopped. Set explicitly: a shell starting us in the background would have SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     net = consortium_for(args.dir)
     try:
