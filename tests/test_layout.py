@@ -69,4 +69,5 @@ def test_declared_services_have_the_promised_rpcs() -> None:
         "TrainAdapter",
         "ListAdapters",
         "FederatedSearch",
+        "GetAdapter",
     }

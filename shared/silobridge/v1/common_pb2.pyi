@@ -221,3 +221,113 @@ class SiloStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SiloStatus: _TypeAlias = SiloStatus  # noqa: Y015
+
+@_typing.final
+class QueryClaims(_message.Message):
+    """What a client signs for one federated query. The silo that receives the query verifies the
+    signature against the consortium CA, so a coordinator can neither forge nor replay a query on
+    an organization's behalf, and the silo knows which organization asked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_SPACE_FIELD_NUMBER: _builtins.int
+    VECTOR_SHA256_FIELD_NUMBER: _builtins.int
+    SILOS_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    ISSUED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    RERANK_TEXT_SHA256_FIELD_NUMBER: _builtins.int
+    source_space: _builtins.str
+    vector_sha256: _builtins.bytes
+    """sha256 over the query Vector as sent: dtype (1 byte), dim (4 bytes big-endian), data."""
+    k: _builtins.int
+    issued_unix_ms: _builtins.int
+    nonce: _builtins.bytes
+    """16 random bytes, never reused: a silo refuses a nonce it has seen."""
+    rerank_text_sha256: _builtins.bytes
+    """sha256 of the query text when the client sends it for re-ranking; empty otherwise."""
+    @_builtins.property
+    def silos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Target silos named by the client; empty means every silo the client may query."""
+
+    def __init__(
+        self,
+        *,
+        source_space: _builtins.str = ...,
+        vector_sha256: _builtins.bytes = ...,
+        silos: _abc.Iterable[_builtins.str] | None = ...,
+        k: _builtins.int = ...,
+        issued_unix_ms: _builtins.int = ...,
+        nonce: _builtins.bytes = ...,
+        rerank_text_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_unix_ms", b"issued_unix_ms", "k", b"k", "nonce", b"nonce", "rerank_text_sha256", b"rerank_text_sha256", "silos", b"silos", "source_space", b"source_space", "vector_sha256", b"vector_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryClaims: _TypeAlias = QueryClaims  # noqa: Y015
+
+@_typing.final
+class SignedQuery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    claims: _builtins.bytes
+    """A serialized QueryClaims, exactly the bytes that were signed."""
+    signature: _builtins.bytes
+    """ECDSA P-256 with SHA-256 (DER) by the key of `certificate`."""
+    certificate: _builtins.bytes
+    """The client's certificate (PEM), issued by the consortium CA."""
+    def __init__(
+        self,
+        *,
+        claims: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "claims", b"claims", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedQuery: _TypeAlias = SignedQuery  # noqa: Y015
+
+@_typing.final
+class DisclosurePolicy(_message.Message):
+    """The parts of a silo's own policy that callers may know (the data-boundary report shows them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISCLOSE_FIELDS_FIELD_NUMBER: _builtins.int
+    ACCEPT_QUERY_TEXT_FIELD_NUMBER: _builtins.int
+    ACCEPT_SPACES_FIELD_NUMBER: _builtins.int
+    MAX_K_FIELD_NUMBER: _builtins.int
+    accept_query_text: _builtins.bool
+    max_k: _builtins.int
+    @_builtins.property
+    def disclose_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def accept_spaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Source spaces (space ids) whose queries the silo translates and serves; its own always."""
+
+    def __init__(
+        self,
+        *,
+        disclose_fields: _abc.Iterable[_builtins.str] | None = ...,
+        accept_query_text: _builtins.bool = ...,
+        accept_spaces: _abc.Iterable[_builtins.str] | None = ...,
+        max_k: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_query_text", b"accept_query_text", "accept_spaces", b"accept_spaces", "disclose_fields", b"disclose_fields", "max_k", b"max_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisclosurePolicy: _TypeAlias = DisclosurePolicy  # noqa: Y015

@@ -455,6 +455,7 @@ class FederatedSearchRequest(_message.Message):
     MERGE_FIELD_NUMBER: _builtins.int
     RERANK_TEXT_FIELD_NUMBER: _builtins.int
     RERANK_DEPTH_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
     source_space: _builtins.str
     k: _builtins.int
     merge: Global___MergeMode.ValueType
@@ -470,6 +471,12 @@ class FederatedSearchRequest(_message.Message):
     def silos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Empty means every silo the caller may query."""
 
+    @_builtins.property
+    def signed(self) -> _common_pb2.SignedQuery:
+        """The client's signature over this query (required by coordinators and silos that demand
+        signed queries; the demo and the CLI always sign).
+        """
+
     def __init__(
         self,
         *,
@@ -480,10 +487,11 @@ class FederatedSearchRequest(_message.Message):
         merge: Global___MergeMode.ValueType = ...,
         rerank_text: _builtins.str = ...,
         rerank_depth: _builtins.int = ...,
+        signed: _common_pb2.SignedQuery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed", b"signed", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "merge", b"merge", "rerank_depth", b"rerank_depth", "rerank_text", b"rerank_text", "silos", b"silos", "source_space", b"source_space", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "merge", b"merge", "rerank_depth", b"rerank_depth", "rerank_text", b"rerank_text", "signed", b"signed", "silos", b"silos", "source_space", b"source_space", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,3 +546,48 @@ class FederatedSearchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FederatedSearchResponse: _TypeAlias = FederatedSearchResponse  # noqa: Y015
+
+@_typing.final
+class GetAdapterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_ID_FIELD_NUMBER: _builtins.int
+    adapter_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        adapter_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_id", b"adapter_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAdapterRequest: _TypeAlias = GetAdapterRequest  # noqa: Y015
+
+@_typing.final
+class GetAdapterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    manifest: _builtins.bytes
+    """The artifact's files, byte for byte: verify `signature` with the coordinator's adapter key."""
+    weights: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        manifest: _builtins.bytes = ...,
+        weights: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "signature", b"signature", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAdapterResponse: _TypeAlias = GetAdapterResponse  # noqa: Y015

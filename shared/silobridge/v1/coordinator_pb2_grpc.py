@@ -69,6 +69,11 @@ class CoordinatorServiceStub:
                 request_serializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchResponse.FromString,
                 _registered_method=True)
+        self.GetAdapter = channel.unary_unary(
+                '/silobridge.v1.CoordinatorService/GetAdapter',
+                request_serializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -117,6 +122,13 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAdapter(self, request, context):
+        """A signed adapter artifact, for silos that translate forwarded queries themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +166,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.FederatedSearch,
                     request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchResponse.SerializeToString,
+            ),
+            'GetAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdapter,
+                    request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +362,33 @@ class CoordinatorService:
             '/silobridge.v1.CoordinatorService/FederatedSearch',
             silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchRequest.SerializeToString,
             silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.CoordinatorService/GetAdapter',
+            silobridge_dot_v1_dot_coordinator__pb2.GetAdapterRequest.SerializeToString,
+            silobridge_dot_v1_dot_coordinator__pb2.GetAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class CoordinatorServiceStub:
     """Admin only. Streams progress messages; the last one carries the stored adapter."""
     ListAdapters: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListAdaptersRequest, _coordinator_pb2.ListAdaptersResponse]
     FederatedSearch: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchRequest, _coordinator_pb2.FederatedSearchResponse]
+    GetAdapter: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetAdapterRequest, _coordinator_pb2.GetAdapterResponse]
+    """A signed adapter artifact, for silos that translate forwarded queries themselves."""
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -51,6 +53,8 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """Admin only. Streams progress messages; the last one carries the stored adapter."""
     ListAdapters: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListAdaptersRequest, _coordinator_pb2.ListAdaptersResponse]  # type: ignore[assignment]
     FederatedSearch: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchRequest, _coordinator_pb2.FederatedSearchResponse]  # type: ignore[assignment]
+    GetAdapter: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetAdapterRequest, _coordinator_pb2.GetAdapterResponse]  # type: ignore[assignment]
+    """A signed adapter artifact, for silos that translate forwarded queries themselves."""
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -102,5 +106,13 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.FederatedSearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.FederatedSearchResponse, _abc.Awaitable[_coordinator_pb2.FederatedSearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAdapter(
+        self,
+        request: _coordinator_pb2.GetAdapterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.GetAdapterResponse, _abc.Awaitable[_coordinator_pb2.GetAdapterResponse]]:
+        """A signed adapter artifact, for silos that translate forwarded queries themselves."""
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from silobridge.v1 import common_pb2 as silobridge_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18silobridge/v1/silo.proto\x12\rsilobridge.v1\x1a\x1asilobridge/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"v\n\x10\x44\x65scribeResponse\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\x12\r\n\x05max_k\x18\x04 \x01(\r\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"f\n\rEmbedResponse\x12-\n\x05space\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12&\n\x07vectors\x18\x02 \x03(\x0b\x32\x15.silobridge.v1.Vector\"8\n\x13\x45mbedAnchorsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\">\n\x14\x45mbedAnchorsResponse\x12&\n\x07vectors\x18\x01 \x03(\x0b\x32\x15.silobridge.v1.Vector\"l\n\rSearchRequest\x12%\n\x06vector\x18\x01 \x01(\x0b\x32\x15.silobridge.v1.Vector\x12\t\n\x01k\x18\x02 \x01(\r\x12\x13\n\x0brerank_text\x18\x03 \x01(\t\x12\x14\n\x0crerank_depth\x18\x04 \x01(\r\"a\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.silobridge.v1.Hit\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor2\xc2\x02\n\x0bSiloService\x12K\n\x08\x44\x65scribe\x12\x1e.silobridge.v1.DescribeRequest\x1a\x1f.silobridge.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x1b.silobridge.v1.EmbedRequest\x1a\x1c.silobridge.v1.EmbedResponse\x12[\n\x0c\x45mbedAnchors\x12\".silobridge.v1.EmbedAnchorsRequest\x1a#.silobridge.v1.EmbedAnchorsResponse(\x01\x30\x01\x12\x45\n\x06Search\x12\x1c.silobridge.v1.SearchRequest\x1a\x1d.silobridge.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18silobridge/v1/silo.proto\x12\rsilobridge.v1\x1a\x1asilobridge/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xa7\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\x12\r\n\x05max_k\x18\x04 \x01(\r\x12/\n\x06policy\x18\x05 \x01(\x0b\x32\x1f.silobridge.v1.DisclosurePolicy\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"f\n\rEmbedResponse\x12-\n\x05space\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12&\n\x07vectors\x18\x02 \x03(\x0b\x32\x15.silobridge.v1.Vector\"8\n\x13\x45mbedAnchorsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\">\n\x14\x45mbedAnchorsResponse\x12&\n\x07vectors\x18\x01 \x03(\x0b\x32\x15.silobridge.v1.Vector\"\xc2\x01\n\rSearchRequest\x12%\n\x06vector\x18\x01 \x01(\x0b\x32\x15.silobridge.v1.Vector\x12\t\n\x01k\x18\x02 \x01(\r\x12\x13\n\x0brerank_text\x18\x03 \x01(\t\x12\x14\n\x0crerank_depth\x18\x04 \x01(\r\x12*\n\x06signed\x18\x05 \x01(\x0b\x32\x1a.silobridge.v1.SignedQuery\x12\x14\n\x0csource_space\x18\x06 \x01(\t\x12\x12\n\nadapter_id\x18\x07 \x01(\t\"a\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.silobridge.v1.Hit\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor2\xc2\x02\n\x0bSiloService\x12K\n\x08\x44\x65scribe\x12\x1e.silobridge.v1.DescribeRequest\x1a\x1f.silobridge.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x1b.silobridge.v1.EmbedRequest\x1a\x1c.silobridge.v1.EmbedResponse\x12[\n\x0c\x45mbedAnchors\x12\".silobridge.v1.EmbedAnchorsRequest\x1a#.silobridge.v1.EmbedAnchorsResponse(\x01\x30\x01\x12\x45\n\x06Search\x12\x1c.silobridge.v1.SearchRequest\x1a\x1d.silobridge.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +34,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DESCRIBEREQUEST']._serialized_start=71
   _globals['_DESCRIBEREQUEST']._serialized_end=88
-  _globals['_DESCRIBERESPONSE']._serialized_start=90
-  _globals['_DESCRIBERESPONSE']._serialized_end=208
-  _globals['_EMBEDREQUEST']._serialized_start=210
-  _globals['_EMBEDREQUEST']._serialized_end=239
-  _globals['_EMBEDRESPONSE']._serialized_start=241
-  _globals['_EMBEDRESPONSE']._serialized_end=343
-  _globals['_EMBEDANCHORSREQUEST']._serialized_start=345
-  _globals['_EMBEDANCHORSREQUEST']._serialized_end=401
-  _globals['_EMBEDANCHORSRESPONSE']._serialized_start=403
-  _globals['_EMBEDANCHORSRESPONSE']._serialized_end=465
-  _globals['_SEARCHREQUEST']._serialized_start=467
-  _globals['_SEARCHREQUEST']._serialized_end=575
-  _globals['_SEARCHRESPONSE']._serialized_start=577
-  _globals['_SEARCHRESPONSE']._serialized_end=674
-  _globals['_SILOSERVICE']._serialized_start=677
-  _globals['_SILOSERVICE']._serialized_end=999
+  _globals['_DESCRIBERESPONSE']._serialized_start=91
+  _globals['_DESCRIBERESPONSE']._serialized_end=258
+  _globals['_EMBEDREQUEST']._serialized_start=260
+  _globals['_EMBEDREQUEST']._serialized_end=289
+  _globals['_EMBEDRESPONSE']._serialized_start=291
+  _globals['_EMBEDRESPONSE']._serialized_end=393
+  _globals['_EMBEDANCHORSREQUEST']._serialized_start=395
+  _globals['_EMBEDANCHORSREQUEST']._serialized_end=451
+  _globals['_EMBEDANCHORSRESPONSE']._serialized_start=453
+  _globals['_EMBEDANCHORSRESPONSE']._serialized_end=515
+  _globals['_SEARCHREQUEST']._serialized_start=518
+  _globals['_SEARCHREQUEST']._serialized_end=712
+  _globals['_SEARCHRESPONSE']._serialized_start=714
+  _globals['_SEARCHRESPONSE']._serialized_end=811
+  _globals['_SILOSERVICE']._serialized_start=814
+  _globals['_SILOSERVICE']._serialized_end=1136
 # @@protoc_insertion_point(module_scope)

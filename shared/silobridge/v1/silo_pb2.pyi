@@ -42,11 +42,14 @@ class DescribeResponse(_message.Message):
     SPACE_FIELD_NUMBER: _builtins.int
     DOCUMENT_COUNT_FIELD_NUMBER: _builtins.int
     MAX_K_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     silo: _builtins.str
     document_count: _builtins.int
     max_k: _builtins.int
     @_builtins.property
     def space(self) -> _common_pb2.SpaceDescriptor: ...
+    @_builtins.property
+    def policy(self) -> _common_pb2.DisclosurePolicy: ...
     def __init__(
         self,
         *,
@@ -54,10 +57,11 @@ class DescribeResponse(_message.Message):
         space: _common_pb2.SpaceDescriptor | None = ...,
         document_count: _builtins.int = ...,
         max_k: _builtins.int = ...,
+        policy: _common_pb2.DisclosurePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["space", b"space"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "space", b"space"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_count", b"document_count", "max_k", b"max_k", "silo", b"silo", "space", b"space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_count", b"document_count", "max_k", b"max_k", "policy", b"policy", "silo", b"silo", "space", b"space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -159,6 +163,9 @@ class SearchRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     RERANK_TEXT_FIELD_NUMBER: _builtins.int
     RERANK_DEPTH_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
+    SOURCE_SPACE_FIELD_NUMBER: _builtins.int
+    ADAPTER_ID_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     rerank_text: _builtins.str
     """Optional two-stage re-ranking: only a silo whose policy accepts query text uses it (others
@@ -166,8 +173,17 @@ class SearchRequest(_message.Message):
     with its own model and re-orders them by that native score.
     """
     rerank_depth: _builtins.int
+    source_space: _builtins.str
+    adapter_id: _builtins.str
     @_builtins.property
     def vector(self) -> _common_pb2.Vector: ...
+    @_builtins.property
+    def signed(self) -> _common_pb2.SignedQuery:
+        """A federated query forwarded by a coordinator: `vector` is then the client's own vector in
+        `source_space`, exactly as signed, and the silo translates it itself with the signed
+        adapter `adapter_id` (fetched from the coordinator; empty when the spaces are the same).
+        """
+
     def __init__(
         self,
         *,
@@ -175,10 +191,13 @@ class SearchRequest(_message.Message):
         k: _builtins.int = ...,
         rerank_text: _builtins.str = ...,
         rerank_depth: _builtins.int = ...,
+        signed: _common_pb2.SignedQuery | None = ...,
+        source_space: _builtins.str = ...,
+        adapter_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed", b"signed", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "rerank_depth", b"rerank_depth", "rerank_text", b"rerank_text", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_id", b"adapter_id", "k", b"k", "rerank_depth", b"rerank_depth", "rerank_text", b"rerank_text", "signed", b"signed", "source_space", b"source_space", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
