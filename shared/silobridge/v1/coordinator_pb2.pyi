@@ -107,6 +107,7 @@ class SiloInfo(_message.Message):
     ORG_FIELD_NUMBER: _builtins.int
     REGISTERED_UNIX_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     silo: _builtins.str
     endpoint: _builtins.str
     healthy: _builtins.bool
@@ -119,6 +120,10 @@ class SiloInfo(_message.Message):
     """Why the silo is unhealthy, or that its space changed since registration."""
     @_builtins.property
     def space(self) -> _common_pb2.SpaceDescriptor: ...
+    @_builtins.property
+    def policy(self) -> _common_pb2.DisclosurePolicy:
+        """What the silo's own policy discloses, as its Describe said just now."""
+
     def __init__(
         self,
         *,
@@ -130,10 +135,11 @@ class SiloInfo(_message.Message):
         org: _builtins.str = ...,
         registered_unix: _builtins.int = ...,
         message: _builtins.str = ...,
+        policy: _common_pb2.DisclosurePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["space", b"space"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "space", b"space"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_count", b"document_count", "endpoint", b"endpoint", "healthy", b"healthy", "message", b"message", "org", b"org", "registered_unix", b"registered_unix", "silo", b"silo", "space", b"space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_count", b"document_count", "endpoint", b"endpoint", "healthy", b"healthy", "message", b"message", "org", b"org", "policy", b"policy", "registered_unix", b"registered_unix", "silo", b"silo", "space", b"space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
