@@ -132,6 +132,7 @@ describe = ["spiffe://{CONSORTIUM}/coordinator/*", "org:bible"]
 embed = ["org:bible/client"]
 embed_anchors = ["spiffe://{CONSORTIUM}/coordinator/*"]
 search = ["spiffe://{CONSORTIUM}/coordinator/*", "org:bible/client"]
+query = ["org:bible"]
 disclose_fields = [{disclosed}]
 accept_query_text = {"true" if accept_query_text else "false"}
 {extra}

@@ -16,7 +16,7 @@ from silobridge.shared.identity import PeerIdentity, identity_matches, validate_
 from silobridge.shared.transport import TlsFiles, tls_from_config
 
 # Actions of the consortium policy; each RPC maps to one (``ACTION_FOR_RPC`` in the service).
-ACTIONS = ("register", "list", "anchors", "train")
+ACTIONS = ("register", "list", "anchors", "adapters", "train")
 # Key of ``[policy.query]`` that applies to silos without an entry of their own.
 DEFAULT_SILO = "*"
 
@@ -49,6 +49,14 @@ class CoordinatorPolicy:
     rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Silo name (or ``*``) -> rules of who may query it. A silo's own entry replaces ``*``.
     query: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Refuse federated queries the client did not sign (a silo demanding signatures would
+    # refuse them anyway; this says so before any fan-out).
+    require_signed: bool = True
+    # Certificates refused outright (serials or sha256 fingerprints, one per line).
+    denylist: Path | None = None
+    # Per caller identity, on FederatedSearch: beyond it RESOURCE_EXHAUSTED, audited.
+    rate_per_second: float = 50.0
+    burst: int = 100
 
     def allows(self, action: str, identity: PeerIdentity) -> bool:
         return any(identity_matches(identity, rule) for rule in self.rules.get(action, ()))
@@ -56,6 +64,13 @@ class CoordinatorPolicy:
     def may_query(self, identity: PeerIdentity, silo: str) -> bool:
         rules = self.query.get(silo, self.query.get(DEFAULT_SILO, ()))
         return any(identity_matches(identity, rule) for rule in rules)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    log: Path
+    key: Path
+    checkpoint_every: int = 100
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,7 @@ class CoordinatorConfig:
     tls: TlsFiles | None
     training: TrainingSettings
     policy: CoordinatorPolicy
+    audit: AuditSettings
 
 
 def _rules(section: Section, key: str) -> tuple[str, ...]:
@@ -86,7 +102,9 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     """Read and check ``coordinator.toml``; every problem is a ConfigError naming the key."""
     path = path.resolve()
     doc = load_toml(path)
-    refuse_unknown_sections(path, doc, {"coordinator", "server", "tls", "training", "policy"})
+    refuse_unknown_sections(
+        path, doc, {"coordinator", "server", "tls", "training", "policy", "audit"}
+    )
 
     main = Section.of(path, doc, "coordinator")
     name = main.get("name", str, "coordinator")
@@ -127,12 +145,28 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
         raise ConfigError(f"{path}: [policy.query] must be a table of silo = [rules]")
     pol = Section(path, "policy", {k: v for k, v in raw_policy.items() if k != "query"})
     rules = {action: _rules(pol, action) for action in ACTIONS}
+    require_signed = pol.get("require_signed_queries", bool, True)
+    denylist = pol.path("denylist") if "denylist" in raw_policy else None
+    rate = pol.get("rate_per_second", float, CoordinatorPolicy.rate_per_second)
+    if not rate > 0:
+        raise ConfigError(f"{path}: [policy] rate_per_second must be positive")
+    burst = pol.positive("burst", CoordinatorPolicy.burst)
     pol.finish()
     qry = Section(path, "policy.query", raw_query)
     query = {silo: _rules(qry, silo) for silo in raw_query}
     qry.finish()
 
+    # Always on: every call, allowed or denied, leaves a hash-chained line.
+    aud = Section.of(path, doc, "audit")
+    audit = AuditSettings(
+        log=aud.path("log", default=str(state_dir / "audit" / "audit.log")),
+        key=aud.path("key", default=str(state_dir / "audit" / "audit.key")),
+        checkpoint_every=aud.positive("checkpoint_every", 100),
+    )
+    aud.finish()
+
     return CoordinatorConfig(
+        audit=audit,
         source=path,
         name=name,
         state_dir=state_dir,
@@ -140,5 +174,12 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
         server=server,
         tls=tls,
         training=training,
-        policy=CoordinatorPolicy(rules=rules, query=query),
+        policy=CoordinatorPolicy(
+            rules=rules,
+            query=query,
+            require_signed=require_signed,
+            denylist=denylist,
+            rate_per_second=rate,
+            burst=burst,
+        ),
     )

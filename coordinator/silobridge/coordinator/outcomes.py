@@ -11,6 +11,7 @@ from silobridge.coordinator.merge import MergedHit
 from silobridge.shared.silo_client import RemoteHit, SiloInfo
 from silobridge.shared.spaces import FloatMatrix
 from silobridge.shared.vectors import FloatVector
+from silobridge.v1 import common_pb2
 
 
 class SiloOutcome(enum.Enum):
@@ -39,6 +40,15 @@ class FederatedAnswer:
     reports: list[SiloReport] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Forwarded:
+    """A client-signed query passed on as is: the silo verifies it and translates it itself."""
+
+    signed: common_pb2.SignedQuery
+    source_space: str
+    adapter_id: str
+
+
 class SiloGateway(Protocol):
     """How the coordinator reaches silos (gRPC in production: ``silo_links.GrpcSiloGateway``)."""
 
@@ -53,6 +63,7 @@ class SiloGateway(Protocol):
         timeout: float,
         rerank_text: str = "",
         rerank_depth: int = 0,
+        forward: Forwarded | None = None,
     ) -> list[RemoteHit]: ...
 
     async def embed_anchors(

@@ -18,10 +18,24 @@ from silobridge.coordinator.silo_links import GrpcSiloGateway
 from silobridge.coordinator.state import CoordinatorState
 from silobridge.shared import transport
 from silobridge.shared.adapters.signing import generate_signing_key, load_signing_key
+from silobridge.shared.gatekeeper import Gatekeeper
+from silobridge.shared.wire_recorder import recording_interceptors
 from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+
+
+def open_gatekeeper(config: CoordinatorConfig) -> Gatekeeper:
+    """Denylist, per-caller rate limit and the audit log of this coordinator."""
+    return Gatekeeper.open(
+        denylist=config.policy.denylist,
+        rate_per_second=config.policy.rate_per_second,
+        burst=config.policy.burst,
+        audit_log=config.audit.log,
+        audit_key=config.audit.key,
+        checkpoint_every=config.audit.checkpoint_every,
+    )
 
 
 def open_coordinator(config: CoordinatorConfig) -> CoordinatorService:
@@ -55,12 +69,14 @@ class RunningCoordinator:
     port: int
     service: CoordinatorService
     health: health.aio.HealthServicer
+    gatekeeper: Gatekeeper
 
     async def close_resources(self) -> None:
         await self.service.gateway.close()
         for pool in (self.service.executor, self.service.train_executor):
             pool.shutdown(wait=True, cancel_futures=True)
         self.service.state.close()
+        self.gatekeeper.close()
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
@@ -73,16 +89,19 @@ async def start_coordinator(
 ) -> RunningCoordinator:
     """Start serving; ``listen`` overrides the config (tests pass ``127.0.0.1:0``)."""
     config = service.config
-    server = transport.create_server()
+    server = transport.create_server(
+        interceptors=recording_interceptors(f"coordinator-{config.name}")
+    )
+    gatekeeper = open_gatekeeper(config)
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
-        CoordinatorServicer(service), server
+        CoordinatorServicer(service, gatekeeper), server
     )
     health_servicer = transport.add_health(server)
     address = listen or config.server.listen
     port = transport.bind_server(server, address, config.tls, insecure=config.server.insecure)
     await server.start()
     await transport.mark_serving(health_servicer, [SERVICE_NAME])
-    return RunningCoordinator(server, port, service, health_servicer)
+    return RunningCoordinator(server, port, service, health_servicer, gatekeeper)
 
 
 async def serve(config: CoordinatorConfig, *, ready: asyncio.Event | None = None) -> None:

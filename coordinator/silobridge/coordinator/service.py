@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,6 +27,7 @@ from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.merge import ScoredHit, SiloResult, merge_calibrated, merge_rrf
 from silobridge.coordinator.outcomes import (
     FederatedAnswer,
+    Forwarded,
     SiloGateway,
     SiloOutcome,
     SiloReport,
@@ -34,6 +36,7 @@ from silobridge.coordinator.state import AdapterRecord, CoordinatorState, SiloRe
 from silobridge.coordinator.training import train_adapter
 from silobridge.coordinator.translation import Route, Translator, staleness
 from silobridge.shared.adapters import KINDS, FitConfig
+from silobridge.shared.adapters.artifact import MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE
 from silobridge.shared.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -42,8 +45,10 @@ from silobridge.shared.errors import (
     SiloBridgeError,
 )
 from silobridge.shared.identity import PeerIdentity, Role
+from silobridge.shared.signed_query import verify_signed_query
 from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.shared.vectors import FloatVector, validate_k, validate_query_vector
+from silobridge.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,6 +103,24 @@ class SubmittedChunk:
 
 
 @dataclass(frozen=True)
+class AdapterFiles:
+    manifest: bytes
+    weights: bytes
+    signature: bytes
+
+
+def read_artifact_files(directory: Path) -> AdapterFiles:
+    try:
+        return AdapterFiles(
+            manifest=(directory / MANIFEST_FILE).read_bytes(),
+            weights=(directory / WEIGHTS_FILE).read_bytes(),
+            signature=(directory / SIGNATURE_FILE).read_bytes(),
+        )
+    except OSError as error:
+        raise FailedPrecondition(f"adapter artifact {directory} is unreadable: {error}") from None
+
+
+@dataclass(frozen=True)
 class _Plan:
     source: SpaceDescriptor
     targets: list[SiloRecord]
@@ -135,6 +158,7 @@ class CoordinatorService:
         self.translator = Translator(state, signing_key.public_key())
         self.executor = executor
         self.train_executor = train_executor
+        self._ca_pem: bytes | None = None
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
@@ -422,12 +446,26 @@ class CoordinatorService:
         rerank_text: str = "",
         rerank_depth: int = 0,
         time_remaining: float | None = None,
+        signed: common_pb2.SignedQuery | None = None,
+        wire_vector: common_pb2.Vector | None = None,
     ) -> FederatedAnswer:
-        """Translate, fan out concurrently under the caller's deadline, merge; never hang."""
+        """Check, route, fan out concurrently under the caller's deadline, merge; never hang.
+
+        A signed query is forwarded as signed, with the client's own vector: each silo verifies
+        the signature and translates the vector itself with the adapter named here. An unsigned
+        one (only where the policy allows it) is translated here.
+        """
         started = time.monotonic()
         validate_k(k, self.config.server.max_k)
         if merge not in MERGE_MODES:
             raise InvalidArgument(f"unknown merge mode {merge!r}; choose one of {MERGE_MODES}")
+        if signed is not None:
+            self._check_signature(caller, signed, wire_vector, source_space, k, silos, rerank_text)
+        elif self.config.policy.require_signed:
+            raise PermissionDenied(
+                "this coordinator forwards only queries the client signed; sign the query with "
+                "the key of your certificate (the silobridge client does this)"
+            )
         # One worker-thread hop for everything that reads state or loads adapters.
         plan = await self._run(
             lambda: self._plan(caller, source_space, silos, reranked=bool(rerank_text))
@@ -438,7 +476,10 @@ class CoordinatorService:
         if time_remaining is not None:
             budget = min(budget, time_remaining - (time.monotonic() - started) - REPLY_MARGIN_S)
         calls = [
-            self._search_one(route, query, k, budget, rerank_text, rerank_depth) for route in routes
+            self._search_one(
+                route, query, k, budget, rerank_text, rerank_depth, signed, source_space
+            )
+            for route in routes
         ]
         results = await asyncio.gather(*calls)
         merged_inputs = [result for result, _report in results if result is not None]
@@ -448,6 +489,50 @@ class CoordinatorService:
         order = {s.name: i for i, s in enumerate(targets)}
         reports.sort(key=lambda r: order.get(r.silo, len(order)))
         return FederatedAnswer(hits=hits, reports=reports)
+
+    def _check_signature(
+        self,
+        caller: PeerIdentity,
+        signed: common_pb2.SignedQuery,
+        wire_vector: common_pb2.Vector | None,
+        source_space: str,
+        k: int,
+        silos: Sequence[str],
+        rerank_text: str,
+    ) -> None:
+        """The caller signed this very query (the silos check it again, and for replays)."""
+        if self.config.tls is None or wire_vector is None:
+            raise PermissionDenied("this coordinator cannot verify signed queries without TLS")
+        if self._ca_pem is None:
+            self._ca_pem = self.config.tls.read()[2]
+        verified = verify_signed_query(
+            signed,
+            ca_certificate_pem=self._ca_pem,
+            vector=wire_vector,
+            source_space=source_space,
+            silo=None,
+            replay=None,
+            rerank_text=rerank_text,
+        )
+        if verified.signer.spiffe_id != caller.spiffe_id:
+            raise PermissionDenied(
+                f"the query is signed by {verified.signer.spiffe_id} but sent by "
+                f"{caller.spiffe_id}; a client sends only its own signed queries"
+            )
+        if k > verified.claims.k:
+            raise PermissionDenied(f"k={k} exceeds the k={verified.claims.k} the client signed")
+        addressed = set(verified.claims.silos)
+        if addressed and not set(silos) <= addressed:
+            raise PermissionDenied("the request names silos the client's signature does not")
+
+    async def get_adapter(self, caller: PeerIdentity, adapter_id: str) -> AdapterFiles:
+        """The signed artifact of ``adapter_id``, byte for byte, for a silo to verify and use."""
+        self.authorize("adapters", caller)
+        records = {r.adapter_id: r for r in await self._run(self.state.adapters)}
+        record = records.get(adapter_id)
+        if record is None:
+            raise NotFound(f"no adapter {adapter_id!r} at this coordinator")
+        return await self._run(lambda: read_artifact_files(record.path))
 
     def _plan(
         self, caller: PeerIdentity, source_space: str, silos: Sequence[str], *, reranked: bool
@@ -497,6 +582,8 @@ class CoordinatorService:
         budget: float,
         rerank_text: str,
         rerank_depth: int,
+        signed: common_pb2.SignedQuery | None,
+        source_space: str,
     ) -> tuple[SiloResult | None, SiloReport]:
         if isinstance(route, SiloReport):
             return None, route
@@ -504,7 +591,13 @@ class CoordinatorService:
         if budget <= 0:
             return None, SiloReport(name, SiloOutcome.TIMEOUT, "no time left in the deadline")
         started = time.monotonic()
-        vector = query if route.adapter is None else route.adapter.apply_one(query)
+        forward = None
+        if signed is not None:
+            # The silo verifies the signature over this very vector and translates it itself.
+            vector = query
+            forward = Forwarded(signed, source_space, route.adapter_id)
+        else:
+            vector = query if route.adapter is None else route.adapter.apply_one(query)
         try:
             # The gRPC deadline ends the call; wait_for guards against a transport that hangs.
             hits = await asyncio.wait_for(
@@ -515,6 +608,7 @@ class CoordinatorService:
                     timeout=budget,
                     rerank_text=rerank_text,
                     rerank_depth=rerank_depth,
+                    forward=forward,
                 ),
                 timeout=budget + 0.5,
             )

@@ -17,7 +17,9 @@ from silobridge.coordinator.service import (
 )
 from silobridge.coordinator.state import AdapterRecord
 from silobridge.shared.errors import InvalidArgument
+from silobridge.shared.gatekeeper import Gatekeeper
 from silobridge.shared.grpc_errors import stream_boundary, unary_boundary
+from silobridge.shared.identity import PeerIdentity
 from silobridge.shared.serde import space_from_proto, space_to_proto, vector_from_proto
 from silobridge.shared.spaces import FloatMatrix
 from silobridge.shared.transport import peer_identity
@@ -72,14 +74,21 @@ def silo_info(view: SiloView) -> coordinator_pb2.SiloInfo:
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     """Thin adapter from ``CoordinatorService`` to ``silobridge.v1.CoordinatorService``."""
 
-    def __init__(self, service: CoordinatorService) -> None:
+    def __init__(self, service: CoordinatorService, gatekeeper: Gatekeeper) -> None:
         self.service = service
+        # Denylist, rate limits and the audit log; the error boundary audits every refusal.
+        self.gatekeeper = gatekeeper
+
+    def _caller(self, context: Context) -> PeerIdentity:
+        return self.gatekeeper.admit(peer_identity(context))
 
     @unary_boundary
     async def RegisterSilo(
         self, request: coordinator_pb2.RegisterSiloRequest, context: Context
     ) -> coordinator_pb2.RegisterSiloResponse:
-        record = await self.service.register(peer_identity(context), request.endpoint)
+        caller = self._caller(context)
+        record = await self.service.register(caller, request.endpoint)
+        self.gatekeeper.record(caller, "RegisterSilo", allowed=True, silos=[record.name])
         return coordinator_pb2.RegisterSiloResponse(
             silo=record.name, space=space_to_proto(record.space)
         )
@@ -88,15 +97,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def ListSilos(
         self, request: coordinator_pb2.ListSilosRequest, context: Context
     ) -> coordinator_pb2.ListSilosResponse:
-        views = await self.service.list_silos(peer_identity(context))
+        caller = self._caller(context)
+        views = await self.service.list_silos(caller)
+        self.gatekeeper.record(caller, "ListSilos", allowed=True, results=len(views))
         return coordinator_pb2.ListSilosResponse(silos=[silo_info(v) for v in views])
 
     @stream_boundary
     async def GetAnchorSet(
         self, request: coordinator_pb2.GetAnchorSetRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.GetAnchorSetResponse]:
-        chunks = self.service.anchor_chunks(peer_identity(context), request.name, request.version)
+        caller = self._caller(context)
+        chunks = self.service.anchor_chunks(caller, request.name, request.version)
+        sent = 0
         async for chunk in chunks:
+            sent += len(chunk.texts)
             yield coordinator_pb2.GetAnchorSetResponse(
                 name=chunk.info.name,
                 version=chunk.info.version,
@@ -105,6 +119,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 offset=chunk.offset,
                 total=chunk.info.count,
             )
+        self.gatekeeper.record(
+            caller, "GetAnchorSet", allowed=True, results=sent, anchor_set=request.name
+        )
 
     @unary_boundary
     async def SubmitAnchorEmbeddings(
@@ -122,15 +139,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     vectors=_matrix(message),
                 )
 
-        stored = await self.service.submit_anchor_embeddings(peer_identity(context), chunks())
+        caller = self._caller(context)
+        stored = await self.service.submit_anchor_embeddings(caller, chunks())
+        self.gatekeeper.record(caller, "SubmitAnchorEmbeddings", allowed=True, results=stored)
         return coordinator_pb2.SubmitAnchorEmbeddingsResponse(stored=stored)
 
     @stream_boundary
     async def TrainAdapter(
         self, request: coordinator_pb2.TrainAdapterRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.TrainAdapterResponse]:
+        caller = self._caller(context)
         events = self.service.train(
-            peer_identity(context),
+            caller,
             source_space=request.source_space,
             target_space=request.target_space,
             anchor_set=request.anchor_set,
@@ -141,13 +161,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             message = coordinator_pb2.TrainAdapterResponse(stage=event.stage, message=event.message)
             if event.adapter is not None:
                 message.adapter.CopyFrom(adapter_info(event.adapter))
+                self.gatekeeper.record(
+                    caller, "TrainAdapter", allowed=True, adapter_id=event.adapter.adapter_id
+                )
             yield message
 
     @unary_boundary
     async def ListAdapters(
         self, request: coordinator_pb2.ListAdaptersRequest, context: Context
     ) -> coordinator_pb2.ListAdaptersResponse:
-        views: list[AdapterView] = await self.service.list_adapters(peer_identity(context))
+        caller = self._caller(context)
+        views: list[AdapterView] = await self.service.list_adapters(caller)
+        self.gatekeeper.record(caller, "ListAdapters", allowed=True, results=len(views))
         return coordinator_pb2.ListAdaptersResponse(
             adapters=[adapter_info(v.record, v.stale_reason) for v in views]
         )
@@ -156,7 +181,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def FederatedSearch(
         self, request: coordinator_pb2.FederatedSearchRequest, context: Context
     ) -> coordinator_pb2.FederatedSearchResponse:
-        caller = peer_identity(context)
+        caller = self._caller(context)
+        self.gatekeeper.limit(caller)
         answer = await self.service.federated_search(
             caller,
             vector=vector_from_proto(request.vector),
@@ -167,6 +193,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             rerank_text=request.rerank_text,
             rerank_depth=request.rerank_depth,
             time_remaining=context.time_remaining(),
+            signed=request.signed if request.HasField("signed") else None,
+            wire_vector=request.vector,
+        )
+        self.gatekeeper.record(
+            caller,
+            "FederatedSearch",
+            allowed=True,
+            silos=[r.silo for r in answer.reports],
+            results=len(answer.hits),
+            signed=request.HasField("signed"),
+            outcomes=",".join(f"{r.silo}:{r.outcome.value}" for r in answer.reports),
         )
         return coordinator_pb2.FederatedSearchResponse(
             hits=[
@@ -188,6 +225,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 )
                 for r in answer.reports
             ],
+        )
+
+    @unary_boundary
+    async def GetAdapter(
+        self, request: coordinator_pb2.GetAdapterRequest, context: Context
+    ) -> coordinator_pb2.GetAdapterResponse:
+        caller = self._caller(context)
+        files = await self.service.get_adapter(caller, request.adapter_id)
+        self.gatekeeper.record(caller, "GetAdapter", allowed=True, adapter_id=request.adapter_id)
+        return coordinator_pb2.GetAdapterResponse(
+            manifest=files.manifest, weights=files.weights, signature=files.signature
         )
 
 

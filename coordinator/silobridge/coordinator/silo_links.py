@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from silobridge.coordinator.outcomes import SiloOutcome
+from silobridge.coordinator.outcomes import Forwarded, SiloOutcome
 from silobridge.shared.silo_client import RemoteHit, SiloClient, SiloInfo
 from silobridge.shared.spaces import FloatMatrix
 from silobridge.shared.transport import TlsFiles
@@ -55,10 +55,22 @@ class GrpcSiloGateway:
         timeout: float,
         rerank_text: str = "",
         rerank_depth: int = 0,
+        forward: Forwarded | None = None,
     ) -> list[RemoteHit]:
         client = await self._client(endpoint)
+        if forward is None:
+            return await client.search(
+                vector, k, timeout=timeout, rerank_text=rerank_text, rerank_depth=rerank_depth
+            )
         return await client.search(
-            vector, k, timeout=timeout, rerank_text=rerank_text, rerank_depth=rerank_depth
+            vector,
+            k,
+            timeout=timeout,
+            rerank_text=rerank_text,
+            rerank_depth=rerank_depth,
+            signed=forward.signed,
+            source_space=forward.source_space,
+            adapter_id=forward.adapter_id,
         )
 
     async def embed_anchors(

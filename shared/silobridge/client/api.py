@@ -20,6 +20,7 @@ import numpy.typing as npt
 from silobridge.client.config import ClientConfig
 from silobridge.shared.errors import InvalidArgument
 from silobridge.shared.serde import space_from_proto, vector_from_proto, vector_to_proto
+from silobridge.shared.signed_query import sign_query
 from silobridge.shared.silo_client import SiloClient
 from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.shared.transport import open_channel
@@ -222,6 +223,13 @@ class FederatedClient:
         self._home = SiloClient(config.home_silo, config.tls, insecure=config.insecure)
         self._channel = open_channel(config.coordinator, config.tls, insecure=config.insecure)
         self._coordinator = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
+        self._tls_bytes: tuple[bytes, bytes, bytes] | None = None
+
+    def _tls_material(self) -> tuple[bytes, bytes, bytes]:
+        if self._tls_bytes is None:
+            assert self.config.tls is not None
+            self._tls_bytes = self.config.tls.read()
+        return self._tls_bytes
 
     async def __aenter__(self) -> FederatedClient:
         return self
@@ -270,15 +278,32 @@ class FederatedClient:
         sent to every target silo whose policy accepts query text, which re-ranks its top
         ``rerank_depth`` hits with its own model (0: the coordinator's default depth).
         """
+        wire = vector_to_proto(vector)
+        targets = [name.strip() for name in silos if name.strip()]
         request = coordinator_pb2.FederatedSearchRequest(
-            vector=vector_to_proto(vector),
+            vector=wire,
             source_space=source_space,
             k=_count("k", k, minimum=1),
-            silos=[name.strip() for name in silos if name.strip()],
+            silos=targets,
             merge=_merge_mode(merge),
             rerank_text=rerank_text,
             rerank_depth=_count("rerank_depth", rerank_depth, minimum=0),
         )
+        if self.config.tls is not None:
+            # Signed with our certificate's key: silos verify that this very query came from
+            # us, and a coordinator can neither alter nor replay it.
+            cert, key, _ca = self._tls_material()
+            request.signed.CopyFrom(
+                sign_query(
+                    vector=wire,
+                    source_space=source_space,
+                    silos=targets,
+                    k=k,
+                    key_pem=key,
+                    certificate_pem=cert,
+                    rerank_text=rerank_text,
+                )
+            )
         reply = await self._coordinator.FederatedSearch(
             request, timeout=self.config.timeout_seconds
         )

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from silobridge.shared.errors import ErrorCode, SiloBridgeError
+from silobridge.shared.transport import ANONYMOUS, peer_identity
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,29 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE
 
 
-async def _abort(context: Ctx, error: Exception, method: str) -> None:
+async def _abort(servicer: object, context: Ctx, error: Exception, method: str) -> None:
     status, message = status_for(error)
     if status is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method, exc_info=error)
     else:
         log.info("%s refused: %s: %s", method, status.name, message)
+    _audit_refusal(servicer, context, method, f"{status.name}: {message}")
     await context.abort(status, message)
+
+
+def _audit_refusal(servicer: object, context: Ctx, method: str, reason: str) -> None:
+    """Every refused call leaves an audit line, whoever made it (servicers with a gatekeeper)."""
+    gatekeeper = getattr(servicer, "gatekeeper", None)
+    if gatekeeper is None:
+        return
+    try:
+        who = peer_identity(context)
+    except Exception:  # a certificate without a SiloBridge identity is still audited
+        who = ANONYMOUS
+    try:
+        gatekeeper.record(who, method.rsplit(".", 1)[-1], allowed=False, reason=reason)
+    except Exception:  # an audit failure must not turn a refusal into a crash; it is logged
+        log.exception("could not audit the refusal of %s", method)
 
 
 def unary_boundary(
@@ -62,7 +79,7 @@ def unary_boundary(
         except grpc.aio.AbortError:
             raise
         except Exception as error:  # the boundary: anything else becomes a status
-            await _abort(context, error, method.__qualname__)
+            await _abort(self, context, error, method.__qualname__)
             raise AssertionError("context.abort returned") from error  # pragma: no cover
 
     return wrapper
@@ -81,6 +98,6 @@ def stream_boundary(
         except grpc.aio.AbortError:
             raise
         except Exception as error:  # the boundary: anything else becomes a status
-            await _abort(context, error, method.__qualname__)
+            await _abort(self, context, error, method.__qualname__)
 
     return wrapper

@@ -18,9 +18,10 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from silobridge.shared.errors import InvalidArgument, PermissionDenied
@@ -46,13 +47,21 @@ ROLE_NAMES: frozenset[str] = frozenset(role.value for role in Role)
 
 @dataclass(frozen=True)
 class PeerIdentity:
-    """Who is on the other end of a TLS connection, as its certificate says."""
+    """Who is on the other end of a TLS connection, as its certificate says.
+
+    ``serial`` (lower-case hex, no leading zeros) and ``fingerprint`` (SHA-256 of the DER
+    certificate, lower-case hex) name the certificate, not the holder: they are left out of
+    equality so a renewed certificate is still the same identity. Empty when not read from a
+    certificate.
+    """
 
     spiffe_id: str
     consortium: str
     role: str
     name: str
     org: str
+    serial: str = field(default="", compare=False)
+    fingerprint: str = field(default="", compare=False)
 
 
 def validate_component(value: str, what: str) -> str:
@@ -137,7 +146,14 @@ def identity_from_certificate(certificate: x509.Certificate) -> PeerIdentity:
         role=role,
         name=name,
         org=_subject_org(certificate),
+        serial=certificate_serial_hex(certificate),
+        fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
     )
+
+
+def certificate_serial_hex(certificate: x509.Certificate) -> str:
+    """The serial number as lower-case hex without colons or leading zeros (denylists use it)."""
+    return format(certificate.serial_number, "x")
 
 
 def identity_from_certificate_pem(pem: bytes) -> PeerIdentity:

@@ -175,6 +175,11 @@ class LocalConsortium:
     def coordinator_config(self) -> Path:
         return self.root / "coordinator" / "coordinator.toml"
 
+    @property
+    def adapter_key(self) -> Path:
+        """The coordinator's adapter public key (written on its first start)."""
+        return self.root / "coordinator" / "state" / "adapter-signing.key.pub"
+
     # --- provisioning -----------------------------------------------------------------------
 
     def provision(self) -> None:
@@ -220,6 +225,7 @@ silo_timeout_seconds = 10
 [policy]
 register = ["{spiffe}/silo/*"]      # silos register themselves (name = certificate name)
 anchors = ["{spiffe}/silo/*"]
+adapters = ["{spiffe}/silo/*"]      # silos fetch signed adapters to translate queries
 list = ["{spiffe}/client/*", "{spiffe}/silo/*"]
 train = ["{spiffe}/client/{self.admin}"]
 
@@ -246,12 +252,15 @@ listen = "127.0.0.1:0"
 {self._tls(spec.name)}
 [coordinator]
 endpoint = "{coordinator}"           # registers itself there on start
+adapter_key = "{self.adapter_key}"   # adapters must be signed by this key
 
 [access]
 describe = ["{spiffe}/coordinator/hub", "org:{spec.org}"]
 embed = ["org:{spec.org}/client"]    # only our own people send text to our model
 embed_anchors = ["{spiffe}/coordinator/hub"]
 search = ["{spiffe}/coordinator/hub", "org:{spec.org}/client"]
+query = ["{spiffe}/client/*"]         # on whose behalf: clients of any member organization
+accept_spaces = ["*"]                # translate queries from any space with a signed adapter
 disclose_fields = {_toml_list(spec.disclose)}
 accept_query_text = {"true" if spec.accept_query_text else "false"}
 """

@@ -13,7 +13,7 @@ from silobridge.shared.serde import space_from_proto, vector_from_proto, vector_
 from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.shared.transport import TlsFiles, open_channel
 from silobridge.shared.vectors import FloatVector
-from silobridge.v1 import silo_pb2, silo_pb2_grpc
+from silobridge.v1 import common_pb2, silo_pb2, silo_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,19 @@ class SiloClient:
         timeout: float | None = None,
         rerank_text: str = "",
         rerank_depth: int = 0,
+        signed: common_pb2.SignedQuery | None = None,
+        source_space: str = "",
+        adapter_id: str = "",
     ) -> list[RemoteHit]:
+        """Search; a forwarded query carries the client's signature and its original vector."""
         request = silo_pb2.SearchRequest(
-            vector=vector_to_proto(vector), k=k, rerank_text=rerank_text, rerank_depth=rerank_depth
+            vector=vector_to_proto(vector),
+            k=k,
+            rerank_text=rerank_text,
+            rerank_depth=rerank_depth,
+            signed=signed,
+            source_space=source_space,
+            adapter_id=adapter_id,
         )
         reply = await self.stub.Search(request, timeout=timeout)
         return [RemoteHit(h.doc_id, h.score, dict(h.fields)) for h in reply.hits]

@@ -10,17 +10,24 @@ import asyncio
 import json
 import logging
 import signal
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from silobridge.shared.config_io import Section
 from silobridge.shared.errors import ConfigError, PermissionDenied
-from silobridge.shared.identity import PeerIdentity, identity_from_certificate_pem
+from silobridge.shared.identity import (
+    PeerIdentity,
+    certificate_serial_hex,
+    identity_from_certificate_pem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +121,124 @@ def tls_from_config(
     return tls
 
 
-def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
-    """Server side of mutual TLS: a client without a certificate from our CA fails the handshake."""
+# Per file: mtime and size catch edits, inode a replace by rename, ctime a chmod.
+_FileStamp = tuple[int, int, int, int]
+# The stamp of a set with a file that cannot even be looked at (deleted mid-rotation).
+_GONE: tuple[_FileStamp, ...] = ((-1, -1, -1, -1),)
+
+
+def _stamp_files(tls: TlsFiles) -> tuple[_FileStamp, ...]:
+    stamps = []
+    for path in (tls.cert, tls.key, tls.ca):
+        status = path.stat()
+        stamps.append((status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino))
+    return tuple(stamps)
+
+
+def _checked_tls_material(tls: TlsFiles) -> tuple[bytes, bytes, bytes, str]:
+    """(cert, key, ca, serial) after checking they fit together; raises ``ConfigError``.
+
+    Files rotated one at a time pass through states where the key does not match the
+    certificate; refusing those keeps the previous, working configuration in place.
+    """
     cert, key, ca = tls.read()
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True
+    try:
+        chain = x509.load_pem_x509_certificates(cert)
+    except ValueError:
+        raise ConfigError(f"{tls.cert} holds no readable PEM certificate") from None
+    try:
+        private_key = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{tls.key} is not an unencrypted PEM private key (a server starts unattended)"
+        ) from None
+    if private_key.public_key() != chain[0].public_key():
+        raise ConfigError(f"the key in {tls.key} does not belong to the certificate in {tls.cert}")
+    try:
+        x509.load_pem_x509_certificates(ca)
+    except ValueError:
+        raise ConfigError(f"{tls.ca} holds no readable PEM CA certificate") from None
+    return cert, key, ca, certificate_serial_hex(chain[0])
+
+
+def _certificate_configuration(
+    cert: bytes, key: bytes, ca: bytes
+) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+
+class ReloadingServerCertificates:
+    """The server's certificate, key and CA bundle, re-read for new connections when changed.
+
+    gRPC calls an instance before every new TLS handshake (``dynamic_ssl_server_credentials``):
+    it returns a new configuration when the files' stamps changed and they fit together, else
+    ``None`` (keep the current one). Existing connections keep what they were opened with.
+    """
+
+    def __init__(self, tls: TlsFiles) -> None:
+        self.tls = tls
+        self._lock = threading.Lock()
+        try:
+            # Stamped before reading, so a write during the read is seen on the next handshake.
+            self._stamp: tuple[_FileStamp, ...] | None = _stamp_files(tls)
+        except OSError:
+            self._stamp = None  # tls.read() below names the missing file
+        cert, key, ca, serial = _checked_tls_material(tls)
+        self.initial = _certificate_configuration(cert, key, ca)
+        self.serial = serial
+        # The broken state last warned about, so a half-rotated set is reported once.
+        self._failed_stamp: tuple[_FileStamp, ...] | None = None
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        # Never raise into gRPC's handshake path: any failure keeps the current configuration.
+        try:
+            return self._fetch()
+        except Exception:
+            log.exception("TLS reload of %s failed; keeping the current certificate", self.tls.cert)
+            return None
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            try:
+                stamp = _stamp_files(self.tls)
+            except OSError as error:
+                self._warn_once(_GONE, f"cannot stat TLS file {error.filename}: {error.strerror}")
+                return None
+            if stamp in (self._stamp, self._failed_stamp):
+                return None
+            try:
+                cert, key, ca, serial = _checked_tls_material(self.tls)
+            except ConfigError as error:
+                self._warn_once(stamp, error.message)
+                return None
+            self._stamp, self._failed_stamp, self.serial = stamp, None, serial
+            log.info(
+                "TLS files changed: new connections use certificate %s (serial %s) and CA %s",
+                self.tls.cert,
+                serial,
+                self.tls.ca,
+            )
+            return _certificate_configuration(cert, key, ca)
+
+    def _warn_once(self, stamp: tuple[_FileStamp, ...], reason: str) -> None:
+        if stamp == self._failed_stamp:
+            return
+        self._failed_stamp = stamp
+        log.warning("TLS files not reloaded, keeping the current certificate: %s", reason)
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """Server side of mutual TLS: a client without a certificate from our CA fails the handshake.
+
+    The certificate, key and CA bundle are re-read for new connections when they change, so a
+    certificate can be rotated (or a second CA trusted) without restarting the server.
+    """
+    certificates = ReloadingServerCertificates(tls)
+    return grpc.dynamic_ssl_server_credentials(
+        certificates.initial,
+        # The stubs omit the documented ``None`` ("no change") from the fetcher's return type.
+        certificates,  # type: ignore[arg-type]
+        require_client_authentication=True,
     )
 
 
@@ -139,9 +259,17 @@ def _warn_insecure(what: str, address: str) -> None:
     )
 
 
-def create_server(*, maximum_concurrent_rpcs: int | None = None) -> grpc.aio.Server:
+def create_server(
+    *,
+    maximum_concurrent_rpcs: int | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
     """An asyncio server with the options above; add servicers, then ``bind_server``."""
-    return grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=maximum_concurrent_rpcs)
+    return grpc.aio.server(
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+        interceptors=list(interceptors) or None,
+    )
 
 
 def bind_server(
@@ -173,19 +301,26 @@ def open_channel(target: str, tls: TlsFiles | None, *, insecure: bool = False) -
 ANONYMOUS = PeerIdentity(spiffe_id="", consortium="", role="", name="", org="")
 
 
+def peer_certificate_pem(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    """The caller's TLS certificate (PEM), or ``None`` for a plaintext caller."""
+    pems = list(context.auth_context().get("x509_pem_cert", ()))
+    if not pems:
+        return None
+    if len(pems) != 1:
+        raise PermissionDenied("peer presented an unexpected certificate chain")
+    return pems[0]
+
+
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> PeerIdentity:
     """The caller's identity, read from its TLS certificate only (never from a request field).
 
     Plaintext callers (insecure servers only) are ``ANONYMOUS``; policies match them only with an
     explicit ``"*"`` rule.
     """
-    auth = context.auth_context()
-    pems = list(auth.get("x509_pem_cert", ()))
-    if not pems:
+    pem = peer_certificate_pem(context)
+    if pem is None:
         return ANONYMOUS
-    if len(pems) != 1:
-        raise PermissionDenied("peer presented an unexpected certificate chain")
-    return identity_from_certificate_pem(pems[0])
+    return identity_from_certificate_pem(pem)
 
 
 def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:

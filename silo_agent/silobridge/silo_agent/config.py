@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from silobridge.shared.config_io import Section, load_toml, refuse_unknown_sections
-from silobridge.shared.errors import ConfigError
-from silobridge.shared.identity import PeerIdentity, identity_matches
+from silobridge.shared.errors import ConfigError, InvalidArgument
+from silobridge.shared.identity import PeerIdentity, identity_matches, validate_rule
 from silobridge.shared.transport import TlsFiles, tls_from_config
 from silobridge.silo_agent.index import IndexSettings
 
@@ -43,6 +43,10 @@ class Limits:
     batch_size: int = 64
     # Candidates a two-stage re-rank may fetch and re-score per search.
     max_rerank_depth: int = 200
+    # Per asking identity (the signer of a forwarded query, or the direct caller): a token
+    # bucket refilled at this rate. Beyond it: RESOURCE_EXHAUSTED, audited.
+    rate_per_second: float = 50.0
+    burst: int = 100
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,24 @@ class AccessPolicy:
     disclose_fields: tuple[str, ...] = ()
     # Two-stage re-ranking sends the query text itself here; off unless the silo opts in.
     accept_query_text: bool = False
+    # On whose behalf queries are served: the signer of a forwarded query, or a direct caller.
+    query: tuple[str, ...] = ()
+    # Source spaces (space ids, or "*") whose queries this silo translates and serves; its own
+    # space always. Translation uses adapters signed by the coordinator's adapter key.
+    accept_spaces: tuple[str, ...] = ()
+    # Queries arriving through a coordinator must carry the client's signature.
+    require_signed: bool = True
+    # Certificates refused outright (serials or sha256 fingerprints, one per line).
+    denylist: Path | None = None
 
     def allows(self, rpc: str, identity: PeerIdentity) -> bool:
         return any(identity_matches(identity, rule) for rule in self.rules.get(rpc, ()))
+
+    def may_ask(self, identity: PeerIdentity) -> bool:
+        return any(identity_matches(identity, rule) for rule in self.query)
+
+    def accepts_space(self, space_id: str) -> bool:
+        return "*" in self.accept_spaces or space_id in self.accept_spaces
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,15 @@ class CoordinatorLink:
     endpoint: str
     # None: the listen host with the port actually bound.
     advertise: str | None = None
+    # The coordinator's Ed25519 adapter public key: adapters fetched from it must verify.
+    adapter_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    log: Path
+    key: Path
+    checkpoint_every: int = 100
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,14 @@ class SiloConfig:
     limits: Limits
     access: AccessPolicy
     coordinator: CoordinatorLink | None = None
+    audit: AuditSettings | None = None
+
+
+def _rule(path: Path, key: str, rule: str) -> str:
+    try:
+        return validate_rule(rule)
+    except InvalidArgument as error:
+        raise ConfigError(f"{path}: [access] {key}: {error.message}") from None
 
 
 def check_host_port(value: str, where: str) -> str:
@@ -96,7 +132,9 @@ def load_silo_config(path: Path) -> SiloConfig:
     path = path.resolve()
     doc = load_toml(path)
     refuse_unknown_sections(
-        path, doc, {"silo", "server", "tls", "index", "limits", "access", "coordinator"}
+        path,
+        doc,
+        {"silo", "server", "tls", "index", "limits", "access", "coordinator", "audit"},
     )
 
     silo = Section.of(path, doc, "silo")
@@ -136,7 +174,11 @@ def load_silo_config(path: Path) -> SiloConfig:
         max_anchor_texts=lim.positive("max_anchor_texts", Limits.max_anchor_texts),
         batch_size=lim.positive("batch_size", Limits.batch_size),
         max_rerank_depth=lim.positive("max_rerank_depth", Limits.max_rerank_depth),
+        rate_per_second=lim.get("rate_per_second", float, Limits.rate_per_second),
+        burst=lim.positive("burst", Limits.burst),
     )
+    if not limits.rate_per_second > 0:
+        raise ConfigError(f"{path}: [limits] rate_per_second must be positive")
     lim.finish()
 
     acc = Section.of(path, doc, "access")
@@ -144,6 +186,10 @@ def load_silo_config(path: Path) -> SiloConfig:
         rules={rpc: acc.strings(rpc) for rpc in RPCS},
         disclose_fields=acc.strings("disclose_fields"),
         accept_query_text=acc.get("accept_query_text", bool, False),
+        query=tuple(_rule(path, "query", r) for r in acc.strings("query")),
+        accept_spaces=acc.strings("accept_spaces"),
+        require_signed=acc.get("require_signed", bool, True),
+        denylist=acc.path("denylist") if "denylist" in doc.get("access", {}) else None,
     )
     acc.finish()
 
@@ -154,15 +200,27 @@ def load_silo_config(path: Path) -> SiloConfig:
             coord.require("endpoint", str), f"{path}: [coordinator] endpoint"
         )
         advertise = coord.get("advertise", str, "")
+        adapter_key = coord.path("adapter_key") if "adapter_key" in doc["coordinator"] else None
         coord.finish()
         coordinator = CoordinatorLink(
+            adapter_key=adapter_key,
             endpoint=endpoint,
             advertise=check_host_port(advertise, f"{path}: [coordinator] advertise")
             if advertise
             else None,
         )
 
+    # Always on: every call, allowed or denied, leaves a hash-chained line.
+    aud = Section.of(path, doc, "audit")
+    audit = AuditSettings(
+        log=aud.path("log", default="audit/audit.log"),
+        key=aud.path("key", default="audit/audit.key"),
+        checkpoint_every=aud.positive("checkpoint_every", 100),
+    )
+    aud.finish()
+
     return SiloConfig(
+        audit=audit,
         source=path,
         name=name,
         data_dir=data_dir,

@@ -11,6 +11,9 @@ import grpc
 from grpc_health.v1 import health
 
 from silobridge.shared import transport
+from silobridge.shared.gatekeeper import Gatekeeper
+from silobridge.shared.wire_recorder import recording_interceptors
+from silobridge.silo_agent.adapter_fetch import AdapterFetcher
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.embedders import load_embedder
 from silobridge.silo_agent.index import pin_faiss_threads
@@ -22,6 +25,19 @@ from silobridge.v1 import silo_pb2, silo_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = silo_pb2.DESCRIPTOR.services_by_name["SiloService"].full_name
+
+
+def open_gatekeeper(config: SiloConfig) -> Gatekeeper:
+    """Denylist, per-asker rate limit and the audit log of this silo."""
+    audit = config.audit
+    return Gatekeeper.open(
+        denylist=config.access.denylist,
+        rate_per_second=config.limits.rate_per_second,
+        burst=config.limits.burst,
+        audit_log=audit.log if audit else None,
+        audit_key=audit.key if audit else None,
+        checkpoint_every=audit.checkpoint_every if audit else 100,
+    )
 
 
 def open_service(config: SiloConfig) -> SiloService:
@@ -45,16 +61,22 @@ class RunningSilo:
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.close_resources()
+
+    def close_resources(self) -> None:
         self.executor.shutdown(wait=True)
         self.servicer.service.data.close()
+        self.servicer.gatekeeper.close()
 
 
 async def start_silo(service: SiloService, *, listen: str | None = None) -> RunningSilo:
     """Start serving ``service``; ``listen`` overrides the config (tests pass ``127.0.0.1:0``)."""
     config = service.config
     executor = ThreadPoolExecutor(max_workers=config.server.workers, thread_name_prefix="silo-cpu")
-    server = transport.create_server()
-    servicer = SiloServicer(service, executor)
+    server = transport.create_server(interceptors=recording_interceptors(f"silo-{config.name}"))
+    servicer = SiloServicer(
+        service, executor, open_gatekeeper(config), AdapterFetcher(config, service.embedder.space)
+    )
     silo_pb2_grpc.add_SiloServiceServicer_to_server(servicer, server)
     health_servicer = transport.add_health(server)
     address = listen or config.server.listen
@@ -89,8 +111,7 @@ async def serve(
         ready.set()
 
     async def flush() -> None:
-        running.executor.shutdown(wait=True)
-        service.data.close()
+        running.close_resources()
         log.info("silo %r stopped", config.name)
 
     try:

@@ -13,16 +13,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from silobridge.shared.errors import InvalidArgument, PermissionDenied, ResourceExhausted
-from silobridge.shared.identity import PeerIdentity
+from silobridge.shared.identity import PeerIdentity, Role
+from silobridge.shared.signed_query import ReplayCache, verify_signed_query
 from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.shared.vectors import FloatVector, validate_k, validate_query_vector
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.embedders import Embedder
 from silobridge.silo_agent.store import ScoredDocument, SiloData
+from silobridge.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 # First-stage candidates re-scored when the caller names no rerank_depth (at least k).
 DEFAULT_RERANK_DEPTH = 100
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """The parts of this silo's policy a caller may know (the data-boundary report shows them)."""
+
+    disclose_fields: tuple[str, ...]
+    accept_query_text: bool
+    accept_spaces: tuple[str, ...]
+    max_k: int
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,7 @@ class SiloDescription:
     space: SpaceDescriptor
     document_count: int
     max_k: int
+    disclosure: Disclosure
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,72 @@ class SiloService:
         self.config = config
         self.embedder = embedder
         self.data = data
+        # Nonces of signed queries seen within their validity window: a replay is refused.
+        self.replay = ReplayCache()
+        self._ca_pem: bytes | None = None
+
+    def _ca_certificate(self) -> bytes:
+        if self._ca_pem is None:
+            if self.config.tls is None:
+                raise PermissionDenied(
+                    f"silo {self.config.name!r} runs without TLS and cannot verify signed queries"
+                )
+            self._ca_pem = self.config.tls.read()[2]
+        return self._ca_pem
+
+    def admit_query(
+        self,
+        caller: PeerIdentity,
+        *,
+        signed: common_pb2.SignedQuery | None,
+        wire_vector: common_pb2.Vector,
+        source_space: str,
+        k: int,
+        rerank_text: str = "",
+    ) -> PeerIdentity:
+        """Who is asking, checked against this silo's own policy (which has the last word).
+
+        A query forwarded by a coordinator must carry the client's signature: verified against
+        the consortium CA, within its time window, never replayed, over this very vector and
+        source space, addressed to this silo. The asker is then the signer, not the forwarder.
+        """
+        access = self.config.access
+        name = self.config.name
+        if signed is None:
+            if caller.role == Role.COORDINATOR and access.require_signed:
+                raise PermissionDenied(
+                    f"silo {name!r} serves queries forwarded by a coordinator only when the "
+                    "client signed them"
+                )
+            asker = caller
+        else:
+            if not source_space:
+                raise InvalidArgument("a signed query must name its source space")
+            verified = verify_signed_query(
+                signed,
+                ca_certificate_pem=self._ca_certificate(),
+                vector=wire_vector,
+                source_space=source_space,
+                silo=name,
+                replay=self.replay,
+                rerank_text=rerank_text,
+            )
+            asker = verified.signer
+            if k > verified.claims.k:
+                raise PermissionDenied(
+                    f"k={k} exceeds the k={verified.claims.k} the client signed for"
+                )
+        if not access.may_ask(asker):
+            raise PermissionDenied(
+                f"silo {name!r} does not serve queries from {asker.spiffe_id or 'this caller'} "
+                f"(organization {asker.org or 'none'})"
+            )
+        own = self.embedder.space.space_id
+        if source_space and source_space != own and not access.accepts_space(source_space):
+            raise PermissionDenied(
+                f"silo {name!r} does not accept queries translated from space {source_space!r}"
+            )
+        return asker
 
     def authorize(self, rpc: str, caller: PeerIdentity) -> None:
         """Refuse (PermissionDenied) unless the silo's access rules allow ``caller`` this RPC."""
@@ -79,6 +158,12 @@ class SiloService:
             space=self.embedder.space,
             document_count=self.data.count(),
             max_k=self.config.limits.max_k,
+            disclosure=Disclosure(
+                disclose_fields=self.config.access.disclose_fields,
+                accept_query_text=self.config.access.accept_query_text,
+                accept_spaces=self.config.access.accept_spaces,
+                max_k=self.config.limits.max_k,
+            ),
         )
 
     def embed(self, caller: PeerIdentity, texts: Sequence[str]) -> FloatMatrix:

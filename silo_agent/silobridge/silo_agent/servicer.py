@@ -11,9 +11,12 @@ from typing import Any, TypeVar
 import grpc
 
 from silobridge.shared.errors import ResourceExhausted
+from silobridge.shared.gatekeeper import Gatekeeper
 from silobridge.shared.grpc_errors import stream_boundary, unary_boundary
 from silobridge.shared.serde import space_to_proto, vector_from_proto, vector_to_proto
 from silobridge.shared.transport import peer_identity
+from silobridge.shared.vectors import validate_query_vector
+from silobridge.silo_agent.adapter_fetch import AdapterFetcher
 from silobridge.silo_agent.service import SiloService
 from silobridge.v1 import common_pb2, silo_pb2, silo_pb2_grpc
 
@@ -24,9 +27,18 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
     """Thin adapter from ``SiloService`` to ``silobridge.v1.SiloService``."""
 
-    def __init__(self, service: SiloService, executor: Executor) -> None:
+    def __init__(
+        self,
+        service: SiloService,
+        executor: Executor,
+        gatekeeper: Gatekeeper,
+        adapters: AdapterFetcher,
+    ) -> None:
         self.service = service
         self.executor = executor
+        # Denylist, rate limits and the audit log; the error boundary audits every refusal.
+        self.gatekeeper = gatekeeper
+        self.adapters = adapters
         # How many calls reached a handler, per RPC: an operator metric, and how tests prove that
         # a refused TLS handshake ran no handler at all.
         self.handled: collections.Counter[str] = collections.Counter()
@@ -40,13 +52,21 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
         self, request: silo_pb2.DescribeRequest, context: Context
     ) -> silo_pb2.DescribeResponse:
         self.handled["Describe"] += 1
-        caller = peer_identity(context)
+        caller = self.gatekeeper.admit(peer_identity(context))
         info = await self._run(lambda: self.service.describe(caller))
+        self.gatekeeper.record(caller, "Describe", allowed=True)
+        policy = info.disclosure
         return silo_pb2.DescribeResponse(
             silo=info.name,
             space=space_to_proto(info.space),
             document_count=info.document_count,
             max_k=info.max_k,
+            policy=common_pb2.DisclosurePolicy(
+                disclose_fields=list(policy.disclose_fields),
+                accept_query_text=policy.accept_query_text,
+                accept_spaces=list(policy.accept_spaces),
+                max_k=policy.max_k,
+            ),
         )
 
     @unary_boundary
@@ -54,9 +74,12 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
         self, request: silo_pb2.EmbedRequest, context: Context
     ) -> silo_pb2.EmbedResponse:
         self.handled["Embed"] += 1
-        caller = peer_identity(context)
+        caller = self.gatekeeper.admit(peer_identity(context))
+        self.service.authorize("embed", caller)
+        self.gatekeeper.limit(caller)
         texts = list(request.texts)
         vectors = await self._run(lambda: self.service.embed(caller, texts))
+        self.gatekeeper.record(caller, "Embed", allowed=True, results=len(vectors))
         return silo_pb2.EmbedResponse(
             space=space_to_proto(self.service.embedder.space),
             vectors=[vector_to_proto(row) for row in vectors],
@@ -67,30 +90,64 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
         self, request_iterator: AsyncIterator[silo_pb2.EmbedAnchorsRequest], context: Context
     ) -> AsyncIterator[silo_pb2.EmbedAnchorsResponse]:
         self.handled["EmbedAnchors"] += 1
-        caller = peer_identity(context)
+        caller = self.gatekeeper.admit(peer_identity(context))
         self.service.authorize("embed_anchors", caller)  # before reading any text
         limit = self.service.config.limits.max_anchor_texts
         total = 0
+        anchor_set = ""
         async for chunk in request_iterator:
+            anchor_set = chunk.anchor_set
             texts = list(chunk.texts)
             total += len(texts)
             if total > limit:
                 raise ResourceExhausted(f"anchor stream exceeds this silo's limit of {limit} texts")
             vectors = await self._run(lambda t=texts: self.service.embed_anchors(caller, t))  # type: ignore[misc]
             yield silo_pb2.EmbedAnchorsResponse(vectors=[vector_to_proto(row) for row in vectors])
+        self.gatekeeper.record(
+            caller, "EmbedAnchors", allowed=True, results=total, anchor_set=anchor_set
+        )
 
     @unary_boundary
     async def Search(
         self, request: silo_pb2.SearchRequest, context: Context
     ) -> silo_pb2.SearchResponse:
         self.handled["Search"] += 1
-        caller = peer_identity(context)
+        caller = self.gatekeeper.admit(peer_identity(context))
         self.service.authorize("search", caller)  # an unauthorized caller learns nothing more
-        vector = vector_from_proto(request.vector)
-        k = request.k
+        signed = request.signed if request.HasField("signed") else None
+        k, source_space = request.k, request.source_space
         rerank_text, rerank_depth = request.rerank_text, request.rerank_depth
+        asker = await self._run(
+            lambda: self.service.admit_query(
+                caller,
+                signed=signed,
+                wire_vector=request.vector,
+                source_space=source_space,
+                k=k,
+                rerank_text=rerank_text,
+            )
+        )
+        # The signer of a forwarded query answers to the denylist too, and to its own budget.
+        self.gatekeeper.admit(asker)
+        self.gatekeeper.limit(asker)
+        vector = vector_from_proto(request.vector)
+        own = self.service.embedder.space.space_id
+        if source_space and source_space != own:
+            # The silo translates forwarded queries itself, with an adapter it verified.
+            adapter = await self.adapters.get(request.adapter_id, source_space)
+            vector = adapter.apply_one(validate_query_vector(vector, adapter.source_dim))
         hits = await self._run(
             lambda: self.service.search(caller, vector, k, rerank_text, rerank_depth)
+        )
+        self.gatekeeper.record(
+            asker,
+            "Search",
+            allowed=True,
+            results=len(hits),
+            via=caller.spiffe_id if caller != asker else None,
+            signed=signed is not None,
+            source_space=source_space or own,
+            reranked=bool(rerank_text),
         )
         return silo_pb2.SearchResponse(
             hits=[common_pb2.Hit(doc_id=h.doc_id, score=h.score, fields=h.fields) for h in hits],

@@ -1,0 +1,406 @@
+"""Data-boundary report: check recorded wire messages against a silo, and show who sees what.
+
+``check_boundary`` is pure (no gRPC): it reads the lines ``wire_recorder`` wrote and lists every
+message that carried a document's text, a document's vector or a metadata field the silo's
+policy does not disclose. ``boundary_command`` (``silobridge audit boundary``) asks a running
+coordinator for the silos' live policies and prints DESIGN.md's "What crosses a boundary" table
+filled with them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import numpy.typing as npt
+import typer
+
+if TYPE_CHECKING:
+    from silobridge.v1 import coordinator_pb2
+
+# A vector this close to a stored document vector is that document's vector (float noise aside).
+DOCUMENT_VECTOR_COSINE = 0.999
+# Texts at least this long are looked for inside longer strings; shorter ones only as a whole
+# value, and texts under MIN_EXACT_CHARS not at all (they are ordinary values, like "Amen.").
+MIN_SUBSTRING_CHARS = 20
+MIN_EXACT_CHARS = 8
+# A string this long found inside a document's text is a fragment of it (a "snippet").
+MIN_FRAGMENT_CHARS = 40
+_FLOAT32 = (1, "DTYPE_FLOAT32")
+_VECTOR_KEYS = frozenset({"dtype", "dim", "data"})
+
+
+class _Walker:
+    """Collects a record's strings, vectors and the silo's own hit fields, each with its path."""
+
+    def __init__(self, silo: str, disclosed: Collection[str]) -> None:
+        self.silo = silo
+        self.disclosed = disclosed
+        self.strings: list[tuple[str, str, bool]] = []  # (path, value, in a disclosed field)
+        self.vectors: list[tuple[str, Mapping[str, Any]]] = []
+        self.fields: list[tuple[str, str, str]] = []  # (path, doc id, field key)
+
+    def walk(self, node: object, path: str, own: bool) -> None:
+        """``own``: hits under ``path`` are the silo's (its own server, or a merged hit of it)."""
+        if isinstance(node, str):
+            self.strings.append((path, node, False))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                self.walk(item, f"{path}[{index}]", own)
+        elif isinstance(node, dict):
+            self._walk_dict(node, path, own)
+
+    def _walk_dict(self, node: dict[str, Any], path: str, own: bool) -> None:
+        if "data" in node and set(node) <= _VECTOR_KEYS:  # a common.proto Vector
+            self.vectors.append((path, node))
+            return
+        if isinstance(node.get("silo"), str) and isinstance(node.get("hit"), dict):
+            # A merged hit names its silo: only that silo's hits are held to its policy.
+            own = node["silo"] == self.silo
+        rest = dict(node)
+        if "doc_id" in node and isinstance(node.get("fields"), dict):
+            for key, value in rest.pop("fields").items():
+                where = f"{path}.fields.{key}"
+                if own:
+                    self.fields.append((where, str(node["doc_id"]), str(key)))
+                self.strings.append((where, str(key), False))
+                self.strings.append((where, str(value), own and key in self.disclosed))
+        for key, value in rest.items():
+            self.strings.append((f"{path}.{key}", str(key), False))
+            self.walk(value, f"{path}.{key}" if path else str(key), own)
+
+
+def _decode_vector(node: Mapping[str, Any]) -> npt.NDArray[np.float32] | str:
+    """The vector, or why it cannot be read (then the checker cannot vouch for it)."""
+    dtype = node.get("dtype", 0)
+    if dtype not in _FLOAT32:
+        return f"dtype {dtype!r} is not float32"
+    try:
+        dim = int(node.get("dim", 0))
+        data = base64.b64decode(str(node["data"]), validate=True)
+    except (ValueError, binascii.Error) as error:
+        return f"undecodable ({error})"
+    if len(data) != 4 * dim:
+        return f"{len(data)} bytes for dim={dim}"
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+class _Corpus:
+    """A silo's texts and vectors, indexed for the checks below."""
+
+    def __init__(self, texts: Mapping[str, str], vectors: npt.ArrayLike | None) -> None:
+        cleaned = {doc_id: text.strip() for doc_id, text in texts.items()}
+        self.exact = {t: d for d, t in cleaned.items() if len(t) >= MIN_EXACT_CHARS}
+        self.long = [(d, t) for d, t in cleaned.items() if len(t) >= MIN_SUBSTRING_CHARS]
+        # One string to search fragments in; NUL never occurs in text, so no match spans two.
+        self.joined = "\x00".join(t for _, t in self.long)
+        self.vectors: npt.NDArray[np.float32] | None = None
+        if vectors is not None:
+            matrix = np.asarray(vectors, dtype=np.float32)
+            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+            self.vectors = matrix / np.maximum(norms, 1e-12)
+
+    def text_leak(self, value: str, fragment_allowed: bool) -> str | None:
+        stripped = value.strip()
+        if stripped in self.exact:
+            return f"the text of document {self.exact[stripped]!r}"
+        if len(stripped) >= MIN_SUBSTRING_CHARS:
+            for doc_id, text in self.long:
+                if text in value:
+                    return f"the text of document {doc_id!r}"
+        if not fragment_allowed and len(stripped) >= MIN_FRAGMENT_CHARS and stripped in self.joined:
+            return "a fragment of a document's text"
+        return None
+
+
+def check_boundary(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    silo: str,
+    corpus_texts: Mapping[str, str],
+    corpus_vectors: npt.ArrayLike | None,
+    disclosed: Collection[str],
+    all_metadata_keys: Collection[str],
+) -> list[str]:
+    """Every violation of ``silo``'s boundary in recorded messages, one line each ([] if none).
+
+    Records are ``wire_recorder`` lines, of the silo's own server or of others (a coordinator
+    relays the silo's hits). A violation is a string holding a document's text (or a fragment
+    of 40+ characters outside a disclosed field), a vector within cosine 0.999 of a stored
+    document vector, a vector that cannot be decoded, or a field of the silo's own hits outside
+    ``disclosed``. Anchor vectors and a caller's own query vectors leave a silo legitimately;
+    only a match with a document vector is reported. ``corpus_vectors`` None skips vectors.
+    """
+    corpus = _Corpus(corpus_texts, corpus_vectors)
+    violations: list[str] = []
+    vectors: list[tuple[str, npt.NDArray[np.float32]]] = []
+    for number, record in enumerate(records, start=1):
+        where = f"line {number} ({record.get('server')} {record.get('rpc')} -> " + (
+            f"{record.get('peer') or 'anonymous'})"
+        )
+        message = record.get("message")
+        if not isinstance(message, dict):
+            violations.append(f"{where}: message not recorded, cannot vouch for it")
+            continue
+        found = _Walker(silo, disclosed)
+        found.walk(message, "", own=record.get("server") == silo)
+        for path, value, in_disclosed_field in found.strings:
+            leak = corpus.text_leak(value, fragment_allowed=in_disclosed_field)
+            if leak:
+                violations.append(f"{where}: {path} carries {leak}")
+        for path, doc_id, key in found.fields:
+            if key not in disclosed:
+                kind = "metadata field" if key in all_metadata_keys else "field (not metadata)"
+                violations.append(
+                    f"{where}: {path} hit {doc_id!r} discloses {kind} {key!r}, "
+                    f"outside the policy {sorted(disclosed)}"
+                )
+        for path, node in found.vectors:
+            decoded = _decode_vector(node)
+            if isinstance(decoded, str):
+                violations.append(f"{where}: {path} is a vector the check cannot read: {decoded}")
+            else:
+                vectors.append((f"{where}: {path}", decoded))
+    violations.extend(_document_vectors(corpus.vectors, vectors))
+    return violations
+
+
+def _document_vectors(
+    stored: npt.NDArray[np.float32] | None, sent: list[tuple[str, npt.NDArray[np.float32]]]
+) -> Iterator[str]:
+    if stored is None or not sent:
+        return
+    same_space = [(where, v) for where, v in sent if v.shape == (stored.shape[1],)]
+    if not same_space:
+        return
+    matrix = np.stack([v for _, v in same_space])
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    cosines = matrix @ stored.T
+    best = cosines.argmax(axis=1)
+    for row, (where, _) in enumerate(same_space):
+        cosine = float(cosines[row, best[row]])
+        if cosine >= DOCUMENT_VECTOR_COSINE:
+            yield f"{where} is stored document vector {int(best[row])} (cosine {cosine:.4f})"
+
+
+# --- what each party can see, from the live policies ---------------------------------------
+
+
+@dataclass(frozen=True)
+class LivePolicy:
+    """The part of a silo's own policy that it tells callers (``DisclosurePolicy``)."""
+
+    disclose_fields: tuple[str, ...]
+    accept_query_text: bool
+    accept_spaces: tuple[str, ...]
+    max_k: int
+
+
+@dataclass(frozen=True)
+class SiloPolicyView:
+    silo: str
+    org: str
+    endpoint: str
+    healthy: bool
+    space_id: str
+    policy: LivePolicy | None  # None: the silo did not say (down, or too old to report it)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report; ``surprising`` lines are shown in yellow."""
+
+    columns: tuple[str, ...]
+    surprising: bool = False
+
+
+@dataclass(frozen=True)
+class BoundaryReport:
+    flows: list[Row]  # flow, from -> to, content now, never
+    parties: list[Row]  # party, what it sees
+    silos: list[SiloPolicyView]
+
+
+def _fields(policy: LivePolicy | None) -> str:
+    if policy is None:
+        return "unknown (the silo did not report its policy)"
+    return ", ".join(policy.disclose_fields) or "none"
+
+
+def silo_is_surprising(view: SiloPolicyView) -> bool:
+    """Worth a second look: it discloses fields, accepts query text, or did not say."""
+    policy = view.policy
+    return policy is None or bool(policy.disclose_fields) or policy.accept_query_text
+
+
+def _row(*columns: str, surprising: bool = False) -> Row:
+    return Row(columns, surprising)
+
+
+def boundary_report(
+    silos: list[SiloPolicyView], *, client: str, home_endpoint: str, coordinator: str
+) -> BoundaryReport:
+    """DESIGN.md's boundary table and a per-party view, filled with the silos' live policies."""
+    home = next((s for s in silos if s.endpoint == home_endpoint), None)
+    home_name = f"{home.silo} (org {home.org})" if home else f"{home_endpoint} (not registered)"
+    names = ", ".join(s.silo for s in silos) or "none registered"
+    text_silos = ", ".join(s.silo for s in silos if s.policy and s.policy.accept_query_text)
+    disclosing = any(s.policy is None or s.policy.disclose_fields for s in silos)
+    hits = "; ".join(f"{s.silo}: {_fields(s.policy)}" for s in silos) or "no silos"
+    rerank = f" (with --rerank; accepted by {text_silos})" if text_silos else ""
+    flows = [
+        _row("anchor texts", f"coordinator -> {names}", "a versioned public anchor set",
+             "private text"),
+        _row("anchor embeddings", "each silo -> coordinator",
+             "the anchors' vectors in that silo's space", "document vectors"),
+        _row("query embedding", f"client -> home silo {home_name} -> client",
+             "the query text, inside the client's organization", "—", surprising=home is None),
+        _row("query vector", f"client -> coordinator {coordinator} -> {names}",
+             "one vector per query (invertible: each target learns the query), signed by the "
+             "client", "query text" + (f", except{rerank}" if text_silos else ""),
+             surprising=bool(text_silos)),
+        _row("hits", "silo -> coordinator -> client",
+             f"opaque doc ids, scores and disclosed fields: {hits}",
+             "document text or vectors beyond policy", surprising=disclosing),
+        _row("adapter artifacts", "coordinator -> silo (optional)", "signed weights + manifest",
+             "code: an artifact is data, never imported"),
+    ]  # fmt: skip
+    parties = [
+        _row(f"client {client}", f"doc ids, scores and disclosed fields of its hits: {hits}"),
+        _row(f"home silo {home_name}", "the client's query text (it embeds it)",
+             surprising=home is None),
+        _row(f"coordinator {coordinator}",
+             "every query vector with its space, targets and asker; every silo's hits and "
+             f"disclosed fields; anchors' vectors; query text{rerank or ' never'}",
+             surprising=bool(text_silos)),
+    ]  # fmt: skip
+    for view in silos:
+        sees = "the query vector (invertible: the query is disclosed to it), k, who asked"
+        if view.policy is not None:
+            spaces = ", ".join(view.policy.accept_spaces) or "its own only"
+            text = "query text with --rerank" if view.policy.accept_query_text else "never text"
+            sees += f"; {text}; max k {view.policy.max_k}; translates from: {spaces}"
+        parties.append(
+            _row(f"target silo {view.silo} (org {view.org})",
+                 f"{sees}; discloses fields: {_fields(view.policy)}",
+                 surprising=silo_is_surprising(view))
+        )  # fmt: skip
+    return BoundaryReport(flows, parties, silos)
+
+
+def report_to_dict(report: BoundaryReport) -> dict[str, Any]:
+    """A JSON-ready form of the report (``--json``)."""
+    return {
+        "flows": [
+            dict(zip(("flow", "path", "content", "never"), row.columns, strict=True))
+            | {"surprising": row.surprising}
+            for row in report.flows
+        ],
+        "parties": [
+            {"party": row.columns[0], "sees": row.columns[1], "surprising": row.surprising}
+            for row in report.parties
+        ],
+        "silos": [asdict(view) | {"surprising": silo_is_surprising(view)} for view in report.silos],
+    }
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def silo_view_from_proto(info: coordinator_pb2.SiloInfo) -> SiloPolicyView:
+    policy = None
+    if info.HasField("policy"):
+        policy = LivePolicy(
+            disclose_fields=tuple(info.policy.disclose_fields),
+            accept_query_text=info.policy.accept_query_text,
+            accept_spaces=tuple(info.policy.accept_spaces),
+            max_k=info.policy.max_k,
+        )
+    return SiloPolicyView(
+        silo=info.silo,
+        org=info.org,
+        endpoint=info.endpoint,
+        healthy=info.healthy,
+        space_id=info.space.space_id,
+        policy=policy,
+    )
+
+
+def boundary_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to client.toml.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show what each party of a running consortium can see, from the silos' live policies."""
+    import asyncio
+
+    import grpc
+    from rich.table import Table
+    from rich.text import Text
+
+    from silobridge.client.config import load_client_config
+    from silobridge.shared.cli_support import fail, stdout_console
+    from silobridge.shared.errors import SiloBridgeError
+    from silobridge.shared.identity import identity_from_certificate_pem
+    from silobridge.shared.transport import open_channel
+    from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+    try:
+        cfg = load_client_config(config)
+        client = "(insecure, anonymous)"
+        if cfg.tls is not None:
+            me = identity_from_certificate_pem(cfg.tls.read()[0])
+            client = f"{me.spiffe_id} (org {me.org})"
+    except SiloBridgeError as error:
+        fail(error.message)
+
+    async def list_silos() -> list[coordinator_pb2.SiloInfo]:
+        channel = open_channel(cfg.coordinator, cfg.tls, insecure=cfg.insecure)
+        try:
+            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            request = coordinator_pb2.ListSilosRequest()
+            return list((await stub.ListSilos(request, timeout=cfg.timeout_seconds)).silos)
+        finally:
+            await channel.close()
+
+    try:
+        infos = asyncio.run(list_silos())
+    except grpc.aio.AioRpcError as error:
+        fail(f"{error.code().name}: {error.details()} (coordinator at {cfg.coordinator})")
+    report = boundary_report(
+        [silo_view_from_proto(info) for info in infos],
+        client=client,
+        home_endpoint=cfg.home_silo,
+        coordinator=cfg.coordinator,
+    )
+    out = stdout_console()
+    if as_json:
+        out.print_json(json.dumps(report_to_dict(report)))
+        return
+
+    def table(title: str, headers: tuple[str, ...], rows: list[Row]) -> Table:
+        shown = Table(*headers, title=title)
+        for row in rows:
+            # Text() keeps a peer's strings from being read as rich markup.
+            style = "yellow" if row.surprising else ""
+            shown.add_row(*(Text(value, style=style) for value in row.columns))
+        return shown
+
+    out.print(table("What crosses a boundary (live)", ("flow", "from -> to", "content", "never"),
+                    report.flows))  # fmt: skip
+    out.print(table("Who sees what", ("party", "sees"), report.parties))
+    policies = [
+        Row((view.silo, view.org, "yes" if view.healthy else "DOWN", _fields(view.policy),
+             "?" if view.policy is None else ("YES" if view.policy.accept_query_text else "no"),
+             "?" if view.policy is None else ", ".join(view.policy.accept_spaces) or "own only",
+             "?" if view.policy is None else str(view.policy.max_k)),
+            silo_is_surprising(view))
+        for view in report.silos
+    ]  # fmt: skip
+    out.print(table("Silo policies", ("silo", "org", "healthy", "discloses", "query text",
+                                      "accepts spaces", "max k"), policies))  # fmt: skip

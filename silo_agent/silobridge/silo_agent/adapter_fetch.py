@@ -1,0 +1,115 @@
+"""Adapters a silo uses to translate forwarded queries itself, fetched from the coordinator.
+
+Each artifact must verify with the coordinator's adapter key pinned in ``silo.toml`` and map
+into this silo's own space (fingerprint checked), so a coordinator that sends a wrong or forged
+adapter is refused. Verified artifacts are kept under ``<data_dir>/adapters/`` and in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from silobridge.shared.adapters import Adapter
+from silobridge.shared.adapters.artifact import (
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
+    WEIGHTS_FILE,
+    load_adapter,
+)
+from silobridge.shared.adapters.signing import load_verify_key
+from silobridge.shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from silobridge.shared.spaces import SpaceDescriptor
+from silobridge.shared.transport import open_channel
+from silobridge.silo_agent.config import SiloConfig
+from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+_ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+FETCH_TIMEOUT_S = 10.0
+
+
+class AdapterFetcher:
+    """``await fetcher.get(adapter_id, source_space)`` -> a verified adapter into our space."""
+
+    def __init__(self, config: SiloConfig, space: SpaceDescriptor) -> None:
+        self.config = config
+        self.space = space
+        self.cache_dir = config.data_dir / "adapters"
+        self._adapters: dict[str, Adapter] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, adapter_id: str, source_space: str) -> Adapter:
+        if not _ADAPTER_ID.match(adapter_id):
+            raise InvalidArgument(f"adapter id {adapter_id!r} is not a valid adapter id")
+        async with self._lock:
+            adapter = self._adapters.get(adapter_id)
+            if adapter is None:
+                adapter = await self._load(adapter_id, source_space)
+                self._adapters[adapter_id] = adapter
+        return adapter
+
+    async def _load(self, adapter_id: str, source_space: str) -> Adapter:
+        link = self.config.coordinator
+        if link is None or link.adapter_key is None:
+            raise FailedPrecondition(
+                f"silo {self.config.name!r} has no [coordinator] adapter_key, so it cannot "
+                "verify adapters and does not serve queries from other spaces"
+            )
+        verify_key = load_verify_key(link.adapter_key)
+        directory = self.cache_dir / adapter_id
+        if not (directory / SIGNATURE_FILE).exists():
+            await self._download(adapter_id, directory)
+        try:
+            loaded = await asyncio.to_thread(
+                load_adapter, directory, verify_key=verify_key, expected_target=self.space
+            )
+        except Exception:
+            # A bad artifact is not kept: the next query fetches afresh.
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
+        if loaded.manifest.source.space_id != source_space:
+            raise PermissionDenied(
+                f"adapter {adapter_id} translates from {loaded.manifest.source.space_id}, not "
+                f"from the query's space {source_space}"
+            )
+        return loaded.adapter
+
+    async def _download(self, adapter_id: str, directory: Path) -> None:
+        link = self.config.coordinator
+        assert link is not None
+        channel = open_channel(link.endpoint, self.config.tls, insecure=self.config.server.insecure)
+        try:
+            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            reply = await stub.GetAdapter(
+                coordinator_pb2.GetAdapterRequest(adapter_id=adapter_id), timeout=FETCH_TIMEOUT_S
+            )
+        finally:
+            await channel.close()
+        files = {
+            MANIFEST_FILE: reply.manifest,
+            WEIGHTS_FILE: reply.weights,
+            SIGNATURE_FILE: reply.signature,
+        }
+        await asyncio.to_thread(_write_atomically, directory, files)
+
+
+def _write_atomically(directory: Path, files: dict[str, bytes]) -> None:
+    # Verified only when loaded; a half-written directory never appears under the final name.
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    for name, data in files.items():
+        with (staging / name).open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    try:
+        staging.rename(directory)
+    except OSError:
+        # Another request fetched it first; keep theirs.
+        for name in files:
+            (staging / name).unlink(missing_ok=True)
+        staging.rmdir()

@@ -1,0 +1,338 @@
+"""Every RPC of both services against identities: who is allowed, who is refused.
+
+The table below must hold an allowed and a denied row for every RPC the service descriptors
+declare, so a new RPC without rows fails the first test. Each row is a real call over mutual TLS
+to a real silo and a real coordinator; "allowed" means the call got past authorization (it may
+still fail for other reasons, e.g. NOT_FOUND), "denied" means PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from silobridge.shared.pki import issue_certificate
+from silobridge.shared.serde import vector_to_proto
+from silobridge.shared.signed_query import sign_query
+from silobridge.shared.transport import TlsFiles, open_channel
+from silobridge.v1 import (
+    common_pb2,
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    silo_pb2,
+    silo_pb2_grpc,
+)
+
+from .conftest import CONSORTIUM, Pki, ServerThread, write_silo_config
+
+pytestmark = pytest.mark.integration
+
+ALLOWED, DENIED = "allowed", "denied"
+
+
+class CoordinatorThread:
+    """A real coordinator gRPC server on its own event loop in a background thread."""
+
+    def __init__(self, config_path: Path) -> None:
+        from silobridge.coordinator.config import load_coordinator_config
+        from silobridge.coordinator.server import (
+            RunningCoordinator,
+            open_coordinator,
+            start_coordinator,
+        )
+
+        self.service = open_coordinator(load_coordinator_config(config_path))
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            start_coordinator(self.service, listen="127.0.0.1:0"), self.loop
+        )
+        self.running: RunningCoordinator = future.result(timeout=60)
+        self.target = f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.running.stop(0.5), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+@dataclass
+class Net:
+    pki: Pki
+    silo: ServerThread
+    coordinator: CoordinatorThread
+    admin: TlsFiles
+    space: silo_pb2.DescribeResponse
+
+
+@pytest.fixture(scope="module")
+def net(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    root = tmp_path_factory.mktemp("policy")
+    admin_files = issue_certificate(pki.ca, root / "admin", role="client", name="admin", org="hub")
+    admin = TlsFiles(cert=admin_files.cert, key=admin_files.key, ca=admin_files.ca_cert)
+    silo_config = write_silo_config(root / "silo", pki.silo, model="static-64")
+    from silobridge.shared.demo_data import load_records
+
+    corpus = root / "kjv.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": r.id, "text": r.text}) + "\n" for r in load_records("kjv")[:60])
+    )
+    from silobridge.silo_agent.config import load_silo_config
+    from silobridge.silo_agent.embedders import load_embedder
+    from silobridge.silo_agent.ingest import ingest
+    from silobridge.silo_agent.store import SiloData
+
+    config = load_silo_config(silo_config)
+    embedder = load_embedder("static-64")
+    data = SiloData.open(config.data_dir, embedder.space, config.index)
+    ingest([corpus], data, embedder)
+    data.close()
+    spiffe = f"spiffe://{CONSORTIUM}"
+    coordinator_toml = root / "coordinator" / "coordinator.toml"
+    coordinator_toml.parent.mkdir()
+    coordinator_toml.write_text(
+        f"""
+[coordinator]
+state_dir = "state"
+[tls]
+cert = "{pki.coordinator.cert}"
+key = "{pki.coordinator.key}"
+ca = "{pki.coordinator.ca}"
+[policy]
+register = ["{spiffe}/silo/*"]
+anchors = ["{spiffe}/silo/*"]
+adapters = ["{spiffe}/silo/*"]
+list = ["org:bible/client", "{spiffe}/client/admin"]
+train = ["{spiffe}/client/admin"]
+[policy.query]
+"*" = ["org:bible/client"]
+"""
+    )
+    silo = ServerThread(silo_config)
+    coordinator = CoordinatorThread(coordinator_toml)
+
+    async def describe() -> silo_pb2.DescribeResponse:
+        channel = open_channel(silo.target, pki.coordinator)
+        try:
+            stub = silo_pb2_grpc.SiloServiceStub(channel)
+            return await stub.Describe(silo_pb2.DescribeRequest(), timeout=10)
+        finally:
+            await channel.close()
+
+    space = asyncio.run(describe())
+    try:
+        yield Net(pki, silo, coordinator, admin, space)
+    finally:
+        coordinator.stop()
+        silo.stop()
+
+
+Call = Callable[[Net, grpc.aio.Channel, TlsFiles], Awaitable[object]]
+
+
+def _silo(channel: grpc.aio.Channel) -> silo_pb2_grpc.SiloServiceStub:
+    return silo_pb2_grpc.SiloServiceStub(channel)
+
+
+def _coord(channel: grpc.aio.Channel) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+
+def _vector(net: Net) -> common_pb2.Vector:
+    rng = np.random.default_rng(0)
+    return vector_to_proto(rng.normal(size=net.space.space.dimension).astype(np.float32))
+
+
+async def describe(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    return await _silo(ch).Describe(silo_pb2.DescribeRequest(), timeout=10)
+
+
+async def embed(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    return await _silo(ch).Embed(silo_pb2.EmbedRequest(texts=["hello"]), timeout=10)
+
+
+async def embed_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    async def requests() -> AsyncIterator[silo_pb2.EmbedAnchorsRequest]:
+        yield silo_pb2.EmbedAnchorsRequest(anchor_set="a", texts=["public words"])
+
+    return [reply async for reply in _silo(ch).EmbedAnchors(requests(), timeout=10)]
+
+
+async def search(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    request = silo_pb2.SearchRequest(vector=_vector(net), k=3)
+    return await _silo(ch).Search(request, timeout=10)
+
+
+async def register(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    request = coordinator_pb2.RegisterSiloRequest(endpoint=net.silo.target)
+    return await _coord(ch).RegisterSilo(request, timeout=10)
+
+
+async def list_silos(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    return await _coord(ch).ListSilos(coordinator_pb2.ListSilosRequest(), timeout=10)
+
+
+async def get_anchor_set(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    request = coordinator_pb2.GetAnchorSetRequest(name="public")
+    return [reply async for reply in _coord(ch).GetAnchorSet(request, timeout=10)]
+
+
+async def submit_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    async def requests() -> AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest]:
+        yield coordinator_pb2.SubmitAnchorEmbeddingsRequest(
+            anchor_set="public", version="v1", space=net.space.space, vectors=[_vector(net)]
+        )
+
+    return await _coord(ch).SubmitAnchorEmbeddings(requests(), timeout=10)
+
+
+async def train(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    request = coordinator_pb2.TrainAdapterRequest(
+        source_space="a@1", target_space="b@2", anchor_set="public"
+    )
+    return [reply async for reply in _coord(ch).TrainAdapter(request, timeout=10)]
+
+
+async def list_adapters(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    return await _coord(ch).ListAdapters(coordinator_pb2.ListAdaptersRequest(), timeout=10)
+
+
+async def federated_search(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    wire = _vector(net)
+    space = net.space.space.space_id
+    cert, key, _ca = tls.read()
+    signed = sign_query(
+        vector=wire, source_space=space, silos=[], k=3, key_pem=key, certificate_pem=cert
+    )
+    request = coordinator_pb2.FederatedSearchRequest(
+        vector=wire, source_space=space, k=3, signed=signed
+    )
+    return await _coord(ch).FederatedSearch(request, timeout=10)
+
+
+async def get_adapter(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    request = coordinator_pb2.GetAdapterRequest(adapter_id="none-such")
+    return await _coord(ch).GetAdapter(request, timeout=10)
+
+
+# (service, rpc) -> [(who, expectation, call)]; who names a certificate of the fixture.
+TABLE: dict[tuple[str, str], list[tuple[str, str, Call]]] = {
+    ("SiloService", "Describe"): [
+        ("coordinator", ALLOWED, describe),
+        ("home_client", ALLOWED, describe),
+        ("other_client", DENIED, describe),
+    ],
+    ("SiloService", "Embed"): [
+        ("home_client", ALLOWED, embed),
+        ("coordinator", DENIED, embed),
+        ("other_client", DENIED, embed),
+    ],
+    ("SiloService", "EmbedAnchors"): [
+        ("coordinator", ALLOWED, embed_anchors),
+        ("home_client", DENIED, embed_anchors),
+    ],
+    ("SiloService", "Search"): [
+        ("home_client", ALLOWED, search),
+        ("other_client", DENIED, search),
+        # A coordinator forwarding a query nobody signed: the silo's site policy refuses it.
+        ("coordinator", DENIED, search),
+    ],
+    ("CoordinatorService", "RegisterSilo"): [
+        ("silo", ALLOWED, register),
+        ("home_client", DENIED, register),
+    ],
+    ("CoordinatorService", "ListSilos"): [
+        ("home_client", ALLOWED, list_silos),
+        ("other_client", DENIED, list_silos),
+    ],
+    ("CoordinatorService", "GetAnchorSet"): [
+        ("silo", ALLOWED, get_anchor_set),
+        ("home_client", DENIED, get_anchor_set),
+    ],
+    ("CoordinatorService", "SubmitAnchorEmbeddings"): [
+        ("silo", ALLOWED, submit_anchors),
+        ("home_client", DENIED, submit_anchors),
+    ],
+    ("CoordinatorService", "TrainAdapter"): [
+        ("admin", ALLOWED, train),
+        ("home_client", DENIED, train),
+    ],
+    ("CoordinatorService", "ListAdapters"): [
+        ("admin", ALLOWED, list_adapters),
+        ("other_client", DENIED, list_adapters),
+    ],
+    ("CoordinatorService", "FederatedSearch"): [
+        ("home_client", ALLOWED, federated_search),
+        ("other_client", DENIED, federated_search),
+    ],
+    ("CoordinatorService", "GetAdapter"): [
+        ("silo", ALLOWED, get_adapter),
+        ("home_client", DENIED, get_adapter),
+    ],
+}
+
+
+def declared_rpcs() -> set[tuple[str, str]]:
+    return {
+        (service.name, method.name)
+        for module in (silo_pb2, coordinator_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+
+
+def test_every_rpc_has_allowed_and_denied_rows() -> None:
+    missing = []
+    for rpc in sorted(declared_rpcs()):
+        expectations = {expect for _who, expect, _call in TABLE.get(rpc, [])}
+        if expectations != {ALLOWED, DENIED}:
+            missing.append(f"{rpc[0]}.{rpc[1]}: has {sorted(expectations) or 'no rows'}")
+    assert not missing, "RPCs without allowed and denied rows in TABLE:\n" + "\n".join(missing)
+    assert set(TABLE) <= declared_rpcs(), "TABLE names RPCs the services do not declare"
+
+
+ROWS = [
+    pytest.param(rpc, who, expect, call, id=f"{rpc[1]}-{who}-{expect}")
+    for rpc, rows in TABLE.items()
+    for who, expect, call in rows
+]
+
+
+def _tls(net: Net, who: str) -> TlsFiles:
+    if who == "admin":
+        return net.admin
+    files: TlsFiles = getattr(net.pki, who)
+    return files
+
+
+@pytest.mark.parametrize(("rpc", "who", "expect", "call"), ROWS)
+def test_policy_row(net: Net, rpc: tuple[str, str], who: str, expect: str, call: Call) -> None:
+    target = net.silo.target if rpc[0] == "SiloService" else net.coordinator.target
+    tls = _tls(net, who)
+
+    async def run() -> grpc.StatusCode:
+        channel = open_channel(target, tls)
+        try:
+            await call(net, channel, tls)
+            return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        finally:
+            await channel.close()
+
+    code = asyncio.run(run())
+    if expect == DENIED:
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+    else:
+        assert code is not grpc.StatusCode.PERMISSION_DENIED, f"{who} was refused {rpc[1]}"
+        assert code is not grpc.StatusCode.UNAVAILABLE
