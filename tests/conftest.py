@@ -123,6 +123,8 @@ ca = "{tls.ca}"
 
 [limits]
 max_k = {max_k}
+rate_per_second = 10000.0   # tests send bursts; the rate-limit tests set their own
+burst = 10000
 max_embed_texts = 64
 max_text_chars = 2000
 max_rerank_depth = {max_rerank_depth}

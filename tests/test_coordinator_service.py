@@ -17,7 +17,7 @@ import pytest
 
 from silobridge.coordinator.anchorsets import AnchorCatalogue
 from silobridge.coordinator.config import load_coordinator_config
-from silobridge.coordinator.outcomes import FederatedAnswer, SiloOutcome
+from silobridge.coordinator.outcomes import FederatedAnswer, Forwarded, SiloOutcome
 from silobridge.coordinator.server import open_coordinator
 from silobridge.coordinator.service import CoordinatorService
 from silobridge.coordinator.state import SiloRecord
@@ -57,6 +57,7 @@ class FakeGateway:
         timeout: float,
         rerank_text: str = "",
         rerank_depth: int = 0,
+        forward: Forwarded | None = None,
     ) -> list[RemoteHit]:
         self.searched.append((endpoint, vector.shape[0]))
         if endpoint in self.slow:
@@ -89,6 +90,7 @@ silo_timeout_seconds = 0.5
 [training]
 kind = "procrustes"
 [policy]
+require_signed_queries = false   # insecure here: nothing to verify signatures against
 register = ["spiffe://t/silo/*"]
 list = ["spiffe://t/client/*"]
 anchors = ["spiffe://t/silo/*"]

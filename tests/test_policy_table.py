@@ -140,11 +140,11 @@ train = ["{spiffe}/client/admin"]
 Call = Callable[[Net, grpc.aio.Channel, TlsFiles], Awaitable[object]]
 
 
-def _silo(channel: grpc.aio.Channel) -> silo_pb2_grpc.SiloServiceStub:
+def _silo(channel: grpc.aio.Channel) -> silo_pb2_grpc.SiloServiceAsyncStub:
     return silo_pb2_grpc.SiloServiceStub(channel)
 
 
-def _coord(channel: grpc.aio.Channel) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+def _coord(channel: grpc.aio.Channel) -> coordinator_pb2_grpc.CoordinatorServiceAsyncStub:
     return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
 

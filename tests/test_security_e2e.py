@@ -64,7 +64,9 @@ def net(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         root / "silo", pki.silo, model="static-64", extra=f'denylist = "{denylist}"'
     )
     # A tight rate limit, so the test can exceed it.
-    text = config.read_text().replace("max_k = 50", "max_k = 50\nrate_per_second = 0.5\nburst = 4")
+    text = config.read_text()
+    text = text.replace("rate_per_second = 10000.0", "rate_per_second = 0.5")
+    text = text.replace("burst = 10000", "burst = 4")
     config.write_text(text)
     _ingest(config)
     spiffe = f"spiffe://{CONSORTIUM}"

@@ -114,6 +114,9 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def FederatedSearch(self, request: Any, context: Any) -> Any:
         return self._unused(context)
 
+    def GetAdapter(self, request: Any, context: Any) -> Any:
+        return self._unused(context)
+
 
 @dataclass
 class Coordinator:

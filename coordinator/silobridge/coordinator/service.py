@@ -477,7 +477,15 @@ class CoordinatorService:
             budget = min(budget, time_remaining - (time.monotonic() - started) - REPLY_MARGIN_S)
         calls = [
             self._search_one(
-                route, query, k, budget, rerank_text, rerank_depth, signed, source_space
+                route,
+                # A signed query goes on byte for byte as the client sent (and signed) it.
+                vector if signed is not None else query,
+                k,
+                budget,
+                rerank_text,
+                rerank_depth,
+                signed,
+                source_space,
             )
             for route in routes
         ]

@@ -222,7 +222,9 @@ def _parse_line(raw: bytes) -> _Line:
     try:
         fields = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError):
-        raise _BadLine("unparseable: not a JSON line (damaged, or not written by an audit log)")
+        raise _BadLine(
+            "unparseable: not a JSON line (damaged, or not written by an audit log)"
+        ) from None
     if not isinstance(fields, dict):
         raise _BadLine("unparseable: not a JSON object")
     try:
@@ -251,10 +253,12 @@ def _check_link(line: _Line, number: int, prev: str) -> None:
             "(a line before it was removed, or lines were moved)",
             number,
         )
+    if line.prev != prev and number == 1:
+        raise _BadLine("edited: line 1 does not start the chain (its 'prev' is not GENESIS)", 1)
     if line.prev != prev:
         # The earlier line may have been rewritten with a fresh hash, or this line's link:
         # report the earlier one, so the first bad line is never later than the edit.
-        earlier = max(number - 1, 1)
+        earlier = number - 1
         raise _BadLine(
             f"edited or reordered: line {number} does not link to line {number - 1} "
             f"(line {earlier} was rewritten with a recomputed hash, or line {number}'s link was)",
@@ -390,7 +394,7 @@ def _write_sidecar(path: Path, raw: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temporary, target)
+    temporary.replace(target)
     _fsync_directory(target.parent)
 
 
@@ -504,7 +508,11 @@ class AuditLog:
                     f"{sidecar.seq} but it ends at line {tail.seq if tail else 0}; run "
                     f"`silobridge audit verify {path}`"
                 )
-            if tail is not None and tail.is_checkpoint and (sidecar is None or tail.digest != sidecar.digest):
+            if (
+                tail is not None
+                and tail.is_checkpoint
+                and (sidecar is None or tail.digest != sidecar.digest)
+            ):
                 # A crash between the log's fsync and the sidecar's replace: catch up.
                 try:
                     _check_checkpoint(tail, public_key)
@@ -627,7 +635,9 @@ def open_audit_log(
     """Open the log at ``path`` signed with the Ed25519 key at ``key_path``, creating the key
     (and ``<key>.pub`` for auditors) when it does not exist yet."""
     if not key_path.exists():
+        key_path.parent.mkdir(parents=True, exist_ok=True)
         generate_signing_key(key_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return AuditLog.open(
         path,
         load_signing_key(key_path),

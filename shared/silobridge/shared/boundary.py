@@ -32,8 +32,11 @@ MIN_SUBSTRING_CHARS = 20
 MIN_EXACT_CHARS = 8
 # A string this long found inside a document's text is a fragment of it (a "snippet").
 MIN_FRAGMENT_CHARS = 40
+# The silo agent records as "silo-<name>" (the coordinator as "coordinator-<name>").
+SILO_SERVER_PREFIX = "silo-"
 _FLOAT32 = (1, "DTYPE_FLOAT32")
 _VECTOR_KEYS = frozenset({"dtype", "dim", "data"})
+_HIT_KEYS = frozenset({"doc_id", "score", "fields"})
 
 
 class _Walker:
@@ -64,11 +67,11 @@ class _Walker:
             # A merged hit names its silo: only that silo's hits are held to its policy.
             own = node["silo"] == self.silo
         rest = dict(node)
-        if "doc_id" in node and isinstance(node.get("fields"), dict):
+        if isinstance(node.get("fields"), dict) and set(node) <= _HIT_KEYS:  # a common.proto Hit
             for key, value in rest.pop("fields").items():
                 where = f"{path}.fields.{key}"
                 if own:
-                    self.fields.append((where, str(node["doc_id"]), str(key)))
+                    self.fields.append((where, str(node.get("doc_id", "")), str(key)))
                 self.strings.append((where, str(key), False))
                 self.strings.append((where, str(value), own and key in self.disclosed))
         for key, value in rest.items():
@@ -84,7 +87,7 @@ def _decode_vector(node: Mapping[str, Any]) -> npt.NDArray[np.float32] | str:
     try:
         dim = int(node.get("dim", 0))
         data = base64.b64decode(str(node["data"]), validate=True)
-    except (ValueError, binascii.Error) as error:
+    except (ValueError, TypeError, OverflowError, binascii.Error) as error:
         return f"undecodable ({error})"
     if len(data) != 4 * dim:
         return f"{len(data)} bytes for dim={dim}"
@@ -130,18 +133,21 @@ def check_boundary(
 ) -> list[str]:
     """Every violation of ``silo``'s boundary in recorded messages, one line each ([] if none).
 
-    Records are ``wire_recorder`` lines, of the silo's own server or of others (a coordinator
-    relays the silo's hits). A violation is a string holding a document's text (or a fragment
-    of 40+ characters outside a disclosed field), a vector within cosine 0.999 of a stored
-    document vector, a vector that cannot be decoded, or a field of the silo's own hits outside
-    ``disclosed``. Anchor vectors and a caller's own query vectors leave a silo legitimately;
-    only a match with a document vector is reported. ``corpus_vectors`` None skips vectors.
+    Records are ``wire_recorder`` lines, of the silo's own server (named ``silo`` or
+    ``silo-<silo>``, as the silo agent names its recorder) or of others (a coordinator relays
+    the silo's hits as merged hits naming ``silo``). A violation is a string holding a
+    document's text (or a fragment of 40+ characters outside a disclosed field), a vector
+    within cosine 0.999 of a stored document vector, a vector that cannot be decoded, or a
+    field of the silo's own hits outside ``disclosed``. Anchor vectors and a caller's own query
+    vectors leave a silo legitimately; only a match with a document vector is reported.
+    ``corpus_vectors`` None skips the vector check.
     """
     corpus = _Corpus(corpus_texts, corpus_vectors)
+    own_servers = {silo, f"{SILO_SERVER_PREFIX}{silo}"}
     violations: list[str] = []
     vectors: list[tuple[str, npt.NDArray[np.float32]]] = []
     for number, record in enumerate(records, start=1):
-        where = f"line {number} ({record.get('server')} {record.get('rpc')} -> " + (
+        where = f"record {number} ({record.get('server')} {record.get('rpc')} -> " + (
             f"{record.get('peer') or 'anonymous'})"
         )
         message = record.get("message")
@@ -149,7 +155,7 @@ def check_boundary(
             violations.append(f"{where}: message not recorded, cannot vouch for it")
             continue
         found = _Walker(silo, disclosed)
-        found.walk(message, "", own=record.get("server") == silo)
+        found.walk(message, "", own=record.get("server") in own_servers)
         for path, value, in_disclosed_field in found.strings:
             leak = corpus.text_leak(value, fragment_allowed=in_disclosed_field)
             if leak:

@@ -228,6 +228,8 @@ anchors = ["{spiffe}/silo/*"]
 adapters = ["{spiffe}/silo/*"]      # silos fetch signed adapters to translate queries
 list = ["{spiffe}/client/*", "{spiffe}/silo/*"]
 train = ["{spiffe}/client/{self.admin}"]
+rate_per_second = 1000.0            # per caller; the demo's retention table is a burst
+burst = 1000
 
 [policy.query]                      # who may query which silo; "*" = silos without a row
 {rows}
@@ -248,6 +250,10 @@ model = "{spec.model}"
 
 [server]
 listen = "127.0.0.1:0"
+
+[limits]
+rate_per_second = 1000.0             # the demo's retention table sends 2,500 queries in seconds
+burst = 1000
 
 {self._tls(spec.name)}
 [coordinator]
