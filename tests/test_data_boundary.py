@@ -97,6 +97,16 @@ class _Hub(coordinator_pb2_grpc.CoordinatorServiceServicer):
         adapter = coordinator_pb2.AdapterInfo(adapter_id="a1", kind=request.kind)
         await context.write(coordinator_pb2.TrainAdapterResponse(stage="done", adapter=adapter))
 
+    async def ListAdapters(
+        self, request: coordinator_pb2.ListAdaptersRequest, context: Context
+    ) -> coordinator_pb2.ListAdaptersResponse:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not for you")
+
+    async def RegisterSilo(
+        self, request: coordinator_pb2.RegisterSiloRequest, context: Context
+    ) -> coordinator_pb2.RegisterSiloResponse:
+        raise RuntimeError(f"crashed near {request.endpoint}")
+
     async def SubmitAnchorEmbeddings(
         self,
         request_iterator: AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest],
@@ -149,6 +159,11 @@ async def _exchange(pki: Pki, name: str) -> list[Message]:
             yield silo_pb2.EmbedAnchorsRequest(texts=["ccc"])
 
         received += [m async for m in silo.EmbedAnchors(texts())]
+        # Failed calls send a status instead of a message; its details are recorded.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await hub.ListAdapters(coordinator_pb2.ListAdaptersRequest())
+        with pytest.raises(grpc.aio.AioRpcError):
+            await hub.RegisterSilo(coordinator_pb2.RegisterSiloRequest(endpoint="h:1"))
         # A service the server does not have is refused before any handler runs: no record.
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             # The typeshed stub of HealthStub declares no methods: call the method by its path.
@@ -176,13 +191,18 @@ def test_recorder_writes_every_sent_message_of_every_rpc_shape(
     records = read_records(path)
     methods = [record["rpc"].rsplit("/", 1)[1] for record in records]
     assert methods == ["ListSilos", *["GetAnchorSet"] * 3, *["TrainAdapter"] * 2,
-                       "SubmitAnchorEmbeddings", *["EmbedAnchors"] * 2]  # fmt: skip
+                       "SubmitAnchorEmbeddings", *["EmbedAnchors"] * 2, "ListAdapters",
+                       "RegisterSilo"]  # fmt: skip
     assert {record["server"] for record in records} == {"hub"}
     assert {record["peer"] for record in records} == {"spiffe://testnet/client/alice"}
     # Each line is the message the client received, field for field (bytes as base64).
-    for record, message in zip(records, received, strict=True):
-        assert json_format.ParseDict(record["message"], type(message)()) == message
-    anchors = records[-2]["message"]["vectors"]
+    for line, message in zip(records, received, strict=False):
+        assert json_format.ParseDict(line["message"], type(message)()) == message
+    assert [line["status"] for line in records[len(received) :]] == [
+        {"code": "PERMISSION_DENIED", "details": "not for you"},
+        {"code": "UNKNOWN", "details": "Unexpected <class 'RuntimeError'>: crashed near h:1"},
+    ]
+    anchors = records[len(received) - 2]["message"]["vectors"]
     assert np.frombuffer(base64.b64decode(anchors[1]["data"]), "<f4").tolist() == [2.0] * 4
 
     # A restarted server appends to the same file.
@@ -304,6 +324,14 @@ def test_undisclosed_fields_are_reported_for_the_silos_own_hits_only() -> None:
     relayed = record(merged, "/silobridge.v1.CoordinatorService/FederatedSearch", "coordinator-hub")
     (violation,) = check([relayed])
     assert "hits[0]" in violation and "'verse'" in violation
+
+
+def test_a_failed_calls_details_are_checked_too() -> None:
+    status = {"code": "UNKNOWN", "details": f"Unexpected error near '{TEXTS['Gen.1.3']}'"}
+    failed = {"server": "silo-kjv", "rpc": "/silobridge.v1.SiloService/Search", "status": status}
+    (violation,) = check([failed])
+    assert "status.details" in violation and "Gen.1.3" in violation
+    assert check([dict(failed, status={"code": "NOT_FOUND", "details": "no such doc"})]) == []
 
 
 def test_unreadable_vectors_and_unrecorded_messages_are_reported() -> None:
@@ -514,7 +542,7 @@ def test_nothing_leaves_a_silo_beyond_its_policy(net: Net) -> None:
     assert {"Search", "Embed", "EmbedAnchors", "Describe"} <= kinds
     for silo, spec in net.specs.items():
         records = read_records(net.wire / f"silo-{silo}.jsonl")
-        assert any(r["message"].get("hits") for r in records), f"{silo} sent no hits"
+        assert any((r.get("message") or {}).get("hits") for r in records), f"{silo} sent no hits"
         assert violations_of(net, silo, spec.disclose) == [], silo
 
 

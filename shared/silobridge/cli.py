@@ -10,6 +10,7 @@ from silobridge.coordinator.cli import coordinator_app
 from silobridge.evaluation.cli import eval_command
 from silobridge.shared.adapters.cli import adapter_app
 from silobridge.shared.audit_cli import audit_app
+from silobridge.shared.boundary import boundary_command
 from silobridge.shared.pki_cli import pki_app
 from silobridge.silo_agent.cli import silo_app
 
@@ -24,6 +25,7 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(silo_app, name="silo")
 app.add_typer(anchors_app, name="anchors")
 app.add_typer(pki_app, name="pki")
+audit_app.command("boundary")(boundary_command)
 app.add_typer(audit_app, name="audit")
 # Adapter artifacts and offline evaluation.
 app.add_typer(adapter_app, name="adapter")

@@ -69,6 +69,7 @@ class SiloView:
     healthy: bool
     document_count: int
     message: str
+    policy: common_pb2.DisclosurePolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class CoordinatorService:
                 f"space changed since registration: fingerprint {record.space.fingerprint} "
                 f"registered, {info.space.fingerprint} now; the silo must re-register"
             )
-        return SiloView(record, True, info.document_count, message)
+        return SiloView(record, True, info.document_count, message, info.policy)
 
     async def list_adapters(self, caller: PeerIdentity) -> list[AdapterView]:
         self.authorize("list", caller)

@@ -68,6 +68,7 @@ def silo_info(view: SiloView) -> coordinator_pb2.SiloInfo:
         org=record.org,
         registered_unix=int(record.registered_at),
         message=view.message,
+        policy=view.policy,
     )
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import typer
 
+from silobridge.shared.errors import InvalidArgument
+
 if TYPE_CHECKING:
     from silobridge.v1 import coordinator_pb2
 
@@ -103,13 +105,25 @@ class _Corpus:
         self.long = [(d, t) for d, t in cleaned.items() if len(t) >= MIN_SUBSTRING_CHARS]
         # One string to search fragments in; NUL never occurs in text, so no match spans two.
         self.joined = "\x00".join(t for _, t in self.long)
+        self._seen: dict[tuple[str, bool], str | None] = {}
         self.vectors: npt.NDArray[np.float32] | None = None
         if vectors is not None:
             matrix = np.asarray(vectors, dtype=np.float32)
+            if matrix.ndim != 2:
+                raise InvalidArgument(
+                    f"corpus_vectors must be (documents, dim), got {matrix.shape}"
+                )
             norms = np.linalg.norm(matrix, axis=1, keepdims=True)
             self.vectors = matrix / np.maximum(norms, 1e-12)
 
     def text_leak(self, value: str, fragment_allowed: bool) -> str | None:
+        # Replies repeat the same strings (space ids, fingerprints, field values): scan each once.
+        key = (value, fragment_allowed)
+        if key not in self._seen:
+            self._seen[key] = self._text_leak(value, fragment_allowed)
+        return self._seen[key]
+
+    def _text_leak(self, value: str, fragment_allowed: bool) -> str | None:
         stripped = value.strip()
         if stripped in self.exact:
             return f"the text of document {self.exact[stripped]!r}"
@@ -151,6 +165,8 @@ def check_boundary(
             f"{record.get('peer') or 'anonymous'})"
         )
         message = record.get("message")
+        if message is None and isinstance(record.get("status"), dict):
+            message = {"status": record["status"]}  # a failed call: its details leave too
         if not isinstance(message, dict):
             violations.append(f"{where}: message not recorded, cannot vouch for it")
             continue
@@ -180,7 +196,7 @@ def check_boundary(
 def _document_vectors(
     stored: npt.NDArray[np.float32] | None, sent: list[tuple[str, npt.NDArray[np.float32]]]
 ) -> Iterator[str]:
-    if stored is None or not sent:
+    if stored is None or stored.shape[0] == 0 or not sent:
         return
     same_space = [(where, v) for where, v in sent if v.shape == (stored.shape[1],)]
     if not same_space:
@@ -259,7 +275,7 @@ def boundary_report(
     text_silos = ", ".join(s.silo for s in silos if s.policy and s.policy.accept_query_text)
     disclosing = any(s.policy is None or s.policy.disclose_fields for s in silos)
     hits = "; ".join(f"{s.silo}: {_fields(s.policy)}" for s in silos) or "no silos"
-    rerank = f" (with --rerank; accepted by {text_silos})" if text_silos else ""
+    rerank = f"with --rerank, to {text_silos}" if text_silos else ""
     flows = [
         _row("anchor texts", f"coordinator -> {names}", "a versioned public anchor set",
              "private text"),
@@ -269,7 +285,7 @@ def boundary_report(
              "the query text, inside the client's organization", "—", surprising=home is None),
         _row("query vector", f"client -> coordinator {coordinator} -> {names}",
              "one vector per query (invertible: each target learns the query), signed by the "
-             "client", "query text" + (f", except{rerank}" if text_silos else ""),
+             "client", "query text" + (f" (except {rerank})" if rerank else ""),
              surprising=bool(text_silos)),
         _row("hits", "silo -> coordinator -> client",
              f"opaque doc ids, scores and disclosed fields: {hits}",
@@ -283,7 +299,8 @@ def boundary_report(
              surprising=home is None),
         _row(f"coordinator {coordinator}",
              "every query vector with its space, targets and asker; every silo's hits and "
-             f"disclosed fields; anchors' vectors; query text{rerank or ' never'}",
+             "disclosed fields; anchors' vectors; "
+             + (f"the query text {rerank}" if rerank else "never the query text"),
              surprising=bool(text_silos)),
     ]  # fmt: skip
     for view in silos:

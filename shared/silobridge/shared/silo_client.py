@@ -22,6 +22,8 @@ class SiloInfo:
     space: SpaceDescriptor
     document_count: int
     max_k: int
+    # What the silo's own policy discloses (None from a silo too old to say).
+    policy: common_pb2.DisclosurePolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class SiloClient:
             space=space_from_proto(reply.space),
             document_count=reply.document_count,
             max_k=reply.max_k,
+            policy=reply.policy if reply.HasField("policy") else None,
         )
 
     async def embed(self, texts: Sequence[str], *, timeout: float | None = None) -> FloatMatrix:

@@ -5,8 +5,9 @@ leaves the server, document ids, disclosed fields and vectors included, so it is
 ``SILOBRIDGE_WIRE_RECORD`` names a directory, and it logs a WARNING when it is on: never enable
 it in production silently. Each line is ``{"server", "rpc", "peer", "message"}``, the message as
 ``MessageToDict(..., preserving_proto_field_name=True)`` (bytes base64-encoded, as protobuf's
-JSON mapping writes them). A message that cannot be written makes the call fail: a silently
-missing line would let a boundary check pass on an incomplete record.
+JSON mapping writes them); a failed call's line has ``"status": {"code", "details"}`` instead,
+since its details text leaves the server too. A message that cannot be written makes the call
+fail: a silently missing line would let a boundary check pass on an incomplete record.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,14 @@ class WireRecorder:
             # Not a protobuf message: keep a line saying so, so a checker can refuse to vouch.
             entry["message"] = None
             entry["unrecorded_type"] = type(message).__name__
+        self._append(entry)
+
+    def record_status(self, rpc: str, peer: str, code: str, details: str) -> None:
+        """A failed call: the status code and the details text it sends instead of a message."""
+        status = {"code": code, "details": details}
+        self._append({"server": self.server, "rpc": rpc, "peer": peer, "status": status})
+
+    def _append(self, entry: Mapping[str, Any]) -> None:
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._lock:
             # Open per line: nothing stays open across calls, and each line is flushed on close.
@@ -151,21 +160,44 @@ class RecordingInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+def _failed(
+    recorder: WireRecorder, rpc: str, peer: str, context: Context, error: Exception
+) -> None:
+    """Record the status a failed call sends: its details leave the server too."""
+    if isinstance(error, grpc.aio.AbortError):
+        code = context.code()
+        details = context.details() or ""
+    else:
+        # grpc.aio tells the caller an unexpected exception's type and text as UNKNOWN's details.
+        code, details = grpc.StatusCode.UNKNOWN, f"Unexpected {type(error)}: {error}"
+    recorder.record_status(rpc, peer, getattr(code, "name", str(code)), details)
+
+
 def _wrap_unary(behaviour: Behaviour, recorder: WireRecorder, rpc: str) -> Behaviour:
     # grpc.aio runs coroutine functions on the loop and plain functions in a thread pool: the
     # wrapper must keep the kind of the behaviour it wraps.
     if inspect.iscoroutinefunction(behaviour):
 
         async def unary_async(request: object, context: Context) -> object:
-            response = await behaviour(request, context)
-            recorder.record(rpc, peer_spiffe_id(context), response)
+            peer = peer_spiffe_id(context)
+            try:
+                response = await behaviour(request, context)
+            except Exception as error:
+                _failed(recorder, rpc, peer, context, error)
+                raise
+            recorder.record(rpc, peer, response)
             return response
 
         return unary_async
 
     def unary_sync(request: object, context: Context) -> object:
-        response = behaviour(request, context)
-        recorder.record(rpc, peer_spiffe_id(context), response)
+        peer = peer_spiffe_id(context)
+        try:
+            response = behaviour(request, context)
+        except Exception as error:
+            _failed(recorder, rpc, peer, context, error)
+            raise
+        recorder.record(rpc, peer, response)
         return response
 
     return unary_sync
@@ -177,7 +209,11 @@ def _wrap_stream(behaviour: Behaviour, recorder: WireRecorder, rpc: str) -> Beha
         async def stream_writer(request: object, context: Context) -> None:
             peer = peer_spiffe_id(context)
             proxy = _WritingContext(context, lambda message: recorder.record(rpc, peer, message))
-            await behaviour(request, proxy)
+            try:
+                await behaviour(request, proxy)
+            except Exception as error:
+                _failed(recorder, rpc, peer, context, error)
+                raise
 
         return stream_writer
 
@@ -190,6 +226,9 @@ def _wrap_stream(behaviour: Behaviour, recorder: WireRecorder, rpc: str) -> Beha
                 async for response in responses:
                     recorder.record(rpc, peer, response)
                     yield response
+            except Exception as error:
+                _failed(recorder, rpc, peer, context, error)
+                raise
             finally:
                 # A cancelled call must close the servicer's generator too (its finally blocks).
                 await responses.aclose()
@@ -198,8 +237,12 @@ def _wrap_stream(behaviour: Behaviour, recorder: WireRecorder, rpc: str) -> Beha
 
     def stream_sync(request: object, context: Context) -> Iterator[object]:
         peer = peer_spiffe_id(context)
-        for response in behaviour(request, context):
-            recorder.record(rpc, peer, response)
-            yield response
+        try:
+            for response in behaviour(request, context):
+                recorder.record(rpc, peer, response)
+                yield response
+        except Exception as error:
+            _failed(recorder, rpc, peer, context, error)
+            raise
 
     return stream_sync
