@@ -223,6 +223,12 @@ async def retention_table(net: LocalConsortium) -> None:
     )
 
 
+def audit_logs(net: LocalConsortium) -> list[Path]:
+    logs = [net.coordinator_config.parent / "state" / "audit" / "audit.log"]
+    logs += [net.silo_config(spec.name).parent / "audit" / "audit.log" for spec in net.silos]
+    return logs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("demo-run"), help="where everything goes")
@@ -256,7 +262,12 @@ def main() -> int:
                 net.run("query", "--config", str(net.client_config("alice")), "--k", "5", question)
             step(f"7. retention on {EVAL_QUERIES} labelled WEB->KJV queries, live")
             asyncio.run(retention_table(net))
-            step("done")
+            step("8. the data boundary: what each party can see, from the live policies")
+            net.run("audit", "boundary", "--config", str(net.client_config("alice")))
+        step("9. every process stopped; verify the tamper-evident audit logs")
+        for log in audit_logs(net):
+            net.run("audit", "verify", str(log), "--key", str(log.with_name("audit.key.pub")))
+        step("done")
     except KeyboardInterrupt:
         say("\ninterrupted: every process the demo started has been stopped")
         return 130
