@@ -183,3 +183,72 @@ def serve_silo() -> Iterator[type[ServerThread]]:
     yield _Tracked
     for server in started:
         server.stop()
+
+
+def ingest_kjv(config_path: Path, count: int) -> None:
+    """Ingest the first ``count`` KJV verses into the silo of ``config_path`` (its own model)."""
+    import json
+
+    from silobridge.shared.demo_data import load_records
+    from silobridge.silo_agent.config import load_silo_config
+    from silobridge.silo_agent.embedders import load_embedder
+    from silobridge.silo_agent.ingest import ingest
+    from silobridge.silo_agent.store import SiloData
+
+    corpus = config_path.parent / "kjv.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": r.id, "text": r.text}) + "\n" for r in load_records("kjv")[:count]
+        )
+    )
+    config = load_silo_config(config_path)
+    embedder = load_embedder(config.model)
+    data = SiloData.open(config.data_dir, embedder.space, config.index)
+    ingest([corpus], data, embedder)
+    data.close()
+
+
+def write_coordinator_config(directory: Path, tls: TlsFiles, policy: str) -> Path:
+    """A coordinator.toml over mTLS with the given ``[policy]`` (and ``[policy.query]``) text."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "coordinator.toml"
+    path.write_text(
+        f"""
+[coordinator]
+state_dir = "state"
+[tls]
+cert = "{tls.cert}"
+key = "{tls.key}"
+ca = "{tls.ca}"
+{policy}
+"""
+    )
+    return path
+
+
+class CoordinatorThread:
+    """A real coordinator gRPC server on its own event loop in a background thread."""
+
+    def __init__(self, config_path: Path) -> None:
+        from silobridge.coordinator.config import load_coordinator_config
+        from silobridge.coordinator.server import (
+            RunningCoordinator,
+            open_coordinator,
+            start_coordinator,
+        )
+
+        self.service = open_coordinator(load_coordinator_config(config_path))
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            start_coordinator(self.service, listen="127.0.0.1:0"), self.loop
+        )
+        self.running: RunningCoordinator = future.result(timeout=60)
+        self.target = f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.running.stop(0.5), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()

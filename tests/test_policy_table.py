@@ -9,11 +9,8 @@ still fail for other reasons, e.g. NOT_FOUND), "denied" means PERMISSION_DENIED.
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -31,39 +28,19 @@ from silobridge.v1 import (
     silo_pb2_grpc,
 )
 
-from .conftest import CONSORTIUM, Pki, ServerThread, write_silo_config
+from .conftest import (
+    CONSORTIUM,
+    CoordinatorThread,
+    Pki,
+    ServerThread,
+    ingest_kjv,
+    write_coordinator_config,
+    write_silo_config,
+)
 
 pytestmark = pytest.mark.integration
 
 ALLOWED, DENIED = "allowed", "denied"
-
-
-class CoordinatorThread:
-    """A real coordinator gRPC server on its own event loop in a background thread."""
-
-    def __init__(self, config_path: Path) -> None:
-        from silobridge.coordinator.config import load_coordinator_config
-        from silobridge.coordinator.server import (
-            RunningCoordinator,
-            open_coordinator,
-            start_coordinator,
-        )
-
-        self.service = open_coordinator(load_coordinator_config(config_path))
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(
-            start_coordinator(self.service, listen="127.0.0.1:0"), self.loop
-        )
-        self.running: RunningCoordinator = future.result(timeout=60)
-        self.target = f"127.0.0.1:{self.running.port}"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.running.stop(0.5), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
 
 
 @dataclass
@@ -81,33 +58,12 @@ def net(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     admin_files = issue_certificate(pki.ca, root / "admin", role="client", name="admin", org="hub")
     admin = TlsFiles(cert=admin_files.cert, key=admin_files.key, ca=admin_files.ca_cert)
     silo_config = write_silo_config(root / "silo", pki.silo, model="static-64")
-    from silobridge.shared.demo_data import load_records
-
-    corpus = root / "kjv.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": r.id, "text": r.text}) + "\n" for r in load_records("kjv")[:60])
-    )
-    from silobridge.silo_agent.config import load_silo_config
-    from silobridge.silo_agent.embedders import load_embedder
-    from silobridge.silo_agent.ingest import ingest
-    from silobridge.silo_agent.store import SiloData
-
-    config = load_silo_config(silo_config)
-    embedder = load_embedder("static-64")
-    data = SiloData.open(config.data_dir, embedder.space, config.index)
-    ingest([corpus], data, embedder)
-    data.close()
+    ingest_kjv(silo_config, 60)
     spiffe = f"spiffe://{CONSORTIUM}"
-    coordinator_toml = root / "coordinator" / "coordinator.toml"
-    coordinator_toml.parent.mkdir()
-    coordinator_toml.write_text(
+    coordinator_toml = write_coordinator_config(
+        root / "coordinator",
+        pki.coordinator,
         f"""
-[coordinator]
-state_dir = "state"
-[tls]
-cert = "{pki.coordinator.cert}"
-key = "{pki.coordinator.key}"
-ca = "{pki.coordinator.ca}"
 [policy]
 register = ["{spiffe}/silo/*"]
 anchors = ["{spiffe}/silo/*"]
@@ -116,7 +72,7 @@ list = ["org:bible/client", "{spiffe}/client/admin"]
 train = ["{spiffe}/client/admin"]
 [policy.query]
 "*" = ["org:bible/client"]
-"""
+""",
     )
     silo = ServerThread(silo_config)
     coordinator = CoordinatorThread(coordinator_toml)
@@ -162,8 +118,11 @@ async def embed(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
 
 
 async def embed_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    # No texts: authorization comes before reading the stream. (A refusal while the client is
+    # still writing can surface as INTERNAL from gRPC core instead of the status sent.)
     async def requests() -> AsyncIterator[silo_pb2.EmbedAnchorsRequest]:
-        yield silo_pb2.EmbedAnchorsRequest(anchor_set="a", texts=["public words"])
+        for _ in ():
+            yield silo_pb2.EmbedAnchorsRequest()
 
     return [reply async for reply in _silo(ch).EmbedAnchors(requests(), timeout=10)]
 
@@ -188,10 +147,10 @@ async def get_anchor_set(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> objec
 
 
 async def submit_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    # An empty stream, for the reason given at embed_anchors.
     async def requests() -> AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest]:
-        yield coordinator_pb2.SubmitAnchorEmbeddingsRequest(
-            anchor_set="public", version="v1", space=net.space.space, vectors=[_vector(net)]
-        )
+        for _ in ():
+            yield coordinator_pb2.SubmitAnchorEmbeddingsRequest()
 
     return await _coord(ch).SubmitAnchorEmbeddings(requests(), timeout=10)
 

@@ -16,14 +16,20 @@ import pytest
 from cryptography import x509
 
 from silobridge.shared.audit import verify_log
-from silobridge.shared.demo_data import load_records
 from silobridge.shared.serde import vector_to_proto
 from silobridge.shared.signed_query import sign_query
 from silobridge.shared.transport import TlsFiles, open_channel
 from silobridge.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, silo_pb2, silo_pb2_grpc
 
-from .conftest import CONSORTIUM, Pki, ServerThread, write_silo_config
-from .test_policy_table import CoordinatorThread
+from .conftest import (
+    CONSORTIUM,
+    CoordinatorThread,
+    Pki,
+    ServerThread,
+    ingest_kjv,
+    write_coordinator_config,
+    write_silo_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +42,6 @@ class Net:
     root: Path
     space: str
     dim: int
-
-
-def _ingest(config_path: Path) -> None:
-    from silobridge.silo_agent.config import load_silo_config
-    from silobridge.silo_agent.embedders import load_embedder
-    from silobridge.silo_agent.ingest import ingest
-    from silobridge.silo_agent.store import SiloData
-
-    corpus = config_path.parent / "kjv.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": r.id, "text": r.text}) + "\n" for r in load_records("kjv")[:80])
-    )
-    config = load_silo_config(config_path)
-    embedder = load_embedder(config.model)
-    data = SiloData.open(config.data_dir, embedder.space, config.index)
-    ingest([corpus], data, embedder)
-    data.close()
 
 
 @pytest.fixture(scope="module")
@@ -68,24 +57,18 @@ def net(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     text = text.replace("rate_per_second = 10000.0", "rate_per_second = 0.5")
     text = text.replace("burst = 10000", "burst = 4")
     config.write_text(text)
-    _ingest(config)
+    ingest_kjv(config, 80)
     spiffe = f"spiffe://{CONSORTIUM}"
-    coordinator_toml = root / "coordinator" / "coordinator.toml"
-    coordinator_toml.parent.mkdir()
-    coordinator_toml.write_text(
+    coordinator_toml = write_coordinator_config(
+        root / "coordinator",
+        pki.coordinator,
         f"""
-[coordinator]
-state_dir = "state"
-[tls]
-cert = "{pki.coordinator.cert}"
-key = "{pki.coordinator.key}"
-ca = "{pki.coordinator.ca}"
 [policy]
 register = ["{spiffe}/silo/*"]
 list = ["{spiffe}/client/*"]
 [policy.query]
 "*" = ["{spiffe}/client/*"]   # the coordinator lets every client query every silo
-"""
+""",
     )
     silo = ServerThread(config)
     coordinator = CoordinatorThread(coordinator_toml)
