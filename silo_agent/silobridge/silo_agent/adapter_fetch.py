@@ -39,20 +39,32 @@ class AdapterFetcher:
         self.config = config
         self.space = space
         self.cache_dir = config.data_dir / "adapters"
-        self._adapters: dict[str, Adapter] = {}
+        # adapter id -> (adapter, the source space id its manifest names)
+        self._adapters: dict[str, tuple[Adapter, str]] = {}
         self._lock = asyncio.Lock()
+
+    def cached(self, adapter_id: str, source_space: str) -> Adapter | None:
+        """The adapter if it is already verified and loaded for ``source_space``, else None."""
+        hit = self._adapters.get(adapter_id)
+        return hit[0] if hit is not None and hit[1] == source_space else None
 
     async def get(self, adapter_id: str, source_space: str) -> Adapter:
         if not _ADAPTER_ID.match(adapter_id):
             raise InvalidArgument(f"adapter id {adapter_id!r} is not a valid adapter id")
         async with self._lock:
-            adapter = self._adapters.get(adapter_id)
-            if adapter is None:
-                adapter = await self._load(adapter_id, source_space)
-                self._adapters[adapter_id] = adapter
+            hit = self._adapters.get(adapter_id)
+            if hit is None:
+                hit = await self._load(adapter_id)
+                self._adapters[adapter_id] = hit
+        adapter, source = hit
+        if source != source_space:
+            raise PermissionDenied(
+                f"adapter {adapter_id} translates from {source}, not from the query's space "
+                f"{source_space}"
+            )
         return adapter
 
-    async def _load(self, adapter_id: str, source_space: str) -> Adapter:
+    async def _load(self, adapter_id: str) -> tuple[Adapter, str]:
         link = self.config.coordinator
         if link is None or link.adapter_key is None:
             raise FailedPrecondition(
@@ -71,12 +83,7 @@ class AdapterFetcher:
             # A bad artifact is not kept: the next query fetches afresh.
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
-        if loaded.manifest.source.space_id != source_space:
-            raise PermissionDenied(
-                f"adapter {adapter_id} translates from {loaded.manifest.source.space_id}, not "
-                f"from the query's space {source_space}"
-            )
-        return loaded.adapter
+        return loaded.adapter, loaded.manifest.source.space_id
 
     async def _download(self, adapter_id: str, directory: Path) -> None:
         link = self.config.coordinator

@@ -10,14 +10,16 @@ from typing import Any, TypeVar
 
 import grpc
 
+from silobridge.shared.adapters import Adapter
 from silobridge.shared.errors import ResourceExhausted
 from silobridge.shared.gatekeeper import Gatekeeper
 from silobridge.shared.grpc_errors import stream_boundary, unary_boundary
+from silobridge.shared.identity import PeerIdentity
 from silobridge.shared.serde import space_to_proto, vector_from_proto, vector_to_proto
 from silobridge.shared.transport import peer_identity
 from silobridge.shared.vectors import validate_query_vector
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher
-from silobridge.silo_agent.service import SiloService
+from silobridge.silo_agent.service import SearchHit, SiloService
 from silobridge.v1 import common_pb2, silo_pb2, silo_pb2_grpc
 
 T = TypeVar("T")
@@ -117,8 +119,13 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
         signed = request.signed if request.HasField("signed") else None
         k, source_space = request.k, request.source_space
         rerank_text, rerank_depth = request.rerank_text, request.rerank_depth
-        asker = await self._run(
-            lambda: self.service.admit_query(
+        own = self.service.embedder.space.space_id
+        translate = bool(source_space) and source_space != own
+        # The silo translates forwarded queries itself, with an adapter it verified.
+        adapter = self.adapters.cached(request.adapter_id, source_space) if translate else None
+
+        def admit() -> PeerIdentity:
+            asker = self.service.admit_query(
                 caller,
                 signed=signed,
                 wire_vector=request.vector,
@@ -126,19 +133,25 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
                 k=k,
                 rerank_text=rerank_text,
             )
-        )
-        # The signer of a forwarded query answers to the denylist too, and to its own budget.
-        self.gatekeeper.admit(asker)
-        self.gatekeeper.limit(asker)
-        vector = vector_from_proto(request.vector)
-        own = self.service.embedder.space.space_id
-        if source_space and source_space != own:
-            # The silo translates forwarded queries itself, with an adapter it verified.
-            adapter = await self.adapters.get(request.adapter_id, source_space)
-            vector = adapter.apply_one(validate_query_vector(vector, adapter.source_dim))
-        hits = await self._run(
-            lambda: self.service.search(caller, vector, k, rerank_text, rerank_depth)
-        )
+            # The signer of a forwarded query answers to the denylist too, and to its budget.
+            self.gatekeeper.admit(asker)
+            self.gatekeeper.limit(asker)
+            return asker
+
+        def search(adapter: Adapter | None) -> list[SearchHit]:
+            vector = vector_from_proto(request.vector)
+            if adapter is not None:
+                vector = adapter.apply_one(validate_query_vector(vector, adapter.source_dim))
+            return self.service.search(caller, vector, k, rerank_text, rerank_depth)
+
+        if translate and adapter is None:
+            # Verified before anything is fetched: an unverified request triggers no download.
+            asker = await self._run(admit)
+            fetched = await self.adapters.get(request.adapter_id, source_space)
+            hits = await self._run(lambda: search(fetched))
+        else:
+            # The usual case, one worker-thread hop: verify, admit, translate, search.
+            asker, hits = await self._run(lambda: (admit(), search(adapter)))
         self.gatekeeper.record(
             asker,
             "Search",
