@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from silobridge.shared.config_io import Section, load_toml, refuse_unknown_sections
+from silobridge.shared.config_io import (
+    AuditSettings,
+    Section,
+    audit_settings,
+    load_toml,
+    refuse_unknown_sections,
+)
 from silobridge.shared.errors import ConfigError, InvalidArgument
 from silobridge.shared.identity import PeerIdentity, identity_matches, validate_rule
 from silobridge.shared.transport import TlsFiles, tls_from_config
@@ -64,13 +70,6 @@ class CoordinatorPolicy:
     def may_query(self, identity: PeerIdentity, silo: str) -> bool:
         rules = self.query.get(silo, self.query.get(DEFAULT_SILO, ()))
         return any(identity_matches(identity, rule) for rule in rules)
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    log: Path
-    key: Path
-    checkpoint_every: int = 100
 
 
 @dataclass(frozen=True)
@@ -157,13 +156,7 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     qry.finish()
 
     # Always on: every call, allowed or denied, leaves a hash-chained line.
-    aud = Section.of(path, doc, "audit")
-    audit = AuditSettings(
-        log=aud.path("log", default=str(state_dir / "audit" / "audit.log")),
-        key=aud.path("key", default=str(state_dir / "audit" / "audit.key")),
-        checkpoint_every=aud.positive("checkpoint_every", 100),
-    )
-    aud.finish()
+    audit = audit_settings(path, doc, default_dir=str(state_dir / "audit"))
 
     return CoordinatorConfig(
         audit=audit,

@@ -32,9 +32,7 @@ def open_gatekeeper(config: CoordinatorConfig) -> Gatekeeper:
         denylist=config.policy.denylist,
         rate_per_second=config.policy.rate_per_second,
         burst=config.policy.burst,
-        audit_log=config.audit.log,
-        audit_key=config.audit.key,
-        checkpoint_every=config.audit.checkpoint_every,
+        audit=config.audit,
     )
 
 

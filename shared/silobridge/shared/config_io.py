@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,3 +98,24 @@ def refuse_unknown_sections(source: Path, document: Mapping[str, Any], known: se
     unknown = sorted(set(document) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s): {', '.join(unknown)}")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Where a server keeps its audit log and the key that signs its checkpoints."""
+
+    log: Path
+    key: Path
+    checkpoint_every: int = 100
+
+
+def audit_settings(source: Path, document: Mapping[str, Any], *, default_dir: str) -> AuditSettings:
+    """The ``[audit]`` table (always on: absent means the defaults under ``default_dir``)."""
+    section = Section.of(source, document, "audit")
+    settings = AuditSettings(
+        log=section.path("log", default=f"{default_dir}/audit.log"),
+        key=section.path("key", default=f"{default_dir}/audit.key"),
+        checkpoint_every=section.positive("checkpoint_every", 100),
+    )
+    section.finish()
+    return settings

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from silobridge.shared.audit import AuditLog, audit_event, open_audit_log
+from silobridge.shared.config_io import AuditSettings
 from silobridge.shared.denylist import Denylist
 from silobridge.shared.identity import PeerIdentity
 from silobridge.shared.ratelimit import RateLimiter
@@ -37,17 +38,15 @@ class Gatekeeper:
         denylist: Path | None,
         rate_per_second: float,
         burst: int,
-        audit_log: Path | None,
-        audit_key: Path | None,
-        checkpoint_every: int = 100,
+        audit: AuditSettings | None,
     ) -> Gatekeeper:
-        audit = None
-        if audit_log is not None and audit_key is not None:
-            audit = open_audit_log(audit_log, audit_key, checkpoint_every=checkpoint_every)
+        log = None
+        if audit is not None:
+            log = open_audit_log(audit.log, audit.key, checkpoint_every=audit.checkpoint_every)
         return cls(
             denylist=Denylist(denylist) if denylist is not None else None,
             limiter=RateLimiter(rate_per_second, burst),
-            audit=audit,
+            audit=log,
         )
 
     def admit(self, caller: PeerIdentity) -> PeerIdentity:

@@ -13,7 +13,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from silobridge.shared.config_io import Section, load_toml, refuse_unknown_sections
+from silobridge.shared.config_io import (
+    AuditSettings,
+    Section,
+    audit_settings,
+    load_toml,
+    refuse_unknown_sections,
+)
 from silobridge.shared.errors import ConfigError, InvalidArgument
 from silobridge.shared.identity import PeerIdentity, identity_matches, validate_rule
 from silobridge.shared.transport import TlsFiles, tls_from_config
@@ -86,13 +92,6 @@ class CoordinatorLink:
     advertise: str | None = None
     # The coordinator's Ed25519 adapter public key: adapters fetched from it must verify.
     adapter_key: Path | None = None
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    log: Path
-    key: Path
-    checkpoint_every: int = 100
 
 
 @dataclass(frozen=True)
@@ -211,13 +210,7 @@ def load_silo_config(path: Path) -> SiloConfig:
         )
 
     # Always on: every call, allowed or denied, leaves a hash-chained line.
-    aud = Section.of(path, doc, "audit")
-    audit = AuditSettings(
-        log=aud.path("log", default="audit/audit.log"),
-        key=aud.path("key", default="audit/audit.key"),
-        checkpoint_every=aud.positive("checkpoint_every", 100),
-    )
-    aud.finish()
+    audit = audit_settings(path, doc, default_dir="audit")
 
     return SiloConfig(
         audit=audit,

@@ -29,14 +29,11 @@ SERVICE_NAME = silo_pb2.DESCRIPTOR.services_by_name["SiloService"].full_name
 
 def open_gatekeeper(config: SiloConfig) -> Gatekeeper:
     """Denylist, per-asker rate limit and the audit log of this silo."""
-    audit = config.audit
     return Gatekeeper.open(
         denylist=config.access.denylist,
         rate_per_second=config.limits.rate_per_second,
         burst=config.limits.burst,
-        audit_log=audit.log if audit else None,
-        audit_key=audit.key if audit else None,
-        checkpoint_every=audit.checkpoint_every if audit else 100,
+        audit=config.audit,
     )
 
 
