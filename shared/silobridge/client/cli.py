@@ -19,11 +19,11 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from silobridge.shared.cli_support import fail, stderr_console, stdout_console
+from silobridge.shared.cli_support import fail, run_or_exit, stderr_console, stdout_console
 from silobridge.shared.errors import SiloBridgeError
 
 if TYPE_CHECKING:
-    from silobridge.client.api import AdapterView, FederatedResult, SiloView
+    from silobridge.client.api import AdapterView, FederatedClient, FederatedResult, SiloView
 
 T = TypeVar("T")
 out = stdout_console()
@@ -208,46 +208,42 @@ def query_command(
         err.print(f"[yellow]partial answer: not every silo answered: {escape(names)}[/yellow]")
 
 
-def silos_command(config: ConfigOption, as_json: JsonOption = False) -> None:
-    """List the silos registered at the coordinator, probed for health just now."""
+def _listing(
+    config: Path,
+    as_json: bool,
+    fetch: Callable[[FederatedClient], Coroutine[Any, Any, Sequence[Any]]],
+    table: Callable[[Sequence[Any]], Table],
+) -> None:
+    """Fetch a list from the coordinator; print it as JSON or as a table."""
     from silobridge.client.api import FederatedClient
     from silobridge.client.config import load_client_config
 
-    try:
-        cfg = load_client_config(config)
-    except SiloBridgeError as error:
-        fail(error.message)
+    cfg = run_or_exit(lambda: load_client_config(config))
 
-    async def run() -> list[SiloView]:
+    async def run() -> Sequence[Any]:
         async with FederatedClient(cfg) as client:
-            return await client.list_silos()
+            return await fetch(client)
 
-    silos = _run(run, lambda: f"coordinator at {cfg.coordinator}")
+    rows = _run(run, lambda: f"coordinator at {cfg.coordinator}")
     if as_json:
-        out.print_json(json.dumps([asdict(silo) for silo in silos]))
+        out.print_json(json.dumps([asdict(row) for row in rows]))
     else:
-        out.print(silos_table(silos))
+        out.print(table(rows))
+
+
+def silos_command(config: ConfigOption, as_json: JsonOption = False) -> None:
+    """List the silos registered at the coordinator, probed for health just now."""
+    _listing(config, as_json, lambda client: client.list_silos(), silos_table)
 
 
 def adapters_command(config: ConfigOption, as_json: JsonOption = False) -> None:
     """List the adapters the coordinator holds; a STALE one is refused until retrained."""
-    from silobridge.client.api import FederatedClient
-    from silobridge.client.config import load_client_config
-
-    try:
-        cfg = load_client_config(config)
-    except SiloBridgeError as error:
-        fail(error.message)
-
-    async def run() -> list[AdapterView]:
-        async with FederatedClient(cfg) as client:
-            return await client.list_adapters()
-
-    adapters = _run(run, lambda: f"coordinator at {cfg.coordinator}")
-    if as_json:
-        out.print_json(json.dumps([asdict(adapter) for adapter in adapters]))
-    else:
-        out.print(adapters_table(adapters, now=time.time()))
+    _listing(
+        config,
+        as_json,
+        lambda client: client.list_adapters(),
+        lambda rows: adapters_table(rows, now=time.time()),
+    )
 
 
 def train_command(
@@ -267,10 +263,7 @@ def train_command(
     from silobridge.client.api import FederatedClient
     from silobridge.client.config import load_client_config
 
-    try:
-        cfg = load_client_config(config)
-    except SiloBridgeError as error:
-        fail(error.message)
+    cfg = run_or_exit(lambda: load_client_config(config))
     started = time.monotonic()
 
     async def run() -> AdapterView | None:
