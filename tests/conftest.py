@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from silobridge.shared.pki import (
+from silobridge.core.config import TlsFiles
+from silobridge.security.pki.ca import (
     CertificateAuthority,
     approve_request,
     init_ca,
@@ -19,7 +21,10 @@ from silobridge.shared.pki import (
     load_ca,
     request_certificate,
 )
-from silobridge.shared.transport import TlsFiles
+
+REPO = Path(__file__).resolve().parents[1]
+# The demo corpus is repository data; servers started by tests inherit where it is.
+os.environ.setdefault("SILOBRIDGE_DEMO_DATA", str(REPO / "data" / "demo"))
 
 PASSPHRASE = b"test-passphrase"
 CONSORTIUM = "testnet"
@@ -189,11 +194,11 @@ def ingest_kjv(config_path: Path, count: int) -> None:
     """Ingest the first ``count`` KJV verses into the silo of ``config_path`` (its own model)."""
     import json
 
-    from silobridge.shared.demo_data import load_records
+    from silobridge.embedding.embedders import load_embedder
+    from silobridge.evaluation.corpus import load_records
     from silobridge.silo_agent.config import load_silo_config
-    from silobridge.silo_agent.embedders import load_embedder
     from silobridge.silo_agent.ingest import ingest
-    from silobridge.silo_agent.store import SiloData
+    from silobridge.silo_agent.store.data import SiloData
 
     corpus = config_path.parent / "kjv.jsonl"
     corpus.write_text(

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from silobridge.shared.adapters import Adapter, FitConfig, fit
-from silobridge.shared.adapters.artifact import (
+from silobridge.adapters import Adapter, FitConfig, fit
+from silobridge.adapters.artifact import (
     MANIFEST_FILE,
     SIGNATURE_FILE,
     WEIGHTS_FILE,
@@ -34,15 +34,15 @@ from silobridge.shared.adapters.artifact import (
     load_adapter,
     save_adapter,
 )
-from silobridge.shared.adapters.cli import adapter_app
-from silobridge.shared.adapters.signing import (
+from silobridge.adapters.cli import adapter_app
+from silobridge.adapters.signing import (
     SignatureInvalid,
     generate_signing_key,
     load_signing_key,
     load_verify_key,
 )
-from silobridge.shared.errors import ConfigError, InvalidArgument, NotFound, SiloBridgeError
-from silobridge.shared.spaces import SpaceDescriptor
+from silobridge.core.errors import ConfigError, InvalidArgument, NotFound, SiloBridgeError
+from silobridge.core.spaces import SpaceDescriptor
 
 ANCHORS = 200
 SOURCE_DIM, TARGET_DIM = 32, 24

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from silobridge.shared.adapters import (
+from silobridge.adapters import (
     KINDS,
     Adapter,
     FitConfig,
@@ -20,7 +20,7 @@ from silobridge.shared.adapters import (
     fit,
     heldout_ndcg,
 )
-from silobridge.shared.errors import InvalidArgument
+from silobridge.core.errors import InvalidArgument
 
 FITTED_KINDS = ("procrustes", "affine", "mlp", "local", "auto")
 # Small enough that every kind (torch included) fits in well under a second.
@@ -293,7 +293,7 @@ def test_applying_a_rebuilt_mlp_never_imports_torch(adapters: dict[str, Adapter]
     arrays = {name: array.tolist() for name, array in mlp.tensors().items()}
     script = (
         "import sys, numpy as np\n"
-        "from silobridge.shared.adapters import adapter_from_state\n"
+        "from silobridge.adapters import adapter_from_state\n"
         f"tensors = {{k: np.asarray(v, dtype=np.float32) for k, v in {arrays!r}.items()}}\n"
         f"adapter = adapter_from_state('mlp', {mlp.params()!r}, tensors)\n"
         f"adapter.apply_one(np.ones({mlp.source_dim}, dtype=np.float32))\n"

@@ -15,15 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from silobridge.coordinator.anchors_cli import anchors_app
-from silobridge.coordinator.anchorsets import (
+from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
+from silobridge.coordinator.anchors.cli import anchors_app
+from silobridge.coordinator.anchors.files import read_anchor_file
+from silobridge.coordinator.anchors.validation import (
     MAX_ANCHOR_TEXT_CHARS,
     MAX_ANCHOR_TEXTS,
-    AnchorCatalogue,
     anchor_texts_sha256,
-    read_anchor_file,
 )
-from silobridge.shared.errors import (
+from silobridge.core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,

@@ -21,19 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from silobridge.shared.adapters.signing import load_verify_key, public_key_path
-from silobridge.shared.audit import (
-    GENESIS,
-    AuditLog,
-    audit_event,
-    checkpoint_payload,
-    open_audit_log,
-    sidecar_path,
-    verify_log,
-)
-from silobridge.shared.audit_cli import audit_app
-from silobridge.shared.errors import FailedPrecondition, InvalidArgument, NotFound
-from silobridge.shared.identity import PeerIdentity, identity_from_certificate_pem
+from silobridge.adapters.signing import load_verify_key, public_key_path
+from silobridge.audit.chain import GENESIS, checkpoint_payload, sidecar_path
+from silobridge.audit.cli import audit_app
+from silobridge.audit.events import audit_event
+from silobridge.audit.log import AuditLog, open_audit_log
+from silobridge.audit.verify import verify_log
+from silobridge.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from silobridge.security.identity import PeerIdentity, identity_from_certificate_pem
 
 from .conftest import Pki
 

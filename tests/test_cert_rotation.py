@@ -17,10 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2
 
-from silobridge.shared import transport
-from silobridge.shared.errors import ConfigError
-from silobridge.shared.pki import issue_certificate
-from silobridge.shared.transport import TlsFiles
+from silobridge.core.config import TlsFiles
+from silobridge.core.errors import ConfigError
+from silobridge.rpc import transport
+from silobridge.security.pki.ca import issue_certificate
 
 from .conftest import Pki
 

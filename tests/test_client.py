@@ -30,12 +30,13 @@ from silobridge.client.cli import (
     split_silos,
     train_command,
 )
-from silobridge.client.config import load_client_config, validate_endpoint
-from silobridge.shared.errors import ConfigError, InvalidArgument
-from silobridge.shared.serde import space_to_proto
-from silobridge.shared.silo_client import SiloClient
-from silobridge.shared.spaces import SpaceDescriptor
-from silobridge.shared.transport import TlsFiles
+from silobridge.client.config import load_client_config
+from silobridge.core.config import TlsFiles
+from silobridge.core.endpoints import validate_endpoint
+from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.core.spaces import SpaceDescriptor
+from silobridge.rpc.convert import space_to_proto
+from silobridge.rpc.silo_client import SiloClient
 from silobridge.v1 import common_pb2, coordinator_pb2
 
 from .conftest import Pki, ServerThread, write_silo_config

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from localnet import ClientSpec, LocalConsortium, SiloSpec
 
 from silobridge.client.api import FederatedClient, FederatedResult
 from silobridge.client.config import load_client_config
-from silobridge.shared.demo_data import load_records
-from silobridge.shared.localnet import ClientSpec, LocalConsortium, SiloSpec
-from silobridge.shared.vectors import FloatVector
+from silobridge.core.vectors import FloatVector
+from silobridge.evaluation.corpus import load_records
 
 pytestmark = pytest.mark.integration
 

@@ -15,19 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from silobridge.coordinator.anchorsets import AnchorCatalogue
+from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
+from silobridge.coordinator.anchors.synthetic import random_word_strings
 from silobridge.coordinator.config import load_coordinator_config
-from silobridge.coordinator.outcomes import FederatedAnswer, Forwarded, SiloOutcome
+from silobridge.coordinator.search.outcomes import FederatedAnswer, Forwarded, SiloOutcome
 from silobridge.coordinator.server import open_coordinator
 from silobridge.coordinator.service import CoordinatorService
-from silobridge.coordinator.state import SiloRecord
-from silobridge.shared.errors import InvalidArgument, NotFound, PermissionDenied
-from silobridge.shared.identity import PeerIdentity
-from silobridge.shared.silo_client import RemoteHit, SiloInfo
-from silobridge.shared.spaces import FloatMatrix
-from silobridge.shared.synthetic_anchors import random_word_strings
-from silobridge.shared.vectors import FloatVector
-from silobridge.silo_agent.embedders import Embedder, load_embedder
+from silobridge.coordinator.state.records import SiloRecord
+from silobridge.core.errors import InvalidArgument, NotFound, PermissionDenied
+from silobridge.core.spaces import FloatMatrix
+from silobridge.core.vectors import FloatVector
+from silobridge.embedding.embedders import Embedder, load_embedder
+from silobridge.rpc.silo_client import RemoteHit, SiloInfo
+from silobridge.security.identity import PeerIdentity
 
 ADMIN = PeerIdentity("spiffe://t/client/admin", "t", "client", "admin", "hub")
 ALICE = PeerIdentity("spiffe://t/client/alice", "t", "client", "alice", "pyorg")

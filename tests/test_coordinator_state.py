@@ -17,27 +17,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from silobridge.coordinator.anchorsets import AnchorSetInfo, anchor_texts_sha256
-from silobridge.coordinator.calibration import Calibration
-from silobridge.coordinator.state import (
-    STATE_FILE,
-    AdapterRecord,
-    CoordinatorState,
-    SiloRecord,
-)
-from silobridge.coordinator.training import adapter_id_for, load_record_adapter, train_adapter
-from silobridge.shared.adapters import FitConfig, fit
-from silobridge.shared.adapters.artifact import SpaceMismatch, load_adapter
-from silobridge.shared.adapters.signing import (
+from silobridge.adapters import FitConfig, fit
+from silobridge.adapters.artifact import SpaceMismatch, load_adapter
+from silobridge.adapters.signing import (
     SignatureInvalid,
     generate_signing_key,
     load_signing_key,
     load_verify_key,
 )
-from silobridge.shared.errors import FailedPrecondition, InvalidArgument, NotFound
-from silobridge.shared.spaces import SpaceDescriptor
-from silobridge.shared.synthetic_anchors import random_word_strings
-from silobridge.silo_agent.embedders import load_embedder
+from silobridge.coordinator.anchors.manifest import AnchorSetInfo
+from silobridge.coordinator.anchors.synthetic import random_word_strings
+from silobridge.coordinator.anchors.validation import anchor_texts_sha256
+from silobridge.coordinator.search.calibration import Calibration
+from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
+from silobridge.coordinator.state.store import STATE_FILE, CoordinatorState
+from silobridge.coordinator.training import adapter_id_for, load_record_adapter, train_adapter
+from silobridge.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from silobridge.core.spaces import SpaceDescriptor
+from silobridge.embedding.embedders import load_embedder
 
 FloatMatrix = npt.NDArray[np.float32]
 

@@ -28,24 +28,20 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from localnet import ClientSpec, LocalConsortium, SiloSpec
 from typer.testing import CliRunner
 
+from silobridge.audit.boundary_check import check_boundary
+from silobridge.audit.boundary_report import SiloPolicyView, boundary_report, report_to_dict
+from silobridge.audit.cli import boundary_command
+from silobridge.audit.wire import ENV_VAR, recording_interceptors
 from silobridge.client.api import FederatedClient, FederatedResult
 from silobridge.client.config import load_client_config
-from silobridge.shared import transport
-from silobridge.shared.boundary import (
-    LivePolicy,
-    SiloPolicyView,
-    boundary_command,
-    boundary_report,
-    check_boundary,
-    report_to_dict,
-)
-from silobridge.shared.demo_data import load_records
-from silobridge.shared.localnet import ClientSpec, LocalConsortium, SiloSpec
-from silobridge.shared.serde import vector_to_proto
-from silobridge.shared.wire_recorder import ENV_VAR, recording_interceptors
-from silobridge.silo_agent.docstore import DocStore
+from silobridge.core.disclosure import DisclosurePolicy as LivePolicy
+from silobridge.evaluation.corpus import load_records
+from silobridge.rpc import transport
+from silobridge.rpc.convert import vector_to_proto
+from silobridge.silo_agent.store.docstore import DocStore
 from silobridge.v1 import (
     common_pb2,
     coordinator_pb2,
@@ -183,7 +179,7 @@ def test_recorder_writes_every_sent_message_of_every_rpc_shape(
     pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "wire"))
-    with caplog.at_level(logging.WARNING, logger="silobridge.shared.wire_recorder"):
+    with caplog.at_level(logging.WARNING, logger="silobridge.audit.wire"):
         received = asyncio.run(_exchange(pki, "hub"))
     assert "WIRE RECORDING IS ON" in caplog.text
     path = tmp_path / "wire" / "hub.jsonl"
@@ -216,7 +212,7 @@ def test_recorder_is_off_without_the_variable_and_refuses_unsafe_names(
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert recording_interceptors("hub") == []
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
-    from silobridge.shared.errors import ConfigError
+    from silobridge.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="file name"):
         recording_interceptors("../hub")

@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from silobridge.shared.demo_data import (
+from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.evaluation.corpus import (
     DEMO_SETS,
     DemoRecord,
     demo_data_dir,
     load_records,
 )
-from silobridge.shared.errors import ConfigError, InvalidArgument
 
 REPO = Path(__file__).resolve().parents[1]
 

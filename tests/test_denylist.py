@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives import hashes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from silobridge.shared.denylist import Denylist, parse_denylist
-from silobridge.shared.errors import ConfigError, PermissionDenied
-from silobridge.shared.identity import PeerIdentity, identity_from_certificate_pem
-from silobridge.shared.transport import TlsFiles
+from silobridge.core.config import TlsFiles
+from silobridge.core.errors import ConfigError, PermissionDenied
+from silobridge.security.denylist import Denylist, parse_denylist
+from silobridge.security.identity import PeerIdentity, identity_from_certificate_pem
 
 from .conftest import Pki
 
@@ -206,7 +206,7 @@ def test_an_unreadable_or_broken_file_on_reload_keeps_the_previous_list(
     denylist = Denylist(path, clock=clock)
 
     path.write_text(f"{mallory.serial}\nhalf-saved edit\n")
-    caplog.set_level(logging.WARNING, logger="silobridge.shared.denylist")
+    caplog.set_level(logging.WARNING, logger="silobridge.security.denylist")
     for _ in range(3):
         clock.now += 1
         with pytest.raises(PermissionDenied):

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from silobridge.shared.errors import InvalidArgument
-from silobridge.shared.spaces import FloatMatrix
-from silobridge.silo_agent.docstore import DocStore, Document, content_hash
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.spaces import FloatMatrix
+from silobridge.silo_agent.store.docstore import DocStore, Document, content_hash
 
 DIM = 8
 
@@ -168,7 +168,7 @@ def test_an_acknowledged_upsert_survives_kill_9(tmp_path: Path) -> None:
         f"""
         import os, signal
         import numpy as np
-        from silobridge.silo_agent.docstore import Document, DocStore
+        from silobridge.silo_agent.store.docstore import Document, DocStore
         store = DocStore({str(path)!r})
         store.upsert([Document("kept", "acknowledged before the crash")],
                      np.ones((1, 4), dtype=np.float32) / 2)

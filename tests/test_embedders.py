@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from silobridge.shared.errors import ConfigError, InvalidArgument
-from silobridge.silo_agent.embedders import (
+from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.embedding.embedders import (
     BUILTIN_SPECS,
     Embedder,
     known_specs,
@@ -212,7 +212,7 @@ def test_generic_spec_paths_are_made_absolute(
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, silobridge.silo_agent.embedders; "
+        "import sys, silobridge.embedding.embedders; "
         "heavy = {'torch', 'sentence_transformers', 'onnxruntime', 'transformers'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )

@@ -14,9 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.embedding.embedders import Embedder, load_embedder
 from silobridge.evaluation.anchors import file_anchors, public_anchors, resolve_anchor_sources
 from silobridge.evaluation.cache import EmbeddingCache, embed_cached
 from silobridge.evaluation.cli import eval_command
+from silobridge.evaluation.corpus import load_records
 from silobridge.evaluation.datasets import load_beir, load_builtin
 from silobridge.evaluation.runner import (
     ROW_FIELDS,
@@ -25,10 +29,6 @@ from silobridge.evaluation.runner import (
     EvalSession,
     run_evaluation,
 )
-from silobridge.shared.demo_data import load_records
-from silobridge.shared.errors import ConfigError, InvalidArgument
-from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
-from silobridge.silo_agent.embedders import Embedder, load_embedder
 
 SOURCE = "minilm-l3-onnx"
 TARGET = "static-64"

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from silobridge.core.errors import InvalidArgument
 from silobridge.evaluation.metrics import (
     arr_at_k,
     mean_mrr,
@@ -21,7 +22,6 @@ from silobridge.evaluation.metrics import (
     retention,
 )
 from silobridge.evaluation.search import rerank, top_k
-from silobridge.shared.errors import InvalidArgument
 
 
 def test_ndcg_of_one_relevant_document_at_rank_three() -> None:

@@ -13,17 +13,16 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from silobridge.shared import pki
-from silobridge.shared.errors import InvalidArgument, PermissionDenied
-from silobridge.shared.identity import (
+from silobridge.core.errors import InvalidArgument, PermissionDenied
+from silobridge.security.identity import (
     PeerIdentity,
     Role,
     identity_from_certificate_pem,
-    identity_matches,
     make_spiffe_id,
     parse_spiffe_id,
-    validate_rule,
 )
+from silobridge.security.pki import ca as pki
+from silobridge.security.rules import identity_matches, validate_rule
 
 components = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,62}", fullmatch=True)
 roles = st.sampled_from([role.value for role in Role])

@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-from silobridge.shared.errors import ConfigError, FailedPrecondition, NotFound
-from silobridge.silo_agent.index import (
+from silobridge.core.errors import ConfigError, FailedPrecondition, NotFound
+from silobridge.silo_agent.store.index import (
     EXACT_FACTORY,
     MANIFEST_NAME,
     IndexSettings,

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from silobridge.shared.errors import ConfigError, FailedPrecondition, InvalidArgument
-from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor, fingerprint_space
-from silobridge.silo_agent.docstore import Document
-from silobridge.silo_agent.index import IndexSettings
+from silobridge.core.errors import ConfigError, FailedPrecondition, InvalidArgument
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor, fingerprint_space
 from silobridge.silo_agent.ingest import MAX_LINE_BYTES, BadLine, ingest, read_documents
-from silobridge.silo_agent.store import EmbedderLike, SiloData
+from silobridge.silo_agent.store.data import EmbedderLike, SiloData
+from silobridge.silo_agent.store.docstore import Document
+from silobridge.silo_agent.store.index import IndexSettings
 
 DIM = 32
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from silobridge.cli import app
-from silobridge.shared.demo_data import load_records
+from silobridge.evaluation.corpus import load_records
 
 from .conftest import Pki, write_silo_config
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,55 @@ def test_no_root_makes_silobridge_a_regular_package(root: str) -> None:
 
 
 def test_one_namespace_spans_the_three_roots() -> None:
-    for module in ("silobridge.shared", "silobridge.silo_agent", "silobridge.coordinator"):
+    for module in ("silobridge.core", "silobridge.silo_agent", "silobridge.coordinator"):
         importlib.import_module(module)
     assert not hasattr(silobridge, "__file__") or silobridge.__file__ is None
     locations = {Path(p).resolve() for p in silobridge.__path__ if Path(p).exists()}
     assert (REPO / "shared" / "silobridge").resolve() in locations
+
+
+# Hand-written modules stay small enough to read in one sitting (STYLE.md, httpx).
+MAX_MODULE_LINES = 400
+
+
+def _hand_written_modules() -> list[Path]:
+    modules = []
+    for root in ROOTS:
+        for path in sorted((REPO / root / "silobridge").rglob("*.py")):
+            if "v1" not in path.relative_to(REPO / root).parts:
+                modules.append(path)
+    return modules
+
+
+def test_hand_written_modules_stay_under_the_line_limit() -> None:
+    modules = _hand_written_modules()
+    assert len(modules) > 50
+    too_long = {
+        str(path.relative_to(REPO)): lines
+        for path in modules
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split them): {too_long}"
+
+
+def test_every_package_is_listed_for_the_wheel() -> None:
+    """A package missing from pyproject's list would be silently left out of the wheel."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {"silobridge"}
+    for root in ROOTS:
+        for init in (REPO / root / "silobridge").rglob("__init__.py"):
+            found.add(".".join(init.parent.relative_to(REPO / root).parts))
+    found |= {"silobridge.v1"}
+    assert listed == found, f"missing: {sorted(found - listed)}; stale: {sorted(listed - found)}"
+
+
+def test_demo_tooling_is_not_in_the_runtime_library() -> None:
+    """The loopback launcher lives with the demo; the runtime never finds data beside itself."""
+    for path in _hand_written_modules():
+        text = path.read_text()
+        assert "localnet" not in text, f"{path} refers to the demo launcher"
+        assert "parents[" not in text, f"{path} finds files relative to its own location"
 
 
 PROTO_FILES: tuple[FileDescriptor, ...] = (

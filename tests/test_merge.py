@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from silobridge.coordinator.calibration import Calibration, fit_calibration
-from silobridge.coordinator.merge import (
+from silobridge.coordinator.search.calibration import Calibration, fit_calibration
+from silobridge.coordinator.search.merge import (
     MergedHit,
     ScoredHit,
     SiloResult,
     merge_calibrated,
     merge_rrf,
 )
-from silobridge.shared.errors import InvalidArgument
+from silobridge.core.errors import InvalidArgument
 
 # ---------------------------------------------------------------------------------------------
 # Strategies: silos with hit lists sorted by their own score, as a silo returns them.

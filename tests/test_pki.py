@@ -15,10 +15,10 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner, Result
 
-from silobridge.shared import pki
-from silobridge.shared.errors import ConfigError, InvalidArgument, PermissionDenied
-from silobridge.shared.identity import identity_from_certificate_pem
-from silobridge.shared.pki_cli import PASSPHRASE_ENV, pki_app
+from silobridge.core.errors import ConfigError, InvalidArgument, PermissionDenied
+from silobridge.security.identity import identity_from_certificate_pem
+from silobridge.security.pki import ca as pki
+from silobridge.security.pki.cli import PASSPHRASE_ENV, pki_app
 
 PASSPHRASE = b"correct horse battery staple"
 

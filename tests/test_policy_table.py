@@ -16,10 +16,11 @@ import grpc
 import numpy as np
 import pytest
 
-from silobridge.shared.pki import issue_certificate
-from silobridge.shared.serde import vector_to_proto
-from silobridge.shared.signed_query import sign_query
-from silobridge.shared.transport import TlsFiles, open_channel
+from silobridge.core.config import TlsFiles
+from silobridge.rpc.convert import vector_to_proto
+from silobridge.rpc.transport import open_channel
+from silobridge.security.pki.ca import issue_certificate
+from silobridge.security.signed_query import sign_query
 from silobridge.v1 import (
     common_pb2,
     coordinator_pb2,

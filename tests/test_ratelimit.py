@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from silobridge.shared.errors import ConfigError, ResourceExhausted
-from silobridge.shared.ratelimit import RateLimiter
+from silobridge.core.errors import ConfigError, ResourceExhausted
+from silobridge.security.ratelimit import RateLimiter
 
 ALICE = "spiffe://t/client/alice"
 BOB = "spiffe://t/client/bob"

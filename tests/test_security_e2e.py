@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from cryptography import x509
 
-from silobridge.shared.audit import verify_log
-from silobridge.shared.serde import vector_to_proto
-from silobridge.shared.signed_query import sign_query
-from silobridge.shared.transport import TlsFiles, open_channel
+from silobridge.audit.verify import verify_log
+from silobridge.core.config import TlsFiles
+from silobridge.rpc.convert import vector_to_proto
+from silobridge.rpc.transport import open_channel
+from silobridge.security.signed_query import sign_query
 from silobridge.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, silo_pb2, silo_pb2_grpc
 
 from .conftest import (
@@ -238,7 +239,7 @@ def test_the_audit_log_verifies_and_holds_no_vectors_or_text(net: Net) -> None:
     assert report.ok, report.reason
     assert report.lines > 10
     if key.exists():
-        from silobridge.shared.adapters.signing import load_verify_key
+        from silobridge.adapters.signing import load_verify_key
 
         assert verify_log(log, load_verify_key(key)).ok
     text = log.read_text()

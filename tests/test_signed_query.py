@@ -17,13 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from silobridge.shared.errors import (
+from silobridge.core.config import TlsFiles
+from silobridge.core.errors import (
     ConfigError,
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
 )
-from silobridge.shared.signed_query import (
+from silobridge.security.signed_query import (
     DEFAULT_MAX_AGE_S,
     MAX_CERTIFICATE_BYTES,
     MAX_CLAIMS_BYTES,
@@ -34,7 +35,6 @@ from silobridge.shared.signed_query import (
     vector_sha256,
     verify_signed_query,
 )
-from silobridge.shared.transport import TlsFiles
 from silobridge.v1 import common_pb2
 
 from .conftest import Pki

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from silobridge.shared.errors import ConfigError, InvalidArgument, PermissionDenied
-from silobridge.shared.grpc_errors import GENERIC_INTERNAL_MESSAGE, status_for
-from silobridge.shared.identity import PeerIdentity
+from silobridge.core.errors import ConfigError, InvalidArgument, PermissionDenied
+from silobridge.rpc.status import GENERIC_INTERNAL_MESSAGE, status_for
+from silobridge.security.identity import PeerIdentity
 from silobridge.silo_agent.config import load_silo_config
 
 BASE = """

@@ -13,9 +13,9 @@ from grpc_health.v1 import health_pb2
 from typer.testing import CliRunner
 
 from silobridge.cli import app
-from silobridge.shared.demo_data import load_records
-from silobridge.shared.serde import vector_to_proto
-from silobridge.shared.transport import TlsFiles
+from silobridge.core.config import TlsFiles
+from silobridge.evaluation.corpus import load_records
+from silobridge.rpc.convert import vector_to_proto
 from silobridge.v1 import common_pb2, silo_pb2, silo_pb2_grpc
 
 from .conftest import Pki, ServerThread, write_silo_config

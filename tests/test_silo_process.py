@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from silobridge.shared.demo_data import load_records
+from silobridge.evaluation.corpus import load_records
 
 from .conftest import Pki, write_silo_config
 

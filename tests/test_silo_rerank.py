@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from silobridge.cli import app
-from silobridge.shared.demo_data import load_records
-from silobridge.shared.serde import vector_to_proto
-from silobridge.silo_agent.embedders import load_embedder
+from silobridge.embedding.embedders import load_embedder
+from silobridge.evaluation.corpus import load_records
+from silobridge.rpc.convert import vector_to_proto
 from silobridge.v1 import common_pb2, silo_pb2, silo_pb2_grpc
 
 from .conftest import Pki, ServerThread, write_silo_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from silobridge.shared.synthetic_anchors import (
+from silobridge.coordinator.anchors.synthetic import (
     MAX_WORDS,
     MIN_WORDS,
     english_words,

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from silobridge.shared.errors import InvalidArgument
-from silobridge.shared.serde import vector_from_proto, vector_to_proto
-from silobridge.shared.vectors import decode_float32, validate_k, validate_query_vector
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.vectors import decode_float32, validate_k, validate_query_vector
+from silobridge.rpc.convert import vector_from_proto, vector_to_proto
 from silobridge.v1 import common_pb2
 
 DIM = 16

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import signal
 import statistics
 import sys
@@ -24,12 +25,18 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from localnet import ClientSpec, LocalConsortium, SiloSpec
+
 from silobridge.client.api import FederatedClient, FederatedResult
 from silobridge.client.config import load_client_config
-from silobridge.shared.demo_data import demo_data_dir, load_records
-from silobridge.shared.localnet import ClientSpec, LocalConsortium, SiloSpec
-from silobridge.shared.silo_client import SiloClient
-from silobridge.shared.vectors import FloatVector
+from silobridge.core.vectors import FloatVector
+from silobridge.evaluation.corpus import demo_data_dir, load_records
+from silobridge.rpc.silo_client import SiloClient
+
+# The demo corpus is repository data; the processes the demo starts inherit where it is.
+os.environ.setdefault(
+    "SILOBRIDGE_DEMO_DATA", str(Path(__file__).resolve().parents[2] / "data" / "demo")
+)
 
 QUESTIONS = (
     "Yahweh is my shepherd; I shall lack nothing.",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from silobridge.adapters.cli import adapter_app
+from silobridge.audit.cli import audit_app, boundary_command
 from silobridge.client.cli import adapters_command, query_command, silos_command, train_command
-from silobridge.coordinator.anchors_cli import anchors_app
+from silobridge.coordinator.anchors.cli import anchors_app
 from silobridge.coordinator.cli import coordinator_app
 from silobridge.evaluation.cli import eval_command
-from silobridge.shared.adapters.cli import adapter_app
-from silobridge.shared.audit_cli import audit_app
-from silobridge.shared.boundary import boundary_command
-from silobridge.shared.pki_cli import pki_app
+from silobridge.security.pki.cli import pki_app
 from silobridge.silo_agent.cli import silo_app
 
 app = typer.Typer(no_args_is_help=True, help="SiloBridge: federated cross-silo retrieval.")

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from silobridge.shared.cli_support import fail
-from silobridge.shared.errors import SiloBridgeError
+from silobridge.core.cli_support import fail
+from silobridge.core.errors import SiloBridgeError
 
 coordinator_app = typer.Typer(no_args_is_help=True, help="Run the consortium's coordinator.")
 

@@ -2,7 +2,7 @@
 
 Policy rules fail closed: an action whose rule list is absent or empty is denied to everyone. A
 rule is a glob over the caller's SPIFFE id (``spiffe://demo/client/*``), ``org:<O>`` or
-``org:<O>/<role>`` (see ``silobridge.shared.identity``).
+``org:<O>/<role>`` (see ``silobridge.security.rules``).
 """
 
 from __future__ import annotations
@@ -10,16 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from silobridge.shared.config_io import (
+from silobridge.core.config import (
     AuditSettings,
     Section,
+    ServerSettings,
+    TlsFiles,
     audit_settings,
     load_toml,
     refuse_unknown_sections,
+    server_basics,
+    tls_from_config,
 )
-from silobridge.shared.errors import ConfigError, InvalidArgument
-from silobridge.shared.identity import PeerIdentity, identity_matches, validate_rule
-from silobridge.shared.transport import TlsFiles, tls_from_config
+from silobridge.core.errors import ConfigError
+from silobridge.security.identity import PeerIdentity
+from silobridge.security.rules import RulePolicy, matches_any, rules_of
 
 # Actions of the consortium policy; each RPC maps to one (``ACTION_FOR_RPC`` in the service).
 ACTIONS = ("register", "list", "anchors", "adapters", "train")
@@ -27,15 +31,14 @@ ACTIONS = ("register", "list", "anchors", "adapters", "train")
 DEFAULT_SILO = "*"
 
 
+DEFAULT_LISTEN = "127.0.0.1:50050"
+
+
 @dataclass(frozen=True)
-class ServerSettings:
-    listen: str = "127.0.0.1:50050"
-    # Threads for CPU work on the query path (translation, merging) and state access.
-    workers: int = 2
+class CoordinatorServerSettings(ServerSettings):
+    listen: str = DEFAULT_LISTEN
     # Adapter fits run here, one at a time by default: they are CPU-heavy and rare.
     train_workers: int = 1
-    insecure: bool = False
-    grace_seconds: float = 5.0
     # Per-silo deadline when the caller set none; a caller's own deadline always wins if sooner.
     silo_timeout_seconds: float = 10.0
     max_k: int = 100
@@ -49,10 +52,9 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
-class CoordinatorPolicy:
-    """Who may do what at the coordinator. A silo's own policy still has the last word."""
+class CoordinatorPolicy(RulePolicy):
+    """Who may do what (``rules``: action -> rules). A silo's own policy still has the last word."""
 
-    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Silo name (or ``*``) -> rules of who may query it. A silo's own entry replaces ``*``.
     query: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Refuse federated queries the client did not sign (a silo demanding signatures would
@@ -64,12 +66,9 @@ class CoordinatorPolicy:
     rate_per_second: float = 50.0
     burst: int = 100
 
-    def allows(self, action: str, identity: PeerIdentity) -> bool:
-        return any(identity_matches(identity, rule) for rule in self.rules.get(action, ()))
-
     def may_query(self, identity: PeerIdentity, silo: str) -> bool:
         rules = self.query.get(silo, self.query.get(DEFAULT_SILO, ()))
-        return any(identity_matches(identity, rule) for rule in rules)
+        return matches_any(identity, rules)
 
 
 @dataclass(frozen=True)
@@ -78,23 +77,11 @@ class CoordinatorConfig:
     name: str
     state_dir: Path
     signing_key: Path
-    server: ServerSettings
+    server: CoordinatorServerSettings
     tls: TlsFiles | None
     training: TrainingSettings
     policy: CoordinatorPolicy
     audit: AuditSettings
-
-
-def _rules(section: Section, key: str) -> tuple[str, ...]:
-    rules = section.strings(key)
-    for rule in rules:
-        try:
-            validate_rule(rule)
-        except InvalidArgument as error:
-            raise ConfigError(
-                f"{section.source}: [{section.name}] {key}: {error.message}"
-            ) from None
-    return rules
 
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:
@@ -112,17 +99,14 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     main.finish()
 
     srv = Section.of(path, doc, "server")
-    timeout = srv.get("silo_timeout_seconds", float, ServerSettings.silo_timeout_seconds)
+    timeout = srv.get("silo_timeout_seconds", float, CoordinatorServerSettings.silo_timeout_seconds)
     if not timeout > 0:
         raise ConfigError(f"{path}: [server] silo_timeout_seconds must be positive")
-    server = ServerSettings(
-        listen=srv.get("listen", str, ServerSettings.listen),
-        workers=srv.positive("workers", ServerSettings.workers),
-        train_workers=srv.positive("train_workers", ServerSettings.train_workers),
-        insecure=srv.get("insecure", bool, False),
-        grace_seconds=srv.get("grace_seconds", float, ServerSettings.grace_seconds),
+    server = CoordinatorServerSettings(
+        **server_basics(srv, default_listen=DEFAULT_LISTEN),
+        train_workers=srv.positive("train_workers", CoordinatorServerSettings.train_workers),
         silo_timeout_seconds=timeout,
-        max_k=srv.positive("max_k", ServerSettings.max_k),
+        max_k=srv.positive("max_k", CoordinatorServerSettings.max_k),
     )
     srv.finish()
 
@@ -143,7 +127,7 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     if not isinstance(raw_query, dict):
         raise ConfigError(f"{path}: [policy.query] must be a table of silo = [rules]")
     pol = Section(path, "policy", {k: v for k, v in raw_policy.items() if k != "query"})
-    rules = {action: _rules(pol, action) for action in ACTIONS}
+    rules = {action: rules_of(pol, action) for action in ACTIONS}
     require_signed = pol.get("require_signed_queries", bool, True)
     denylist = pol.path("denylist") if "denylist" in raw_policy else None
     rate = pol.get("rate_per_second", float, CoordinatorPolicy.rate_per_second)
@@ -152,7 +136,7 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     burst = pol.positive("burst", CoordinatorPolicy.burst)
     pol.finish()
     qry = Section(path, "policy.query", raw_query)
-    query = {silo: _rules(qry, silo) for silo in raw_query}
+    query = {silo: rules_of(qry, silo) for silo in raw_query}
     qry.finish()
 
     # Always on: every call, allowed or denied, leaves a hash-chained line.

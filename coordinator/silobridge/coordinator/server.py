@@ -10,16 +10,16 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health
 
-from silobridge.coordinator.anchorsets import AnchorCatalogue
+from silobridge.adapters.signing import generate_signing_key, load_signing_key
+from silobridge.audit.wire import recording_interceptors
+from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
 from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.service import CoordinatorService
 from silobridge.coordinator.servicer import CoordinatorServicer
 from silobridge.coordinator.silo_links import GrpcSiloGateway
-from silobridge.coordinator.state import CoordinatorState
-from silobridge.shared import transport
-from silobridge.shared.adapters.signing import generate_signing_key, load_signing_key
-from silobridge.shared.gatekeeper import Gatekeeper
-from silobridge.shared.wire_recorder import recording_interceptors
+from silobridge.coordinator.state.store import CoordinatorState
+from silobridge.rpc import transport
+from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -22,32 +22,34 @@ from typing import Any, TypeVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from silobridge.coordinator.anchorsets import AnchorCatalogue, AnchorSet, AnchorSetInfo
+from silobridge.adapters import KINDS, FitConfig
+from silobridge.adapters.artifact import MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE
+from silobridge.coordinator.anchors.catalogue import AnchorCatalogue, AnchorSet
+from silobridge.coordinator.anchors.manifest import AnchorSetInfo
 from silobridge.coordinator.config import CoordinatorConfig
-from silobridge.coordinator.merge import ScoredHit, SiloResult, merge_calibrated, merge_rrf
-from silobridge.coordinator.outcomes import (
+from silobridge.coordinator.search.merge import ScoredHit, SiloResult, merge_calibrated, merge_rrf
+from silobridge.coordinator.search.outcomes import (
     FederatedAnswer,
     Forwarded,
     SiloGateway,
     SiloOutcome,
     SiloReport,
 )
-from silobridge.coordinator.state import AdapterRecord, CoordinatorState, SiloRecord
+from silobridge.coordinator.search.translation import Route, Translator, staleness
+from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
+from silobridge.coordinator.state.store import CoordinatorState
 from silobridge.coordinator.training import train_adapter
-from silobridge.coordinator.translation import Route, Translator, staleness
-from silobridge.shared.adapters import KINDS, FitConfig
-from silobridge.shared.adapters.artifact import MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE
-from silobridge.shared.errors import (
+from silobridge.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     SiloBridgeError,
 )
-from silobridge.shared.identity import PeerIdentity, Role
-from silobridge.shared.signed_query import verify_signed_query
-from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
-from silobridge.shared.vectors import FloatVector, validate_k, validate_query_vector
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.core.vectors import FloatVector, validate_k, validate_query_vector
+from silobridge.security.identity import PeerIdentity, Role
+from silobridge.security.signed_query import verify_signed_query
 from silobridge.v1 import common_pb2
 
 log = logging.getLogger(__name__)

@@ -8,21 +8,21 @@ from typing import Any
 import grpc
 import numpy as np
 
-from silobridge.coordinator.outcomes import SiloOutcome
+from silobridge.coordinator.search.outcomes import SiloOutcome
 from silobridge.coordinator.service import (
     AdapterView,
     CoordinatorService,
     SiloView,
     SubmittedChunk,
 )
-from silobridge.coordinator.state import AdapterRecord
-from silobridge.shared.errors import InvalidArgument
-from silobridge.shared.gatekeeper import Gatekeeper
-from silobridge.shared.grpc_errors import stream_boundary, unary_boundary
-from silobridge.shared.identity import PeerIdentity
-from silobridge.shared.serde import space_from_proto, space_to_proto, vector_from_proto
-from silobridge.shared.spaces import FloatMatrix
-from silobridge.shared.transport import peer_identity
+from silobridge.coordinator.state.records import AdapterRecord
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.spaces import FloatMatrix
+from silobridge.rpc.convert import space_from_proto, space_to_proto, vector_from_proto
+from silobridge.rpc.status import stream_boundary, unary_boundary
+from silobridge.rpc.transport import peer_identity
+from silobridge.security.gatekeeper import Gatekeeper
+from silobridge.security.identity import PeerIdentity
 from silobridge.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import grpc
 
-from silobridge.coordinator.outcomes import Forwarded, SiloOutcome
-from silobridge.shared.silo_client import RemoteHit, SiloClient, SiloInfo
-from silobridge.shared.spaces import FloatMatrix
-from silobridge.shared.transport import TlsFiles
-from silobridge.shared.vectors import FloatVector
+from silobridge.coordinator.search.outcomes import Forwarded, SiloOutcome
+from silobridge.core.config import TlsFiles
+from silobridge.core.spaces import FloatMatrix
+from silobridge.core.vectors import FloatVector
+from silobridge.rpc.silo_client import RemoteHit, SiloClient, SiloInfo
 
 _OUTCOME_FOR_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: SiloOutcome.TIMEOUT,

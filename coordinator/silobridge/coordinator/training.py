@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from silobridge.coordinator.calibration import fit_calibration
-from silobridge.coordinator.state import AdapterRecord, CoordinatorState, FloatMatrix
-from silobridge.shared.adapters import Adapter, FitConfig, fit
-from silobridge.shared.adapters.artifact import load_adapter, save_adapter
-from silobridge.shared.errors import InvalidArgument
-from silobridge.shared.spaces import SpaceDescriptor
+from silobridge.adapters import Adapter, FitConfig, fit
+from silobridge.adapters.artifact import load_adapter, save_adapter
+from silobridge.coordinator.search.calibration import fit_calibration
+from silobridge.coordinator.state.records import AdapterRecord
+from silobridge.coordinator.state.store import CoordinatorState, FloatMatrix
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.spaces import SpaceDescriptor
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
-    from silobridge.coordinator.anchorsets import AnchorSetInfo
+    from silobridge.coordinator.anchors.manifest import AnchorSetInfo
 
 ProgressFn = Callable[[str, str], None]  # (stage, message)
 

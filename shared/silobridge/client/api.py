@@ -18,12 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from silobridge.client.config import ClientConfig
-from silobridge.shared.errors import InvalidArgument
-from silobridge.shared.serde import space_from_proto, vector_from_proto, vector_to_proto
-from silobridge.shared.signed_query import sign_query
-from silobridge.shared.silo_client import SiloClient
-from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
-from silobridge.shared.transport import open_channel
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.rpc.convert import space_from_proto, vector_from_proto, vector_to_proto
+from silobridge.rpc.silo_client import SiloClient
+from silobridge.rpc.transport import open_channel
+from silobridge.security.signed_query import sign_query
 from silobridge.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, silo_pb2
 
 MERGE_MODES: Mapping[str, coordinator_pb2.MergeMode.ValueType] = {

@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from silobridge.shared.cli_support import fail, run_or_exit, stderr_console, stdout_console
-from silobridge.shared.errors import SiloBridgeError
+from silobridge.core.cli_support import fail, run_or_exit, stderr_console, stdout_console
+from silobridge.core.errors import SiloBridgeError
 
 if TYPE_CHECKING:
     from silobridge.client.api import AdapterView, FederatedClient, FederatedResult, SiloView

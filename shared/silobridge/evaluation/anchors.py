@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from silobridge.coordinator.anchors.synthetic import random_word_strings
+from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.evaluation.corpus import load_records
 from silobridge.evaluation.datasets import RetrievalDataset
-from silobridge.shared.demo_data import load_records
-from silobridge.shared.errors import ConfigError, InvalidArgument
-from silobridge.shared.synthetic_anchors import random_word_strings
 
 PUBLIC = "public"
 SYNTHETIC = "synthetic"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from silobridge.shared.errors import ConfigError
-from silobridge.shared.spaces import FloatMatrix
-from silobridge.silo_agent.embedders import Embedder
+from silobridge.core.errors import ConfigError
+from silobridge.core.spaces import FloatMatrix
+from silobridge.embedding.embedders import Embedder
 
 CACHE_ENV_VAR = "SILOBRIDGE_CACHE_DIR"
 CACHE_FILE = "embeddings.sqlite"

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from silobridge.shared.errors import SiloBridgeError
+from silobridge.core.errors import SiloBridgeError
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

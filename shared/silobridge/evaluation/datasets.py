@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from silobridge.shared.demo_data import DemoRecord, load_records
-from silobridge.shared.errors import ConfigError, InvalidArgument
+from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.evaluation.corpus import DemoRecord, load_records
 
 BIBLE_WEB2KJV = "bible-web2kjv"
 KJV_KNN = "kjv-knn"

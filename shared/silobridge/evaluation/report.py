@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from silobridge.core.errors import ConfigError
 from silobridge.evaluation.runner import EvalResult, EvalRow
-from silobridge.shared.errors import ConfigError
 
 TABLE_WIDTH = 150
 

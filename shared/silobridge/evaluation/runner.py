@@ -13,6 +13,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.spaces import FloatMatrix
+from silobridge.embedding.embedders import Embedder, load_embedder
 from silobridge.evaluation.anchors import resolve_anchor_sources
 from silobridge.evaluation.cache import EmbeddingCache, default_cache_dir, embed_cached
 from silobridge.evaluation.datasets import RetrievalDataset, load_beir, load_builtin
@@ -26,9 +29,6 @@ from silobridge.evaluation.metrics import (
 )
 from silobridge.evaluation.search import rerank, top_k
 from silobridge.evaluation.timing import MIN_APPLY_CALLS, describe_machine, median_apply_us
-from silobridge.shared.errors import InvalidArgument
-from silobridge.shared.spaces import FloatMatrix
-from silobridge.silo_agent.embedders import Embedder, load_embedder
 
 # The JSON row fields other tools read; every row carries each of them (None where n/a).
 ROW_FIELDS: tuple[str, ...] = (
@@ -79,7 +79,7 @@ class EvalConfig:
             raise InvalidArgument(f"the re-rank depth must be at least {CUTOFF}")
         if self.apply_calls < MIN_APPLY_CALLS:
             raise InvalidArgument(f"apply latency needs at least {MIN_APPLY_CALLS} calls")
-        from silobridge.shared.adapters import KINDS
+        from silobridge.adapters import KINDS
 
         unknown = [kind for kind in self.adapters if kind not in KINDS]
         if unknown:
@@ -238,7 +238,7 @@ def run_evaluation(config: EvalConfig, session: EvalSession | None = None) -> Ev
 
 
 def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) -> EvalResult:
-    from silobridge.shared.adapters import FitConfig, fit
+    from silobridge.adapters import FitConfig, fit
 
     sources = resolve_anchor_sources(config.anchors, config.anchor_files, dataset, config.seed)
     top = max(config.anchor_counts)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from silobridge.shared.errors import InvalidArgument
-from silobridge.shared.spaces import FloatMatrix
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.spaces import FloatMatrix
 
 IntMatrix = npt.NDArray[np.int64]
 # Queries scored per matrix product: bounds the (block, corpus) score matrix held in memory.

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from silobridge.shared.errors import InvalidArgument
-from silobridge.shared.spaces import FloatMatrix
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.spaces import FloatMatrix
 
 MIN_APPLY_CALLS = 10_000
 

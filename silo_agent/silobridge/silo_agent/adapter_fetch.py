@@ -14,17 +14,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from silobridge.shared.adapters import Adapter
-from silobridge.shared.adapters.artifact import (
+from silobridge.adapters import Adapter
+from silobridge.adapters.artifact import (
     MANIFEST_FILE,
     SIGNATURE_FILE,
     WEIGHTS_FILE,
     load_adapter,
 )
-from silobridge.shared.adapters.signing import load_verify_key
-from silobridge.shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from silobridge.shared.spaces import SpaceDescriptor
-from silobridge.shared.transport import open_channel
+from silobridge.adapters.signing import load_verify_key
+from silobridge.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from silobridge.core.spaces import SpaceDescriptor
+from silobridge.rpc.transport import open_channel
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 

@@ -12,8 +12,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from silobridge.shared.cli_support import fail, stderr_console, stdout_console
-from silobridge.shared.errors import SiloBridgeError
+from silobridge.core.cli_support import fail, stderr_console, stdout_console
+from silobridge.core.errors import SiloBridgeError
 
 silo_app = typer.Typer(no_args_is_help=True, help="Run one organization's silo agent.")
 out = stdout_console()
@@ -29,11 +29,11 @@ def ingest(
     batch_size: Annotated[int, typer.Option(help="Texts embedded per batch.")] = 64,
 ) -> None:
     """Embed documents with the silo's model and upsert them into its docstore and index."""
+    from silobridge.embedding.embedders import load_embedder
     from silobridge.silo_agent.config import load_silo_config
-    from silobridge.silo_agent.embedders import load_embedder
-    from silobridge.silo_agent.index import pin_faiss_threads
     from silobridge.silo_agent.ingest import ingest as run_ingest
-    from silobridge.silo_agent.store import SiloData
+    from silobridge.silo_agent.store.data import SiloData
+    from silobridge.silo_agent.store.index import pin_faiss_threads
 
     try:
         cfg = load_silo_config(config)
@@ -145,8 +145,8 @@ def query(
     """Query a running silo over mTLS: Embed the text there (your own org's silo), then Search."""
     import grpc
 
-    from silobridge.shared.silo_client import SiloClient
-    from silobridge.shared.transport import TlsFiles
+    from silobridge.core.config import TlsFiles
+    from silobridge.rpc.silo_client import SiloClient
 
     async def run() -> tuple[str, list[tuple[str, float, dict[str, str]]]]:
         async with SiloClient(endpoint, TlsFiles(cert=cert, key=key, ca=ca)) as silo:
@@ -186,8 +186,8 @@ def push_anchors(
     """
     import grpc
 
+    from silobridge.embedding.embedders import load_embedder
     from silobridge.silo_agent.config import load_silo_config
-    from silobridge.silo_agent.embedders import load_embedder
     from silobridge.silo_agent.registration import push_anchor_embeddings
 
     try:

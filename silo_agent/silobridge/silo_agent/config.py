@@ -10,34 +10,37 @@ unless ``[access] accept_query_text = true``. An optional ``[coordinator]`` sect
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from silobridge.shared.config_io import (
+from silobridge.core.config import (
     AuditSettings,
     Section,
+    ServerSettings,
+    TlsFiles,
     audit_settings,
     load_toml,
     refuse_unknown_sections,
+    server_basics,
+    tls_from_config,
 )
-from silobridge.shared.errors import ConfigError, InvalidArgument
-from silobridge.shared.identity import PeerIdentity, identity_matches, validate_rule
-from silobridge.shared.transport import TlsFiles, tls_from_config
-from silobridge.silo_agent.index import IndexSettings
+from silobridge.core.errors import ConfigError
+from silobridge.security.identity import PeerIdentity
+from silobridge.security.rules import RulePolicy, matches_any, rules_of
+from silobridge.silo_agent.store.index import IndexSettings
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 RPCS = ("describe", "embed", "embed_anchors", "search")
 
 
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
 @dataclass(frozen=True)
-class ServerSettings:
-    listen: str = "127.0.0.1:50051"
-    # Threads for CPU work (embedding, FAISS); the event loop itself never blocks on them.
-    workers: int = 2
+class SiloServerSettings(ServerSettings):
+    listen: str = DEFAULT_LISTEN
     # Intra-op threads per call for torch/onnxruntime/FAISS, so parallel calls do not oversubscribe.
     threads: int = 1
-    insecure: bool = False
-    grace_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,9 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class AccessPolicy:
-    """Who may call what; the silo's own and final word."""
+class AccessPolicy(RulePolicy):
+    """Who may call what (``rules``: RPC -> rules); the silo's own and final word."""
 
-    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
     disclose_fields: tuple[str, ...] = ()
     # Two-stage re-ranking sends the query text itself here; off unless the silo opts in.
     accept_query_text: bool = False
@@ -73,11 +75,8 @@ class AccessPolicy:
     # Certificates refused outright (serials or sha256 fingerprints, one per line).
     denylist: Path | None = None
 
-    def allows(self, rpc: str, identity: PeerIdentity) -> bool:
-        return any(identity_matches(identity, rule) for rule in self.rules.get(rpc, ()))
-
     def may_ask(self, identity: PeerIdentity) -> bool:
-        return any(identity_matches(identity, rule) for rule in self.query)
+        return matches_any(identity, self.query)
 
     def accepts_space(self, space_id: str) -> bool:
         return "*" in self.accept_spaces or space_id in self.accept_spaces
@@ -100,30 +99,13 @@ class SiloConfig:
     name: str
     data_dir: Path
     model: str
-    server: ServerSettings
+    server: SiloServerSettings
     tls: TlsFiles | None
     index: IndexSettings
     limits: Limits
     access: AccessPolicy
     coordinator: CoordinatorLink | None = None
     audit: AuditSettings | None = None
-
-
-def _rule(path: Path, key: str, rule: str) -> str:
-    try:
-        return validate_rule(rule)
-    except InvalidArgument as error:
-        raise ConfigError(f"{path}: [access] {key}: {error.message}") from None
-
-
-def check_host_port(value: str, where: str) -> str:
-    """``host:port`` with a non-empty host and a port in 1..65535 (IPv6 as ``[::1]:port``)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{where} must be host:port (port 1-65535), got {value!r}")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ConfigError(f"{where}: write an IPv6 host in brackets, e.g. [::1]:50051")
-    return value
 
 
 def load_silo_config(path: Path) -> SiloConfig:
@@ -145,12 +127,9 @@ def load_silo_config(path: Path) -> SiloConfig:
     silo.finish()
 
     srv = Section.of(path, doc, "server")
-    server = ServerSettings(
-        listen=srv.get("listen", str, ServerSettings.listen),
-        workers=srv.positive("workers", ServerSettings.workers),
-        threads=srv.positive("threads", ServerSettings.threads),
-        insecure=srv.get("insecure", bool, False),
-        grace_seconds=srv.get("grace_seconds", float, ServerSettings.grace_seconds),
+    server = SiloServerSettings(
+        **server_basics(srv, default_listen=DEFAULT_LISTEN),
+        threads=srv.positive("threads", SiloServerSettings.threads),
     )
     srv.finish()
 
@@ -182,10 +161,10 @@ def load_silo_config(path: Path) -> SiloConfig:
 
     acc = Section.of(path, doc, "access")
     access = AccessPolicy(
-        rules={rpc: acc.strings(rpc) for rpc in RPCS},
+        rules={rpc: rules_of(acc, rpc) for rpc in RPCS},
         disclose_fields=acc.strings("disclose_fields"),
         accept_query_text=acc.get("accept_query_text", bool, False),
-        query=tuple(_rule(path, "query", r) for r in acc.strings("query")),
+        query=rules_of(acc, "query"),
         accept_spaces=acc.strings("accept_spaces"),
         require_signed=acc.get("require_signed", bool, True),
         denylist=acc.path("denylist") if "denylist" in doc.get("access", {}) else None,
@@ -195,18 +174,14 @@ def load_silo_config(path: Path) -> SiloConfig:
     coordinator: CoordinatorLink | None = None
     if "coordinator" in doc:
         coord = Section.of(path, doc, "coordinator")
-        endpoint = check_host_port(
-            coord.require("endpoint", str), f"{path}: [coordinator] endpoint"
-        )
-        advertise = coord.get("advertise", str, "")
+        endpoint = coord.endpoint("endpoint")
+        advertise = coord.endpoint("advertise") if "advertise" in doc["coordinator"] else ""
         adapter_key = coord.path("adapter_key") if "adapter_key" in doc["coordinator"] else None
         coord.finish()
         coordinator = CoordinatorLink(
             adapter_key=adapter_key,
             endpoint=endpoint,
-            advertise=check_host_port(advertise, f"{path}: [coordinator] advertise")
-            if advertise
-            else None,
+            advertise=advertise or None,
         )
 
     # Always on: every call, allowed or denied, leaves a hash-chained line.

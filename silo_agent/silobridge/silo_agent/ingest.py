@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from silobridge.shared.errors import ConfigError, FailedPrecondition
-from silobridge.silo_agent.docstore import Document, content_hash
-from silobridge.silo_agent.index import space_mismatch_message
-from silobridge.silo_agent.store import EmbedderLike, SiloData
+from silobridge.core.errors import ConfigError, FailedPrecondition
+from silobridge.silo_agent.store.data import EmbedderLike, SiloData
+from silobridge.silo_agent.store.docstore import Document, content_hash
+from silobridge.silo_agent.store.index import space_mismatch_message
 
 MAX_LINE_BYTES = 1 << 20
 MAX_ID_CHARS = 512

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from silobridge.shared import transport
-from silobridge.shared.errors import ConfigError, FailedPrecondition
-from silobridge.shared.serde import space_to_proto, vector_to_proto
+from silobridge.core.errors import ConfigError, FailedPrecondition
+from silobridge.embedding.embedders import Embedder
+from silobridge.rpc import transport
+from silobridge.rpc.convert import space_to_proto, vector_to_proto
 from silobridge.silo_agent.config import CoordinatorLink, SiloConfig
-from silobridge.silo_agent.embedders import Embedder
 from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -10,17 +10,17 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health
 
-from silobridge.shared import transport
-from silobridge.shared.gatekeeper import Gatekeeper
-from silobridge.shared.wire_recorder import recording_interceptors
+from silobridge.audit.wire import recording_interceptors
+from silobridge.embedding.embedders import load_embedder
+from silobridge.rpc import transport
+from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher
 from silobridge.silo_agent.config import SiloConfig
-from silobridge.silo_agent.embedders import load_embedder
-from silobridge.silo_agent.index import pin_faiss_threads
 from silobridge.silo_agent.registration import start_registration, stop_registration
 from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.servicer import SiloServicer
-from silobridge.silo_agent.store import SiloData
+from silobridge.silo_agent.store.data import SiloData
+from silobridge.silo_agent.store.index import pin_faiss_threads
 from silobridge.v1 import silo_pb2, silo_pb2_grpc
 
 log = logging.getLogger(__name__)

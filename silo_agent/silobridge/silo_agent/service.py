@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from silobridge.shared.errors import InvalidArgument, PermissionDenied, ResourceExhausted
-from silobridge.shared.identity import PeerIdentity, Role
-from silobridge.shared.signed_query import ReplayCache, verify_signed_query
-from silobridge.shared.spaces import FloatMatrix, SpaceDescriptor
-from silobridge.shared.vectors import FloatVector, validate_k, validate_query_vector
+from silobridge.core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.core.vectors import FloatVector, validate_k, validate_query_vector
+from silobridge.embedding.embedders import Embedder
+from silobridge.security.identity import PeerIdentity, Role
+from silobridge.security.signed_query import ReplayCache, verify_signed_query
 from silobridge.silo_agent.config import SiloConfig
-from silobridge.silo_agent.embedders import Embedder
-from silobridge.silo_agent.store import ScoredDocument, SiloData
+from silobridge.silo_agent.store.data import ScoredDocument, SiloData
 from silobridge.v1 import common_pb2
 
 log = logging.getLogger(__name__)

@@ -10,14 +10,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from silobridge.shared.adapters import Adapter
-from silobridge.shared.errors import ResourceExhausted
-from silobridge.shared.gatekeeper import Gatekeeper
-from silobridge.shared.grpc_errors import stream_boundary, unary_boundary
-from silobridge.shared.identity import PeerIdentity
-from silobridge.shared.serde import space_to_proto, vector_from_proto, vector_to_proto
-from silobridge.shared.transport import peer_identity
-from silobridge.shared.vectors import validate_query_vector
+from silobridge.adapters import Adapter
+from silobridge.core.errors import ResourceExhausted
+from silobridge.core.vectors import validate_query_vector
+from silobridge.rpc.convert import space_to_proto, vector_from_proto, vector_to_proto
+from silobridge.rpc.status import stream_boundary, unary_boundary
+from silobridge.rpc.transport import peer_identity
+from silobridge.security.gatekeeper import Gatekeeper
+from silobridge.security.identity import PeerIdentity
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher
 from silobridge.silo_agent.service import SearchHit, SiloService
 from silobridge.v1 import common_pb2, silo_pb2, silo_pb2_grpc

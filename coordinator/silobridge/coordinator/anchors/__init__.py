@@ -1,0 +1,1 @@
+"""Public anchor sets: the versioned catalogue, anchor files, synthetic anchors, the CLI."""

@@ -1,0 +1,127 @@
+"""``silobridge anchors …``: build and list the consortium's public anchor sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from silobridge.core.cli_support import fail, stderr_console, stdout_console
+from silobridge.core.errors import SiloBridgeError
+
+anchors_app = typer.Typer(
+    no_args_is_help=True, help="Build and list the consortium's public anchor sets."
+)
+out = stdout_console()
+err = stderr_console()
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path to coordinator.toml.")]
+SHA_PREFIX = 12
+
+
+def _anchors_root(config: Path) -> Path:
+    from silobridge.coordinator.config import load_coordinator_config
+
+    return load_coordinator_config(config).state_dir / "anchors"
+
+
+@anchors_app.command()
+def build(
+    config: ConfigOption,
+    name: Annotated[str, typer.Option("--name", help="Anchor set name, e.g. 'public'.")],
+    from_file: Annotated[
+        Path | None,
+        typer.Option("--from", help="Texts: .txt (one per line), .jsonl, or .gz of either."),
+    ] = None,
+    synthetic: Annotated[
+        int | None,
+        typer.Option(help="Generate N random strings of public English words instead.", min=1),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for --synthetic (default 0).", min=0)
+    ] = None,
+) -> None:
+    """Store a new version of an anchor set; the same texts as the newest version change nothing."""
+    from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
+    from silobridge.coordinator.anchors.files import read_anchor_file as read_texts
+    from silobridge.coordinator.anchors.validation import MAX_ANCHOR_TEXTS
+
+    if (from_file is None) == (synthetic is None):
+        fail("give exactly one of --from FILE or --synthetic N")
+    if seed is not None and synthetic is None:
+        fail("--seed only applies to --synthetic N")
+    try:
+        catalogue = AnchorCatalogue(_anchors_root(config))
+        texts: list[str] | tuple[str, ...]
+        if synthetic is not None:
+            # Refuse before generating: N strings are built in memory first.
+            if synthetic > MAX_ANCHOR_TEXTS:
+                fail(f"--synthetic {synthetic} is over the limit of {MAX_ANCHOR_TEXTS} texts")
+            from silobridge.coordinator.anchors.synthetic import random_word_strings
+
+            used_seed = 0 if seed is None else seed
+            texts = random_word_strings(synthetic, used_seed)
+            source = f"synthetic:{synthetic}:seed={used_seed}"
+        else:
+            assert from_file is not None
+            texts = read_texts(from_file)
+            source = from_file.name
+        info, created = catalogue.build(name, texts, source=source)
+    except SiloBridgeError as error:
+        fail(error.message)
+    if created:
+        where = catalogue.version_dir(info.name, info.version)
+        out.print(
+            f"anchor set {escape(info.name)} {info.version}: {info.count} texts, "
+            f"sha256 {info.sha256[:SHA_PREFIX]}…, written to {escape(str(where))}",
+            emoji=False,
+        )
+    else:
+        out.print(
+            f"anchor set {escape(info.name)} unchanged (same texts as {info.version}, "
+            f"sha256 {info.sha256[:SHA_PREFIX]}…)",
+            emoji=False,
+        )
+
+
+@anchors_app.command("list")
+def list_sets(config: ConfigOption) -> None:
+    """List every version of every anchor set in the coordinator's state directory."""
+    from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
+
+    try:
+        root = _anchors_root(config)
+        sets = AnchorCatalogue(root).list()
+    except SiloBridgeError as error:
+        fail(error.message)
+    if not sets:
+        err.print(
+            f"no anchor sets in {escape(str(root))}; build one with "
+            "`silobridge anchors build --name NAME --synthetic N`",
+            emoji=False,
+        )
+        return
+    table = Table(title="anchor sets")
+    for column in ("name", "version", "texts", "sha256", "created", "source"):
+        # fold, not ellipsis: a cut-off timestamp or file name is worse than a wrapped one.
+        table.add_column(column, overflow="fold")
+    for info in sets:
+        # Text cells: neither markup nor emoji codes apply (":100:" in a source is not 💯).
+        table.add_row(
+            *(
+                Text(cell)
+                for cell in (
+                    info.name,
+                    info.version,
+                    str(info.count),
+                    info.sha256[:SHA_PREFIX],
+                    info.created_at,
+                    info.source,
+                )
+            )
+        )
+    out.print(table)

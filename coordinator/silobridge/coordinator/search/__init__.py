@@ -1,0 +1,1 @@
+"""Federated search: planning routes, translation, fan-out outcomes, calibration and merging."""

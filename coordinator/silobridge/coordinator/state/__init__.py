@@ -1,0 +1,1 @@
+"""The coordinator's durable state: silo and adapter records and anchor embeddings in SQLite."""

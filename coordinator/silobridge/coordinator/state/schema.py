@@ -1,0 +1,87 @@
+"""The coordinator's SQLite schema: its pragmas, its tables, and refusing a newer file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from silobridge.core.errors import FailedPrecondition
+
+# Bumped whenever the tables change; an older coordinator refuses a newer file instead of
+# misreading it (PRAGMA user_version, stored in the database header).
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE silos (
+    name           TEXT PRIMARY KEY,
+    endpoint       TEXT NOT NULL,
+    spiffe_id      TEXT NOT NULL,
+    org            TEXT NOT NULL,
+    space          TEXT NOT NULL,
+    document_count INTEGER NOT NULL,
+    registered_at  REAL NOT NULL
+);
+CREATE TABLE anchor_embeddings (
+    silo        TEXT NOT NULL REFERENCES silos(name) ON DELETE CASCADE,
+    anchor_set  TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    space       TEXT NOT NULL,
+    dim         INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    vectors     BLOB NOT NULL,
+    stored_at   REAL NOT NULL,
+    PRIMARY KEY (silo, anchor_set, version)
+);
+CREATE INDEX anchor_embeddings_by_space
+    ON anchor_embeddings (anchor_set, version, fingerprint, stored_at);
+CREATE TABLE adapters (
+    adapter_id         TEXT PRIMARY KEY,
+    kind               TEXT NOT NULL,
+    source             TEXT NOT NULL,
+    target             TEXT NOT NULL,
+    anchor_set         TEXT NOT NULL,
+    anchor_set_version TEXT NOT NULL,
+    anchor_set_sha256  TEXT NOT NULL,
+    metrics            TEXT NOT NULL,
+    created_at         REAL NOT NULL,
+    path               TEXT NOT NULL
+);
+"""
+
+
+def prepare(conn: sqlite3.Connection, path: Path) -> None:
+    """Set the pragmas and create or check the schema."""
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives kill -9.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _create_or_check(conn, path)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as err:
+        raise FailedPrecondition(
+            f"{path} is not a usable coordinator state database ({err}); "
+            "point state_dir at the coordinator's own directory"
+        ) from None
+
+
+def _create_or_check(conn: sqlite3.Connection, path: Path) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise FailedPrecondition(
+            f"coordinator state {path} has schema version {version}, newer than the "
+            f"{SCHEMA_VERSION} this coordinator understands; upgrade silobridge or "
+            "point state_dir elsewhere"
+        )
+    if version == 0:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -1,0 +1,1 @@
+"""What crossed a boundary: tamper-evident audit logs, wire recording, the data-boundary check."""

@@ -1,0 +1,1 @@
+"""Core types and helpers every component shares; imports neither grpc nor protobuf."""

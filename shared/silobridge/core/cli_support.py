@@ -1,0 +1,37 @@
+"""What every ``silobridge`` sub-command shares: consoles, and domain errors as exit status 1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from silobridge.core.errors import SiloBridgeError
+
+T = TypeVar("T")
+
+
+def stdout_console() -> Console:
+    # soft_wrap: paths and ids in messages must never be split across lines.
+    return Console(highlight=False, soft_wrap=True, emoji=False)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` in red on stderr and exit with status 1."""
+    stderr_console().print(f"[red]error: {escape(message)}[/red]")
+    raise typer.Exit(code=1)
+
+
+def run_or_exit(action: Callable[[], T]) -> T:
+    """Run an action; a domain error becomes ``error: ...`` on stderr and exit status 1."""
+    try:
+        return action()
+    except SiloBridgeError as err:
+        fail(err.message)

@@ -1,0 +1,192 @@
+"""Strict TOML configuration reading: unknown keys and wrong types are errors that name the key.
+
+Also the tables every server's config shares: ``[server]`` basics, ``[tls]`` and ``[audit]``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from silobridge.core.endpoints import validate_endpoint
+from silobridge.core.errors import ConfigError, InvalidArgument
+
+T = TypeVar("T")
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed file is a ConfigError naming it."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+class Section:
+    """One table of a config file; reads typed keys and rejects keys nobody read (typos)."""
+
+    def __init__(self, source: Path, name: str, values: Mapping[str, Any]) -> None:
+        self.source = source
+        self.name = name
+        self._values = dict(values)
+        self._read: set[str] = set()
+
+    @classmethod
+    def of(cls, source: Path, document: Mapping[str, Any], name: str) -> Section:
+        values = document.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        return cls(source, name, values)
+
+    def _where(self, key: str) -> str:
+        return f"{self.source}: [{self.name}] {key}"
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        self._read.add(key)
+        if key not in self._values:
+            return default
+        return self._typed(key, kind)
+
+    def require(self, key: str, kind: type[T]) -> T:
+        self._read.add(key)
+        if key not in self._values:
+            raise ConfigError(f"{self._where(key)} is required")
+        return self._typed(key, kind)
+
+    def _typed(self, key: str, kind: type[T]) -> T:
+        value = self._values[key]
+        # bool is an int subclass in Python; keep them apart so `max_k = true` is an error.
+        if kind is int and isinstance(value, bool):
+            raise ConfigError(f"{self._where(key)} must be an integer, got {value!r}")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self._where(key)} must be {kind.__name__}, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of strings; absent means empty (which, for access rules, denies)."""
+        raw = self.get(key, list, [])
+        if not all(isinstance(item, str) for item in raw):
+            raise ConfigError(f"{self._where(key)} must be a list of strings")
+        return tuple(raw)
+
+    def path(self, key: str, default: str | None = None) -> Path:
+        """A path; relative paths are taken relative to the config file's folder."""
+        raw = self.require(key, str) if default is None else self.get(key, str, default)
+        candidate = Path(raw).expanduser()
+        return candidate if candidate.is_absolute() else (self.source.parent / candidate)
+
+    def endpoint(self, key: str, default: str | None = None, *, listen: bool = False) -> str:
+        """A ``host:port``; ``listen`` admits port 0 (the OS picks one)."""
+        value = self.require(key, str) if default is None else self.get(key, str, default)
+        try:
+            return validate_endpoint(value, allow_any_port=listen)
+        except InvalidArgument as error:
+            raise ConfigError(f"{self._where(key)}: {error.message}") from None
+
+    def positive(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if value < 1:
+            raise ConfigError(f"{self._where(key)} must be at least 1, got {value}")
+        return value
+
+    def finish(self) -> None:
+        """Refuse keys that were never read: almost always a typo that would be silently ignored."""
+        unknown = sorted(set(self._values) - self._read)
+        if unknown:
+            raise ConfigError(
+                f"{self.source}: unknown key(s) in [{self.name}]: {', '.join(unknown)}"
+            )
+
+
+def refuse_unknown_sections(source: Path, document: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s): {', '.join(unknown)}")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Where a server keeps its audit log and the key that signs its checkpoints."""
+
+    log: Path
+    key: Path
+    checkpoint_every: int = 100
+
+
+def audit_settings(source: Path, document: Mapping[str, Any], *, default_dir: str) -> AuditSettings:
+    """The ``[audit]`` table (always on: absent means the defaults under ``default_dir``)."""
+    section = Section.of(source, document, "audit")
+    settings = AuditSettings(
+        log=section.path("log", default=f"{default_dir}/audit.log"),
+        key=section.path("key", default=f"{default_dir}/audit.key"),
+        checkpoint_every=section.positive("checkpoint_every", 100),
+    )
+    section.finish()
+    return settings
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What every server's ``[server]`` table holds; each server adds its own keys."""
+
+    listen: str = "127.0.0.1:0"
+    # Threads for CPU work (embedding, FAISS, translation, state); the event loop never blocks.
+    workers: int = 2
+    insecure: bool = False
+    grace_seconds: float = 5.0
+
+
+def server_basics(section: Section, *, default_listen: str) -> dict[str, Any]:
+    """The ``ServerSettings`` keys of a ``[server]`` table, as keyword arguments."""
+    grace = section.get("grace_seconds", float, ServerSettings.grace_seconds)
+    if not grace >= 0:
+        raise ConfigError(f"{section.source}: [server] grace_seconds must not be negative")
+    return {
+        "listen": section.endpoint("listen", default_listen, listen=True),
+        "workers": section.positive("workers", ServerSettings.workers),
+        "insecure": section.get("insecure", bool, False),
+        "grace_seconds": grace,
+    }
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A participant's certificate, its private key, and the consortium CA certificate."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(cert, key, ca) PEM bytes; a missing file is a ConfigError naming it."""
+        out = []
+        for label, path in (("certificate", self.cert), ("key", self.key), ("CA", self.ca)):
+            try:
+                out.append(path.read_bytes())
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot read TLS {label} file {path}: {error.strerror}"
+                ) from None
+        return out[0], out[1], out[2]
+
+
+def tls_from_config(
+    source: Path, document: Mapping[str, Any], *, insecure: bool, insecure_key: str
+) -> TlsFiles | None:
+    """The ``[tls]`` table of a config file (paths relative to it); required unless insecure."""
+    if "tls" not in document:
+        if insecure:
+            return None
+        raise ConfigError(f"{source}: [tls] cert, key and ca are required (or {insecure_key})")
+    section = Section.of(source, document, "tls")
+    tls = TlsFiles(cert=section.path("cert"), key=section.path("key"), ca=section.path("ca"))
+    section.finish()
+    return tls

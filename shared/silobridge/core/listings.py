@@ -1,0 +1,84 @@
+"""What servers tell callers about themselves: a silo's description, registered silos, adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from silobridge.core.disclosure import DisclosurePolicy
+from silobridge.core.spaces import SpaceDescriptor
+
+
+@dataclass(frozen=True)
+class SiloDescription:
+    """A silo's answer to Describe: who it is, its space, its size and what it discloses."""
+
+    name: str
+    space: SpaceDescriptor
+    document_count: int
+    max_k: int
+    # None from a silo too old to say.
+    policy: DisclosurePolicy | None = None
+
+
+@dataclass(frozen=True)
+class SiloListing:
+    """A registered silo as the coordinator's ListSilos shows it, probed just now."""
+
+    silo: str
+    endpoint: str
+    org: str
+    space: SpaceDescriptor | None
+    healthy: bool
+    document_count: int
+    message: str
+    registered_unix: int
+    # What the silo's own policy discloses, as its Describe said (None: it did not answer).
+    policy: DisclosurePolicy | None = None
+
+
+@dataclass(frozen=True)
+class AdapterListing:
+    """A stored adapter; ``version`` is the version of the anchor set it was trained on."""
+
+    adapter_id: str
+    kind: str
+    source: SpaceDescriptor
+    target: SpaceDescriptor
+    anchor_set: str
+    version: str
+    anchor_set_sha256: str
+    metrics: Mapping[str, float]
+    created_unix: int
+    stale: bool = False
+    stale_reason: str = ""
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One step of a training run; the last one carries the stored adapter."""
+
+    stage: str
+    message: str
+    adapter: AdapterListing | None = None
+
+
+@dataclass(frozen=True)
+class AnchorChunk:
+    """Part of an anchor set's texts as the coordinator streams it (``offset`` of ``total``)."""
+
+    name: str
+    version: str
+    sha256: str
+    texts: tuple[str, ...]
+    offset: int
+    total: int
+
+
+@dataclass(frozen=True)
+class AdapterFiles:
+    """A signed adapter artifact's files, byte for byte (``GetAdapter``)."""
+
+    manifest: bytes
+    weights: bytes
+    signature: bytes

@@ -1,0 +1,1 @@
+"""Embedding models behind spec strings (used by silos and by evaluation)."""

@@ -1,0 +1,1 @@
+"""The wire: protobuf conversion, gRPC transport and status mapping, typed clients, server kit."""

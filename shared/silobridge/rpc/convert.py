@@ -1,0 +1,379 @@
+"""Every conversion between domain values and protobuf messages: protobuf lives only at the wire.
+
+``x_to_proto`` / ``x_from_proto`` pairs; a ``_from_proto`` validates what it can (a message from
+a peer is input) and raises ``InvalidArgument``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from silobridge.core.disclosure import DisclosurePolicy
+from silobridge.core.errors import InvalidArgument
+from silobridge.core.federation import FederatedAnswer, MergeMode, SiloOutcome, SiloStatus
+from silobridge.core.hits import Hit
+from silobridge.core.listings import (
+    AdapterListing,
+    AnchorChunk,
+    SiloDescription,
+    SiloListing,
+    TrainProgress,
+)
+from silobridge.core.queries import FederatedQuery, SignedQuery, SiloQuery
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.core.vectors import FloatVector, WireVector
+from silobridge.v1 import common_pb2, coordinator_pb2, silo_pb2
+
+_METRIC_TO_PROTO = {"cosine": common_pb2.METRIC_COSINE}
+_METRIC_FROM_PROTO = {value: key for key, value in _METRIC_TO_PROTO.items()}
+_STATE_TO_PROTO: Mapping[SiloOutcome, common_pb2.SiloState.ValueType] = {
+    SiloOutcome.OK: common_pb2.SILO_STATE_OK,
+    SiloOutcome.TIMEOUT: common_pb2.SILO_STATE_TIMEOUT,
+    SiloOutcome.UNAVAILABLE: common_pb2.SILO_STATE_UNAVAILABLE,
+    SiloOutcome.DENIED: common_pb2.SILO_STATE_DENIED,
+    SiloOutcome.ERROR: common_pb2.SILO_STATE_ERROR,
+}
+_STATE_FROM_PROTO = {value: key for key, value in _STATE_TO_PROTO.items()}
+_MERGE_TO_PROTO: Mapping[MergeMode, coordinator_pb2.MergeMode.ValueType] = {
+    MergeMode.CALIBRATED: coordinator_pb2.MERGE_MODE_CALIBRATED,
+    MergeMode.RRF: coordinator_pb2.MERGE_MODE_RRF,
+}
+_MERGE_FROM_PROTO = {value: key for key, value in _MERGE_TO_PROTO.items()}
+
+
+# --- spaces and vectors ---------------------------------------------------------------------
+
+
+def space_to_proto(space: SpaceDescriptor) -> common_pb2.SpaceDescriptor:
+    return common_pb2.SpaceDescriptor(
+        space_id=space.space_id,
+        model_id=space.model_id,
+        dimension=space.dimension,
+        metric=_METRIC_TO_PROTO[space.metric],
+        fingerprint=space.fingerprint,
+    )
+
+
+def space_from_proto(message: common_pb2.SpaceDescriptor) -> SpaceDescriptor:
+    if message.metric not in _METRIC_FROM_PROTO:
+        raise InvalidArgument(f"unsupported metric {message.metric} in space {message.space_id!r}")
+    return SpaceDescriptor(
+        space_id=message.space_id,
+        model_id=message.model_id,
+        dimension=message.dimension,
+        fingerprint=message.fingerprint,
+        metric=_METRIC_FROM_PROTO[message.metric],
+    )
+
+
+def _space_or_none(message: common_pb2.SpaceDescriptor) -> SpaceDescriptor | None:
+    return space_from_proto(message) if message.space_id else None
+
+
+def wire_vector_to_proto(vector: WireVector) -> common_pb2.Vector:
+    return common_pb2.Vector(
+        dtype=vector.dtype,  # type: ignore[arg-type]  # a peer's dtype is forwarded as sent
+        dim=vector.dim,
+        data=vector.data,
+    )
+
+
+def wire_vector_from_proto(message: common_pb2.Vector) -> WireVector:
+    """The vector as the peer sent it, undecoded (``WireVector.decode`` checks it)."""
+    return WireVector(dtype=int(message.dtype), dim=message.dim, data=message.data)
+
+
+def vector_to_proto(vector: npt.ArrayLike) -> common_pb2.Vector:
+    return wire_vector_to_proto(WireVector.of(vector))
+
+
+def vector_from_proto(message: common_pb2.Vector) -> FloatVector:
+    """Decode a wire vector; an unknown dtype or inconsistent length is InvalidArgument."""
+    return wire_vector_from_proto(message).decode()
+
+
+def matrix_from_protos(messages: Iterable[common_pb2.Vector], dimension: int) -> FloatMatrix:
+    """Stack decoded vectors; an empty list is a (0, dimension) matrix."""
+    rows = [vector_from_proto(message) for message in messages]
+    if any(row.shape != rows[0].shape for row in rows):
+        raise InvalidArgument("vectors of one message must share one dimension")
+    return np.stack(rows) if rows else np.zeros((0, dimension), np.float32)
+
+
+# --- signed queries -------------------------------------------------------------------------
+
+
+def signed_query_to_proto(signed: SignedQuery) -> common_pb2.SignedQuery:
+    return common_pb2.SignedQuery(
+        claims=signed.claims, signature=signed.signature, certificate=signed.certificate
+    )
+
+
+def signed_query_from_proto(message: common_pb2.SignedQuery) -> SignedQuery:
+    return SignedQuery(
+        claims=message.claims, signature=message.signature, certificate=message.certificate
+    )
+
+
+# --- hits, statuses, answers ----------------------------------------------------------------
+
+
+def hit_to_proto(hit: Hit) -> common_pb2.Hit:
+    return common_pb2.Hit(doc_id=hit.doc_id, score=hit.score, fields=dict(hit.fields))
+
+
+def hit_from_proto(message: common_pb2.Hit, *, silo: str = "") -> Hit:
+    return Hit(doc_id=message.doc_id, score=message.score, fields=dict(message.fields), silo=silo)
+
+
+def status_to_proto(status: SiloStatus) -> common_pb2.SiloStatus:
+    return common_pb2.SiloStatus(
+        silo=status.silo,
+        state=_STATE_TO_PROTO[status.state],
+        message=status.message,
+        adapter_id=status.adapter_id,
+        hit_count=status.hit_count,
+        elapsed_ms=status.elapsed_ms,
+    )
+
+
+def status_from_proto(message: common_pb2.SiloStatus) -> SiloStatus:
+    return SiloStatus(
+        silo=message.silo,
+        # A state this client does not know (a newer coordinator) is reported as an error.
+        state=_STATE_FROM_PROTO.get(message.state, SiloOutcome.ERROR),
+        message=message.message,
+        adapter_id=message.adapter_id,
+        hit_count=message.hit_count,
+        elapsed_ms=message.elapsed_ms,
+    )
+
+
+def answer_to_proto(answer: FederatedAnswer) -> coordinator_pb2.FederatedSearchResponse:
+    return coordinator_pb2.FederatedSearchResponse(
+        hits=[
+            coordinator_pb2.FederatedHit(
+                silo=hit.silo, hit=hit_to_proto(hit), merged_score=hit.merged_score
+            )
+            for hit in answer.hits
+        ],
+        statuses=[status_to_proto(status) for status in answer.statuses],
+    )
+
+
+def answer_from_proto(
+    message: coordinator_pb2.FederatedSearchResponse, source_space: str
+) -> FederatedAnswer:
+    return FederatedAnswer(
+        hits=[
+            Hit(
+                doc_id=hit.hit.doc_id,
+                score=hit.hit.score,
+                fields=dict(hit.hit.fields),
+                silo=hit.silo,
+                merged_score=hit.merged_score,
+            )
+            for hit in message.hits
+        ],
+        statuses=[status_from_proto(status) for status in message.statuses],
+        source_space=source_space,
+    )
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+def silo_query_to_proto(query: SiloQuery) -> silo_pb2.SearchRequest:
+    return silo_pb2.SearchRequest(
+        vector=wire_vector_to_proto(query.vector),
+        k=query.k,
+        rerank_text=query.rerank_text,
+        rerank_depth=query.rerank_depth,
+        signed=signed_query_to_proto(query.signed) if query.signed is not None else None,
+        source_space=query.source_space,
+        adapter_id=query.adapter_id,
+    )
+
+
+def silo_query_from_proto(message: silo_pb2.SearchRequest) -> SiloQuery:
+    return SiloQuery(
+        vector=wire_vector_from_proto(message.vector),
+        k=message.k,
+        rerank_text=message.rerank_text,
+        rerank_depth=message.rerank_depth,
+        signed=signed_query_from_proto(message.signed) if message.HasField("signed") else None,
+        source_space=message.source_space,
+        adapter_id=message.adapter_id,
+    )
+
+
+def federated_query_to_proto(query: FederatedQuery) -> coordinator_pb2.FederatedSearchRequest:
+    return coordinator_pb2.FederatedSearchRequest(
+        vector=wire_vector_to_proto(query.vector),
+        source_space=query.source_space,
+        k=query.k,
+        silos=list(query.silos),
+        merge=_MERGE_TO_PROTO[query.merge],
+        rerank_text=query.rerank_text,
+        rerank_depth=query.rerank_depth,
+        signed=signed_query_to_proto(query.signed) if query.signed is not None else None,
+    )
+
+
+def federated_query_from_proto(message: coordinator_pb2.FederatedSearchRequest) -> FederatedQuery:
+    if message.merge == coordinator_pb2.MERGE_MODE_UNSPECIFIED:
+        merge = MergeMode.CALIBRATED
+    elif message.merge in _MERGE_FROM_PROTO:
+        merge = _MERGE_FROM_PROTO[message.merge]
+    else:
+        choices = ", ".join(mode.value for mode in MergeMode)
+        raise InvalidArgument(f"unknown merge mode {message.merge}; choose one of {choices}")
+    return FederatedQuery(
+        vector=wire_vector_from_proto(message.vector),
+        source_space=message.source_space,
+        k=message.k,
+        silos=tuple(message.silos),
+        merge=merge,
+        rerank_text=message.rerank_text,
+        rerank_depth=message.rerank_depth,
+        signed=signed_query_from_proto(message.signed) if message.HasField("signed") else None,
+    )
+
+
+# --- descriptions and listings --------------------------------------------------------------
+
+
+def disclosure_to_proto(policy: DisclosurePolicy) -> common_pb2.DisclosurePolicy:
+    return common_pb2.DisclosurePolicy(
+        disclose_fields=list(policy.disclose_fields),
+        accept_query_text=policy.accept_query_text,
+        accept_spaces=list(policy.accept_spaces),
+        max_k=policy.max_k,
+    )
+
+
+def disclosure_from_proto(message: common_pb2.DisclosurePolicy) -> DisclosurePolicy:
+    return DisclosurePolicy(
+        disclose_fields=tuple(message.disclose_fields),
+        accept_query_text=message.accept_query_text,
+        accept_spaces=tuple(message.accept_spaces),
+        max_k=message.max_k,
+    )
+
+
+def description_to_proto(description: SiloDescription) -> silo_pb2.DescribeResponse:
+    policy = description.policy
+    return silo_pb2.DescribeResponse(
+        silo=description.name,
+        space=space_to_proto(description.space),
+        document_count=description.document_count,
+        max_k=description.max_k,
+        policy=disclosure_to_proto(policy) if policy is not None else None,
+    )
+
+
+def description_from_proto(message: silo_pb2.DescribeResponse) -> SiloDescription:
+    return SiloDescription(
+        name=message.silo,
+        space=space_from_proto(message.space),
+        document_count=message.document_count,
+        max_k=message.max_k,
+        policy=disclosure_from_proto(message.policy) if message.HasField("policy") else None,
+    )
+
+
+def silo_listing_to_proto(listing: SiloListing) -> coordinator_pb2.SiloInfo:
+    return coordinator_pb2.SiloInfo(
+        silo=listing.silo,
+        endpoint=listing.endpoint,
+        space=space_to_proto(listing.space) if listing.space is not None else None,
+        healthy=listing.healthy,
+        document_count=listing.document_count,
+        org=listing.org,
+        registered_unix=listing.registered_unix,
+        message=listing.message,
+        policy=disclosure_to_proto(listing.policy) if listing.policy is not None else None,
+    )
+
+
+def silo_listing_from_proto(message: coordinator_pb2.SiloInfo) -> SiloListing:
+    return SiloListing(
+        silo=message.silo,
+        endpoint=message.endpoint,
+        org=message.org,
+        space=_space_or_none(message.space),
+        healthy=message.healthy,
+        document_count=message.document_count,
+        message=message.message,
+        registered_unix=message.registered_unix,
+        policy=disclosure_from_proto(message.policy) if message.HasField("policy") else None,
+    )
+
+
+def adapter_listing_to_proto(listing: AdapterListing) -> coordinator_pb2.AdapterInfo:
+    return coordinator_pb2.AdapterInfo(
+        adapter_id=listing.adapter_id,
+        kind=listing.kind,
+        source=space_to_proto(listing.source),
+        target=space_to_proto(listing.target),
+        anchor_set_sha256=listing.anchor_set_sha256,
+        metrics=dict(listing.metrics),
+        created_unix=listing.created_unix,
+        anchor_set=listing.anchor_set,
+        anchor_set_version=listing.version,
+        stale=listing.stale,
+        stale_reason=listing.stale_reason,
+    )
+
+
+def adapter_listing_from_proto(message: coordinator_pb2.AdapterInfo) -> AdapterListing:
+    return AdapterListing(
+        adapter_id=message.adapter_id,
+        kind=message.kind,
+        source=space_from_proto(message.source),
+        target=space_from_proto(message.target),
+        anchor_set=message.anchor_set,
+        version=message.anchor_set_version,
+        anchor_set_sha256=message.anchor_set_sha256,
+        metrics=dict(message.metrics),
+        created_unix=message.created_unix,
+        stale=message.stale,
+        stale_reason=message.stale_reason,
+    )
+
+
+def progress_to_proto(progress: TrainProgress) -> coordinator_pb2.TrainAdapterResponse:
+    message = coordinator_pb2.TrainAdapterResponse(stage=progress.stage, message=progress.message)
+    if progress.adapter is not None:
+        message.adapter.CopyFrom(adapter_listing_to_proto(progress.adapter))
+    return message
+
+
+def progress_from_proto(message: coordinator_pb2.TrainAdapterResponse) -> TrainProgress:
+    adapter = adapter_listing_from_proto(message.adapter) if message.HasField("adapter") else None
+    return TrainProgress(stage=message.stage, message=message.message, adapter=adapter)
+
+
+def anchor_chunk_to_proto(chunk: AnchorChunk) -> coordinator_pb2.GetAnchorSetResponse:
+    return coordinator_pb2.GetAnchorSetResponse(
+        name=chunk.name,
+        version=chunk.version,
+        sha256=chunk.sha256,
+        texts=list(chunk.texts),
+        offset=chunk.offset,
+        total=chunk.total,
+    )
+
+
+def anchor_chunk_from_proto(message: coordinator_pb2.GetAnchorSetResponse) -> AnchorChunk:
+    return AnchorChunk(
+        name=message.name,
+        version=message.version,
+        sha256=message.sha256,
+        texts=tuple(message.texts),
+        offset=message.offset,
+        total=message.total,
+    )

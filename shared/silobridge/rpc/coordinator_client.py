@@ -1,0 +1,171 @@
+"""A typed asyncio client of the coordinator (SDK, silo registration and adapter fetch, reports).
+
+Domain values in, domain values out; a refusal or failure raises the matching
+``SiloBridgeError`` (``PermissionDenied``, ``Unavailable``, ...) naming the coordinator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from silobridge.core.config import TlsFiles
+from silobridge.core.federation import FederatedAnswer
+from silobridge.core.listings import (
+    AdapterFiles,
+    AdapterListing,
+    AnchorChunk,
+    SiloListing,
+    TrainProgress,
+)
+from silobridge.core.queries import FederatedQuery
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.rpc import convert
+from silobridge.rpc.calls import peer_errors, streamed, unary
+from silobridge.rpc.transport import open_channel
+from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+
+class CoordinatorClient:
+    """``async with CoordinatorClient(target, tls) as hub: await hub.list_silos()``.
+
+    Construct it inside a running event loop: it opens its channel at once.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        tls: TlsFiles | None,
+        *,
+        insecure: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = open_channel(target, tls, insecure=insecure)
+        self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
+        self._peer = f"coordinator {target}"
+
+    async def __aenter__(self) -> CoordinatorClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    async def register_silo(
+        self, endpoint: str, *, timeout: float | None = None
+    ) -> tuple[str, SpaceDescriptor]:
+        """Register the calling silo (named by its certificate) at ``endpoint``."""
+        request = coordinator_pb2.RegisterSiloRequest(endpoint=endpoint)
+        reply = await unary(
+            self._peer, self._stub.RegisterSilo(request, timeout=self._deadline(timeout))
+        )
+        return reply.silo, convert.space_from_proto(reply.space)
+
+    async def list_silos(self, *, timeout: float | None = None) -> list[SiloListing]:
+        request = coordinator_pb2.ListSilosRequest()
+        reply = await unary(
+            self._peer, self._stub.ListSilos(request, timeout=self._deadline(timeout))
+        )
+        return [convert.silo_listing_from_proto(silo) for silo in reply.silos]
+
+    async def list_adapters(self, *, timeout: float | None = None) -> list[AdapterListing]:
+        request = coordinator_pb2.ListAdaptersRequest()
+        reply = await unary(
+            self._peer, self._stub.ListAdapters(request, timeout=self._deadline(timeout))
+        )
+        return [convert.adapter_listing_from_proto(adapter) for adapter in reply.adapters]
+
+    async def federated_search(
+        self, query: FederatedQuery, *, timeout: float | None = None
+    ) -> FederatedAnswer:
+        request = convert.federated_query_to_proto(query)
+        reply = await unary(
+            self._peer, self._stub.FederatedSearch(request, timeout=self._deadline(timeout))
+        )
+        return convert.answer_from_proto(reply, query.source_space)
+
+    async def train_adapter(
+        self,
+        source_space: str,
+        target_space: str,
+        anchor_set: str,
+        *,
+        kind: str = "",
+        version: str = "",
+        timeout: float | None = None,
+    ) -> AsyncIterator[TrainProgress]:
+        """Train an adapter (admins only), yielding progress; no deadline unless given."""
+        request = coordinator_pb2.TrainAdapterRequest(
+            source_space=source_space,
+            target_space=target_space,
+            anchor_set=anchor_set,
+            kind=kind,
+            anchor_set_version=version,
+        )
+        call = self._stub.TrainAdapter(request, timeout=timeout)
+        try:
+            async for message in streamed(self._peer, call):
+                yield convert.progress_from_proto(message)
+        finally:
+            # A caller that stops iterating early must not leave the stream open.
+            call.cancel()
+
+    async def anchor_set(
+        self, name: str, version: str = "", *, timeout: float | None = None
+    ) -> AsyncIterator[AnchorChunk]:
+        """Stream an anchor set's texts in chunks (``version`` empty: the newest)."""
+        request = coordinator_pb2.GetAnchorSetRequest(name=name, version=version)
+        call = self._stub.GetAnchorSet(request, timeout=self._deadline(timeout))
+        try:
+            async for message in streamed(self._peer, call):
+                yield convert.anchor_chunk_from_proto(message)
+        finally:
+            call.cancel()
+
+    async def submit_anchor_embeddings(
+        self,
+        anchor_set: str,
+        version: str,
+        space: SpaceDescriptor,
+        chunks: AsyncIterator[tuple[int, FloatMatrix]],
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Send a whole anchor set's vectors as (offset, rows) chunks; returns how many stored."""
+        wire_space = convert.space_to_proto(space)
+
+        async def requests() -> AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest]:
+            async for offset, rows in chunks:
+                yield coordinator_pb2.SubmitAnchorEmbeddingsRequest(
+                    anchor_set=anchor_set,
+                    version=version,
+                    space=wire_space,
+                    offset=offset,
+                    vectors=[convert.vector_to_proto(row) for row in rows],
+                )
+
+        with peer_errors(self._peer):
+            reply = await self._stub.SubmitAnchorEmbeddings(requests(), timeout=timeout)
+        return reply.stored
+
+    async def get_adapter(self, adapter_id: str, *, timeout: float | None = None) -> AdapterFiles:
+        """A signed adapter artifact, byte for byte (the caller verifies it)."""
+        request = coordinator_pb2.GetAdapterRequest(adapter_id=adapter_id)
+        reply = await unary(
+            self._peer, self._stub.GetAdapter(request, timeout=self._deadline(timeout))
+        )
+        return AdapterFiles(
+            manifest=reply.manifest, weights=reply.weights, signature=reply.signature
+        )

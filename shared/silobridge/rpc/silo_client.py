@@ -1,0 +1,114 @@
+"""A typed asyncio client of one silo's SiloService (SDK, coordinator fan-out, CLI, tests).
+
+Domain values in, domain values out; a refusal or failure raises the matching
+``SiloBridgeError`` (``PermissionDenied``, ``Unavailable``, ``DeadlineExceeded``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+
+import numpy as np
+
+from silobridge.core.config import TlsFiles
+from silobridge.core.errors import FailedPrecondition
+from silobridge.core.hits import Hit
+from silobridge.core.listings import SiloDescription
+from silobridge.core.queries import SiloQuery
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.core.vectors import FloatVector, WireVector
+from silobridge.rpc import convert
+from silobridge.rpc.calls import streamed, unary
+from silobridge.rpc.transport import open_channel
+from silobridge.v1 import silo_pb2, silo_pb2_grpc
+
+
+class SiloClient:
+    """``async with SiloClient(target, tls) as silo: await silo.search_vector(vector, k)``."""
+
+    def __init__(self, target: str, tls: TlsFiles | None, *, insecure: bool = False) -> None:
+        self.target = target
+        self.channel = open_channel(target, tls, insecure=insecure)
+        self.stub = silo_pb2_grpc.SiloServiceStub(self.channel)
+        self._peer = f"silo {target}"
+
+    async def __aenter__(self) -> SiloClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def describe(self, *, timeout: float | None = None) -> SiloDescription:
+        reply = await unary(
+            self._peer, self.stub.Describe(silo_pb2.DescribeRequest(), timeout=timeout)
+        )
+        return convert.description_from_proto(reply)
+
+    async def embed_with_space(
+        self, texts: Sequence[str], *, timeout: float | None = None
+    ) -> tuple[FloatMatrix, SpaceDescriptor]:
+        """Embed texts with the silo's model; the space says which model that was."""
+        request = silo_pb2.EmbedRequest(texts=list(texts))
+        reply = await unary(self._peer, self.stub.Embed(request, timeout=timeout))
+        space = convert.space_from_proto(reply.space)
+        if len(reply.vectors) != len(texts):
+            raise FailedPrecondition(
+                f"{self._peer} returned {len(reply.vectors)} vectors for {len(texts)} texts"
+            )
+        return convert.matrix_from_protos(reply.vectors, space.dimension), space
+
+    async def embed(self, texts: Sequence[str], *, timeout: float | None = None) -> FloatMatrix:
+        matrix, _space = await self.embed_with_space(texts, timeout=timeout)
+        return matrix
+
+    async def search(self, query: SiloQuery, *, timeout: float | None = None) -> list[Hit]:
+        """Search with a query as it travels (a forwarded one carries the client's signature)."""
+        request = convert.silo_query_to_proto(query)
+        reply = await unary(self._peer, self.stub.Search(request, timeout=timeout))
+        return [convert.hit_from_proto(hit) for hit in reply.hits]
+
+    async def search_vector(
+        self,
+        vector: FloatVector,
+        k: int,
+        *,
+        timeout: float | None = None,
+        rerank_text: str = "",
+        rerank_depth: int = 0,
+    ) -> list[Hit]:
+        """Search with a vector already in the silo's space."""
+        query = SiloQuery(
+            WireVector.of(vector), k, rerank_text=rerank_text, rerank_depth=rerank_depth
+        )
+        return await self.search(query, timeout=timeout)
+
+    async def embed_anchors(
+        self,
+        anchor_set: str,
+        texts: Sequence[str],
+        *,
+        chunk: int = 256,
+        timeout: float | None = None,
+    ) -> FloatMatrix:
+        """Stream anchor texts in chunks; vectors come back in the same order."""
+
+        async def requests() -> AsyncIterator[silo_pb2.EmbedAnchorsRequest]:
+            for start in range(0, len(texts), chunk):
+                yield silo_pb2.EmbedAnchorsRequest(
+                    anchor_set=anchor_set, texts=list(texts[start : start + chunk])
+                )
+
+        rows: list[FloatVector] = []
+        call = self.stub.EmbedAnchors(requests(), timeout=timeout)
+        async for reply in streamed(self._peer, call):
+            rows.extend(convert.vector_from_proto(v) for v in reply.vectors)
+        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)

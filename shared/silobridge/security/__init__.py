@@ -1,0 +1,1 @@
+"""Who may do what: identities, rules, gatekeeper, denylist, rate limits, signed queries, PKI."""

@@ -1,0 +1,1 @@
+"""The consortium PKI: a private CA, CSRs approved by the CA, key and certificate files."""

@@ -1,1 +1,0 @@
-"""Code shared by every SiloBridge component: errors, spaces, vectors, PKI, transport, config."""

@@ -1,0 +1,271 @@
+"""The silo's SQLite docstore: documents, their vectors and the space the store was built in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from silobridge.core.errors import FailedPrecondition, InvalidArgument
+
+FloatMatrix = npt.NDArray[np.float32]
+KeyArray = npt.NDArray[np.int64]
+
+# SQLite limits the number of bound parameters per statement; stay well below the old 999 default.
+_IN_CHUNK = 500
+
+# Meta key counting committed upserts that changed something; an index records the version it
+# was built from, so a stale index is detected even after a crash between upsert and rebuild.
+_DATA_VERSION = "data_version"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    key          INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id       TEXT UNIQUE NOT NULL,
+    text         TEXT,
+    metadata     TEXT,
+    content_hash TEXT,
+    vector       BLOB
+);
+CREATE TABLE IF NOT EXISTS meta (
+    k TEXT PRIMARY KEY,
+    v TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document as read from a corpus file: its id, its text and string metadata."""
+
+    doc_id: str
+    text: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document as held in the docstore, with the integer key the vector index uses."""
+
+    key: int
+    doc_id: str
+    text: str
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    """What one upsert did: new documents, changed documents, documents already identical."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def canonical_metadata(metadata: Mapping[str, str]) -> str:
+    """Metadata as canonical JSON (sorted keys, no spaces), so equal metadata hashes equally."""
+    return json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def content_hash(doc: Document) -> str:
+    """sha256 over the text and canonical metadata; unchanged documents are not re-embedded."""
+    # One JSON array keeps the text/metadata boundary unambiguous.
+    payload = json.dumps(
+        [doc.text, canonical_metadata(doc.metadata)], ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class DocStore:
+    """SQLite (WAL, synchronous=FULL) holding documents and vectors; the source of truth.
+
+    One connection shared by the server's thread pool, serialised by a lock. Another process
+    (``silobridge silo ingest``) may write the same file concurrently: WAL lets readers proceed.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is one transaction.
+            self._conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+        except sqlite3.Error as exc:
+            raise FailedPrecondition(f"cannot open docstore {self.path}: {exc}") from exc
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so an acknowledged upsert survives kill -9.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise FailedPrecondition(
+                f"{self.path} is not a usable SQLite docstore ({exc}); "
+                "point the silo at its own data directory"
+            ) from exc
+
+    def journal_mode(self) -> str:
+        """The connection's journal mode (``wal`` once opened)."""
+        with self._lock:
+            row = self._conn.execute("PRAGMA journal_mode").fetchone()
+        return str(row[0])
+
+    def count(self) -> int:
+        """Number of documents stored."""
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM documents").fetchone()
+        return int(row[0])
+
+    def stored_hashes(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        """Content hash of each given doc id that is already stored (absent ids are left out)."""
+        return self._column_by_id(doc_ids, "content_hash")
+
+    def upsert(self, docs: Sequence[Document], vectors: FloatMatrix) -> UpsertCounts:
+        """Insert new documents and update changed ones, in one durable transaction.
+
+        An updated document keeps its integer key, so an index built earlier still points at it.
+        A document whose content hash is unchanged is left as it is (its vector is not rewritten).
+        """
+        matrix = np.asarray(vectors)
+        if matrix.ndim != 2 or matrix.shape[0] != len(docs):
+            raise InvalidArgument(
+                f"upsert needs one vector row per document: {len(docs)} documents, "
+                f"vectors of shape {matrix.shape}"
+            )
+        if not np.all(np.isfinite(matrix)):
+            raise InvalidArgument("upsert vectors contain NaN or infinity")
+        stored_dim = self.get_meta("dimension")
+        if len(docs) and stored_dim is not None and int(stored_dim) != matrix.shape[1]:
+            raise InvalidArgument(
+                f"vectors have dimension {matrix.shape[1]} but this docstore holds "
+                f"{stored_dim}-dimensional vectors"
+            )
+        rows = np.ascontiguousarray(matrix, dtype="<f4")
+        inserted = updated = unchanged = 0
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for doc, row in zip(docs, rows, strict=True):
+                    digest = content_hash(doc)
+                    current = self._conn.execute(
+                        "SELECT content_hash FROM documents WHERE doc_id = ?", (doc.doc_id,)
+                    ).fetchone()
+                    if current is not None and current[0] == digest:
+                        unchanged += 1
+                        continue
+                    values = (doc.text, canonical_metadata(doc.metadata), digest, row.tobytes())
+                    if current is None:
+                        self._conn.execute(
+                            "INSERT INTO documents (doc_id, text, metadata, content_hash, vector)"
+                            " VALUES (?, ?, ?, ?, ?)",
+                            (doc.doc_id, *values),
+                        )
+                        inserted += 1
+                    else:
+                        self._conn.execute(
+                            "UPDATE documents SET text = ?, metadata = ?, content_hash = ?,"
+                            " vector = ? WHERE doc_id = ?",
+                            (*values, doc.doc_id),
+                        )
+                        updated += 1
+                if inserted or updated:
+                    self._conn.execute(
+                        "INSERT INTO meta (k, v) VALUES (?, '1') ON CONFLICT(k)"
+                        " DO UPDATE SET v = CAST(v AS INTEGER) + 1",
+                        (_DATA_VERSION,),
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        return UpsertCounts(inserted=inserted, updated=updated, unchanged=unchanged)
+
+    def data_version(self) -> int:
+        """Incremented by every upsert that inserted or updated a document."""
+        return int(self.get_meta(_DATA_VERSION) or 0)
+
+    def all_vectors(self) -> tuple[KeyArray, FloatMatrix]:
+        """Every stored key and vector, ordered by key: what the index is rebuilt from."""
+        with self._lock:
+            rows = self._conn.execute("SELECT key, vector FROM documents ORDER BY key").fetchall()
+        if not rows:
+            dim = int(self.get_meta("dimension") or 0)
+            return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+        keys = np.fromiter((int(key) for key, _ in rows), dtype=np.int64, count=len(rows))
+        width = len(rows[0][1])
+        if any(len(blob) != width for _, blob in rows) or width % 4:
+            raise FailedPrecondition(
+                f"docstore {self.path} holds vectors of differing sizes; it is damaged. "
+                "Re-ingest the corpus into a new data directory."
+            )
+        flat = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f4")
+        return keys, flat.reshape(len(rows), width // 4).astype(np.float32)
+
+    def fetch(self, keys: Iterable[int]) -> dict[int, StoredDocument]:
+        """The documents with the given integer keys (keys not stored are left out)."""
+        wanted = list(dict.fromkeys(int(key) for key in keys))
+        found: dict[int, StoredDocument] = {}
+        with self._lock:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT key, doc_id, text, metadata FROM documents WHERE key IN ({marks})",  # noqa: S608
+                    chunk,
+                ).fetchall()
+                for key, doc_id, text, metadata in rows:
+                    found[int(key)] = StoredDocument(
+                        key=int(key),
+                        doc_id=str(doc_id),
+                        text=str(text),
+                        metadata=json.loads(metadata) if metadata else {},
+                    )
+        return found
+
+    def texts(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        """The text of each given doc id that is stored (absent ids are left out)."""
+        return self._column_by_id(doc_ids, "text")
+
+    def _column_by_id(self, doc_ids: Iterable[str], column: str) -> dict[str, str]:
+        if column not in {"content_hash", "text"}:  # the column name is spliced into SQL below
+            raise ValueError(f"unexpected column {column!r}")
+        ids = list(dict.fromkeys(doc_ids))
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT doc_id, {column} FROM documents WHERE doc_id IN ({marks})",  # noqa: S608
+                    chunk,
+                ).fetchall()
+                found.update((str(doc_id), str(value)) for doc_id, value in rows)
+        return found
+
+    def get_meta(self, key: str) -> str | None:
+        """A value from the meta table, or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Write one meta value (durably)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                (key, value),
+            )
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
