@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NoReturn, TypeVar
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,3 +37,16 @@ def run_or_exit(action: Callable[[], T]) -> T:
         return action()
     except SiloBridgeError as err:
         fail(err.message)
+
+
+def run_async_or_exit(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion; a domain error becomes ``error: ...`` and exit status 1."""
+    return run_or_exit(lambda: asyncio.run(main()))
+
+
+def serve_or_exit(main: Callable[[], Coroutine[Any, Any, None]], log_level: str) -> None:
+    """What every ``... serve`` command does: configure logging, run the server until stopped."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_async_or_exit(main)
