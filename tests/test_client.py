@@ -16,12 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from silobridge.client.api import (
-    FederatedClient,
-    adapter_from_proto,
-    result_from_proto,
-    silo_from_proto,
-)
+from silobridge.client.api import FederatedClient
 from silobridge.client.cli import (
     adapters_command,
     format_age,
@@ -33,9 +28,14 @@ from silobridge.client.cli import (
 from silobridge.client.config import load_client_config
 from silobridge.core.config import TlsFiles
 from silobridge.core.endpoints import validate_endpoint
-from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.core.errors import ConfigError, InvalidArgument, Unavailable
 from silobridge.core.spaces import SpaceDescriptor
-from silobridge.rpc.convert import space_to_proto
+from silobridge.rpc.convert import (
+    adapter_listing_from_proto,
+    answer_from_proto,
+    silo_listing_from_proto,
+    space_to_proto,
+)
 from silobridge.rpc.silo_client import SiloClient
 from silobridge.v1 import common_pb2, coordinator_pb2
 
@@ -224,7 +224,7 @@ def test_result_converts_hits_and_statuses_into_json() -> None:
             common_pb2.SiloStatus(silo="new", state=common_pb2.SiloState.ValueType(99)),
         ],
     )
-    result = result_from_proto(reply, "kjv@5f3a")
+    result = answer_from_proto(reply, "kjv@5f3a")
     assert [status.silo for status in result.failed] == ["slow", "new"]
     assert [status.state for status in result.statuses] == ["ok", "ok", "timeout", "error"]
 
@@ -250,7 +250,7 @@ def test_result_converts_hits_and_statuses_into_json() -> None:
 
 
 def test_adapter_and_silo_views_keep_what_the_tables_show() -> None:
-    adapter = adapter_from_proto(
+    adapter = adapter_listing_from_proto(
         coordinator_pb2.AdapterInfo(
             adapter_id="ad-1",
             kind="procrustes",
@@ -269,7 +269,9 @@ def test_adapter_and_silo_views_keep_what_the_tables_show() -> None:
     assert adapter.metrics["heldout_ndcg@10"] == pytest.approx(0.81)
     assert adapter.stale and "changed model" in adapter.stale_reason
 
-    unregistered = silo_from_proto(coordinator_pb2.SiloInfo(silo="kjv", message="unreachable"))
+    unregistered = silo_listing_from_proto(
+        coordinator_pb2.SiloInfo(silo="kjv", message="unreachable")
+    )
     assert unregistered.space is None
     assert not unregistered.healthy
 
@@ -361,6 +363,57 @@ def test_bad_config_is_a_readable_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "error:" in result.output and "coordinator" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_sdk_names_the_peer_it_could_not_reach(tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    config = load_client_config(client_config(tmp_path, coordinator=dead, home_silo=dead, tls=None))
+
+    async def run() -> None:
+        async with FederatedClient(config) as client:
+            with pytest.raises(Unavailable, match=rf"\(coordinator at {re.escape(dead)}\)") as hub:
+                await client.list_silos()
+            assert hub.value.status_name == "UNAVAILABLE"
+            with pytest.raises(Unavailable, match=rf"\(home silo at {re.escape(dead)}\)"):
+                await client.embed(["In the beginning"])
+            with pytest.raises(Unavailable, match=rf"\(coordinator at {re.escape(dead)}\)"):
+                async for _ in client.train("a@1", "b@2", "public"):
+                    pass
+
+    asyncio.run(run())
+
+
+def test_the_query_signer_is_loaded_once_per_client(pki: Pki, tmp_path: Path) -> None:
+    key = tmp_path / "alice.key"
+    key.write_bytes(pki.home_client.key.read_bytes())
+    tls = TlsFiles(cert=pki.home_client.cert, key=key, ca=pki.home_client.ca)
+    dead = f"127.0.0.1:{free_port()}"
+    config = load_client_config(client_config(tmp_path, coordinator=dead, home_silo=dead, tls=tls))
+
+    async def run() -> None:
+        async with FederatedClient(config) as client:
+            key.write_bytes(b"not a key any more")
+            # The query is still signed (the key was read with the client); only then does the
+            # call fail, at the coordinator.
+            with pytest.raises(Unavailable, match="coordinator at"):
+                await client.search_vector(np.ones(4, np.float32), "kjv@5f3a", k=1)
+
+    asyncio.run(run())
+
+
+def test_a_client_key_that_cannot_sign_is_refused_when_the_client_is_made(
+    pki: Pki, tmp_path: Path
+) -> None:
+    tls = TlsFiles(cert=pki.home_client.cert, key=pki.other_client.key, ca=pki.home_client.ca)
+    dead = f"127.0.0.1:{free_port()}"
+    config = load_client_config(client_config(tmp_path, coordinator=dead, home_silo=dead, tls=tls))
+
+    async def run() -> None:
+        async with FederatedClient(config):
+            pass
+
+    with pytest.raises(ConfigError, match="does not belong to the client certificate"):
+        asyncio.run(run())
 
 
 @pytest.fixture

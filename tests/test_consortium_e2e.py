@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from localnet import ClientSpec, LocalConsortium, SiloSpec
 
-from silobridge.client.api import FederatedClient, FederatedResult
+from silobridge.client.api import FederatedClient
 from silobridge.client.config import load_client_config
+from silobridge.core.errors import PermissionDenied
+from silobridge.core.federation import FederatedAnswer
 from silobridge.core.vectors import FloatVector
 from silobridge.evaluation.corpus import load_records
 
@@ -128,7 +129,7 @@ def _client(net: Net, name: str, timeout: float | None = None) -> FederatedClien
     return FederatedClient(config)
 
 
-def _states(result: FederatedResult) -> dict[str, str]:
+def _states(result: FederatedAnswer) -> dict[str, str]:
     return {s.silo: s.state for s in result.statuses}
 
 
@@ -179,19 +180,19 @@ def test_caller_allowed_no_silo_is_refused_and_non_admin_cannot_train(net: Net) 
     async def run() -> None:
         async with _client(net, "mallory") as mallory, _client(net, "alice") as alice:
             vectors, space = await alice.embed(["The Lord is my shepherd"])
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
+            with pytest.raises(PermissionDenied, match="coordinator at") as refused:
                 await mallory.search_vector(vectors[0], space.space_id, k=5)
-            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
-            with pytest.raises(grpc.aio.AioRpcError) as train:
+            assert refused.value.status_name == "PERMISSION_DENIED"
+            with pytest.raises(PermissionDenied, match="coordinator at") as train:
                 async for _ in alice.train(space.space_id, space.space_id, "public"):
                     pass
-            assert train.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert train.value.status_name == "PERMISSION_DENIED"
 
     asyncio.run(run())
 
 
 def test_two_stage_reranking_needs_the_silos_consent(net: Net) -> None:
-    async def run() -> FederatedResult:
+    async def run() -> FederatedAnswer:
         async with _client(net, "alice") as alice:
             return await alice.query(net.queries[1][0], k=5, silos=["kjv", "pydocs"], rerank=True)
 
@@ -201,8 +202,8 @@ def test_two_stage_reranking_needs_the_silos_consent(net: Net) -> None:
     assert result.hits[0].doc_id == net.queries[1][1]
 
 
-def _ask_alice(net: Net, text: str, timeout: float = 3.0) -> tuple[FederatedResult, float]:
-    async def ask() -> tuple[FederatedResult, float]:
+def _ask_alice(net: Net, text: str, timeout: float = 3.0) -> tuple[FederatedAnswer, float]:
+    async def ask() -> tuple[FederatedAnswer, float]:
         async with _client(net, "alice", timeout=timeout) as alice:
             started = time.monotonic()
             result = await alice.search_vector(net.vectors[text], net.source_space, k=5)

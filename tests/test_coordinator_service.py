@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +17,24 @@ import pytest
 from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
 from silobridge.coordinator.anchors.synthetic import random_word_strings
 from silobridge.coordinator.config import load_coordinator_config
-from silobridge.coordinator.search.outcomes import FederatedAnswer, Forwarded, SiloOutcome
 from silobridge.coordinator.server import open_coordinator
 from silobridge.coordinator.service import CoordinatorService
 from silobridge.coordinator.state.records import SiloRecord
-from silobridge.core.errors import InvalidArgument, NotFound, PermissionDenied
+from silobridge.core.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SiloBridgeError,
+    Unavailable,
+)
+from silobridge.core.federation import FederatedAnswer, SiloOutcome, merge_mode
+from silobridge.core.hits import Hit
+from silobridge.core.listings import SiloDescription
+from silobridge.core.queries import FederatedQuery, SiloQuery
 from silobridge.core.spaces import FloatMatrix
-from silobridge.core.vectors import FloatVector
+from silobridge.core.vectors import WireVector
 from silobridge.embedding.embedders import Embedder, load_embedder
-from silobridge.rpc.silo_client import RemoteHit, SiloInfo
 from silobridge.security.identity import PeerIdentity
 
 ADMIN = PeerIdentity("spiffe://t/client/admin", "t", "client", "admin", "hub")
@@ -42,40 +50,29 @@ class FakeGateway:
         self.names = names  # endpoint -> silo name
         self.slow: set[str] = set()
         self.broken: set[str] = set()  # these answer with a NaN score
+        self.failing: dict[str, SiloBridgeError] = {}  # these refuse or fail, as SiloClient raises
         self.searched: list[tuple[str, int]] = []
 
-    async def describe(self, endpoint: str, *, timeout: float) -> SiloInfo:
+    async def describe(self, endpoint: str, *, timeout: float) -> SiloDescription:
         embedder = self.embedders[endpoint]
-        return SiloInfo(self.names[endpoint], embedder.space, 100, 50)
+        return SiloDescription(self.names[endpoint], embedder.space, 100, 50)
 
-    async def search(
-        self,
-        endpoint: str,
-        vector: FloatVector,
-        k: int,
-        *,
-        timeout: float,
-        rerank_text: str = "",
-        rerank_depth: int = 0,
-        forward: Forwarded | None = None,
-    ) -> list[RemoteHit]:
-        self.searched.append((endpoint, vector.shape[0]))
+    async def search(self, endpoint: str, query: SiloQuery, *, timeout: float) -> list[Hit]:
+        self.searched.append((endpoint, query.vector.dim))
         if endpoint in self.slow:
             await asyncio.sleep(3600)
-        hits = [RemoteHit(f"{self.names[endpoint]}-{i}", 0.5 - i / 100, {}) for i in range(k)]
+        if endpoint in self.failing:
+            raise self.failing[endpoint]
+        name = self.names[endpoint]
+        hits = [Hit(f"{name}-{i}", 0.5 - i / 100) for i in range(query.k)]
         if endpoint in self.broken:
-            hits[-1] = RemoteHit("bad", float("nan"), {})
+            hits[-1] = Hit("bad", float("nan"))
         return hits
 
     async def embed_anchors(
         self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
     ) -> FloatMatrix:
         return self.embedders[endpoint].embed(list(texts))
-
-    def outcome(self, error: BaseException) -> tuple[SiloOutcome, str]:
-        if isinstance(error, TimeoutError):
-            return SiloOutcome.TIMEOUT, "no answer within the deadline"
-        return SiloOutcome.ERROR, repr(error)
 
     async def close(self) -> None:
         return None
@@ -114,9 +111,8 @@ def embedders() -> dict[str, Embedder]:
 def service(tmp_path: Path, embedders: dict[str, Embedder]) -> Iterator[CoordinatorService]:
     (tmp_path / "coordinator.toml").write_text(CONFIG)
     config = load_coordinator_config(tmp_path / "coordinator.toml")
-    service = open_coordinator(config)
     gateway = FakeGateway(embedders, {e: e.split(":")[0] for e in embedders})
-    service.gateway = gateway
+    service = open_coordinator(config, gateway=gateway)
     AnchorCatalogue(config.state_dir / "anchors").build(
         "public", random_word_strings(300, 0), source="synthetic:300:seed=0"
     )
@@ -125,20 +121,17 @@ def service(tmp_path: Path, embedders: dict[str, Embedder]) -> Iterator[Coordina
         for endpoint in embedders:
             name = endpoint.split(":")[0]
             silo = PeerIdentity(f"spiffe://t/silo/{name}", "t", "silo", name, name)
-            await service.register(silo, endpoint)
+            await service.register_silo(silo, endpoint)
         source = embedders["pydocs:1"].space.space_id
         target = embedders["kjv:1"].space.space_id
-        async for _event in service.train(
+        async for _event in service.train_adapter(
             ADMIN, source_space=source, target_space=target, anchor_set="public"
         ):
             pass
 
     asyncio.run(setup())
     yield service
-    service.state.close()
-    for pool in (service.executor, service.train_executor):
-        assert isinstance(pool, ThreadPoolExecutor)
-        pool.shutdown()
+    asyncio.run(service.close())
 
 
 def search(
@@ -149,16 +142,13 @@ def search(
     merge: str = "calibrated",
 ) -> FederatedAnswer:
     space = service.state.silo("pydocs").space
-    vector = np.ones(space.dimension, dtype=np.float32)
-    return asyncio.run(
-        service.federated_search(
-            caller, vector=vector, source_space=space.space_id, k=5, silos=silos, merge=merge
-        )
-    )
+    vector = WireVector.of(np.ones(space.dimension, dtype=np.float32))
+    query = FederatedQuery(vector, space.space_id, 5, tuple(silos), merge_mode(merge))
+    return asyncio.run(service.federated_search(caller, query))
 
 
 def states(answer: FederatedAnswer) -> dict[str, str]:
-    return {r.silo: r.outcome.value for r in answer.reports}
+    return {s.silo: s.state.value for s in answer.statuses}
 
 
 def test_each_silo_is_translated_into_its_own_space_and_denied_where_policy_says(
@@ -167,8 +157,8 @@ def test_each_silo_is_translated_into_its_own_space_and_denied_where_policy_says
     answer = search(service, ALICE)
     # pydocs: same space (no adapter); kjv: the trained adapter; web: not allowed for pyorg.
     assert states(answer) == {"kjv": "ok", "pydocs": "ok", "web": "denied"}
-    reports = {r.silo: r for r in answer.reports}
-    assert reports["pydocs"].adapter_id == "" and reports["kjv"].adapter_id
+    statuses = {s.silo: s for s in answer.statuses}
+    assert statuses["pydocs"].adapter_id == "" and statuses["kjv"].adapter_id
     dims = dict(service.gateway.searched)  # type: ignore[attr-defined]
     assert dims == {"pydocs:1": 64, "kjv:1": 384}
     assert len(answer.hits) == 5
@@ -183,7 +173,7 @@ def test_a_caller_allowed_no_target_is_refused_outright(service: CoordinatorServ
     with pytest.raises(PermissionDenied, match="train"):
 
         async def train() -> None:
-            async for _ in service.train(
+            async for _ in service.train_adapter(
                 ALICE, source_space="a", target_space="b", anchor_set="public"
             ):
                 pass
@@ -197,16 +187,12 @@ def test_a_silo_without_an_adapter_reports_an_error_naming_what_to_do(
     answer = search(service, ALICE, silos=["kjv", "pydocs"])
     assert states(answer) == {"kjv": "ok", "pydocs": "ok"}
     kjv_space = service.state.silo("kjv").space
+    vector = WireVector.of(np.ones(kjv_space.dimension, dtype=np.float32))
     answer = asyncio.run(
-        service.federated_search(
-            ALICE,
-            vector=np.ones(kjv_space.dimension, dtype=np.float32),
-            source_space=kjv_space.space_id,
-            k=3,
-        )
+        service.federated_search(ALICE, FederatedQuery(vector, kjv_space.space_id, 3))
     )
-    pydocs = next(r for r in answer.reports if r.silo == "pydocs")
-    assert pydocs.outcome is SiloOutcome.ERROR
+    pydocs = next(s for s in answer.statuses if s.silo == "pydocs")
+    assert pydocs.state is SiloOutcome.ERROR
     assert "no adapter" in pydocs.message and "silobridge train" in pydocs.message
 
 
@@ -219,12 +205,12 @@ def test_an_adapter_whose_target_fingerprint_changed_is_refused_naming_both(
     changed = dataclasses.replace(kjv.space, fingerprint="0123456789abcdef", space_id="x@01234567")
     service.state.upsert_silo(dataclasses.replace(kjv, space=changed))
     answer = search(service, ALICE, silos=["kjv"])
-    report = answer.reports[0]
-    assert report.outcome is SiloOutcome.ERROR
-    assert trained in report.message and "0123456789abcdef" in report.message
-    assert "retrain" in report.message
-    views = asyncio.run(service.list_adapters(ADMIN))
-    assert views[0].stale_reason and trained in views[0].stale_reason
+    status = answer.statuses[0]
+    assert status.state is SiloOutcome.ERROR
+    assert trained in status.message and "0123456789abcdef" in status.message
+    assert "retrain" in status.message
+    listings = asyncio.run(service.list_adapters(ADMIN))
+    assert listings[0].stale and trained in listings[0].stale_reason
 
 
 def test_a_slow_silo_times_out_within_the_deadline(service: CoordinatorService) -> None:
@@ -237,13 +223,8 @@ def test_a_slow_silo_times_out_within_the_deadline(service: CoordinatorService) 
 async def _timed(service: CoordinatorService) -> tuple[FederatedAnswer, float]:
     space = service.state.silo("pydocs").space
     started = asyncio.get_running_loop().time()
-    answer = await service.federated_search(
-        ALICE,
-        vector=np.ones(space.dimension, dtype=np.float32),
-        source_space=space.space_id,
-        k=5,
-        time_remaining=5.0,
-    )
+    query = FederatedQuery(WireVector.of(np.ones(space.dimension, np.float32)), space.space_id, 5)
+    answer = await service.federated_search(ALICE, query, time_remaining=5.0)
     return answer, asyncio.get_running_loop().time() - started
 
 
@@ -255,19 +236,16 @@ def test_rrf_merging_and_bad_requests(service: CoordinatorService) -> None:
     with pytest.raises(NotFound, match="registered: kjv, pydocs, web"):
         search(service, ALICE, silos=["nope"])
     with pytest.raises(NotFound, match="unknown source space"):
-        asyncio.run(
-            service.federated_search(
-                ALICE, vector=np.ones(4, np.float32), source_space="other@1", k=3
-            )
-        )
+        query = FederatedQuery(WireVector.of(np.ones(4, np.float32)), "other@1", 3)
+        asyncio.run(service.federated_search(ALICE, query))
 
 
 def test_registration_takes_the_name_from_the_certificate(service: CoordinatorService) -> None:
     impostor = PeerIdentity("spiffe://t/silo/web", "t", "silo", "web", "openbible")
     with pytest.raises(PermissionDenied, match="says it is 'kjv'"):
-        asyncio.run(service.register(impostor, "kjv:1"))
+        asyncio.run(service.register_silo(impostor, "kjv:1"))
     with pytest.raises(PermissionDenied):
-        asyncio.run(service.register(ALICE, "kjv:1"))
+        asyncio.run(service.register_silo(ALICE, "kjv:1"))
     records: list[SiloRecord] = service.state.silos()
     assert {r.name: r.endpoint for r in records}["web"] == "web:1"
 
@@ -278,5 +256,28 @@ def test_a_silo_answering_nonsense_scores_is_dropped_not_merged(
     service.gateway.broken.add("kjv:1")  # type: ignore[attr-defined]
     answer = search(service, ALICE)
     assert states(answer) == {"kjv": "error", "pydocs": "ok", "web": "denied"}
-    assert "non-finite" in answer.reports[0].message
+    assert "non-finite" in answer.statuses[0].message
+    assert answer.hits and {h.silo for h in answer.hits} == {"pydocs"}
+
+
+@pytest.mark.parametrize(
+    ("error", "status_name", "state"),
+    [
+        (PermissionDenied, "PERMISSION_DENIED", "denied"),
+        (PermissionDenied, "UNAUTHENTICATED", "denied"),
+        (Unavailable, "UNAVAILABLE", "unavailable"),
+        (DeadlineExceeded, "DEADLINE_EXCEEDED", "timeout"),
+        (SiloBridgeError, "INTERNAL", "error"),
+    ],
+)
+def test_a_failing_silo_shows_its_outcome_and_the_peers_status_in_its_status(
+    service: CoordinatorService, error: type[SiloBridgeError], status_name: str, state: str
+) -> None:
+    refusal = error("silo kjv says why")
+    refusal.status_name = status_name
+    service.gateway.failing["kjv:1"] = refusal  # type: ignore[attr-defined]
+    answer = search(service, ALICE)
+    assert states(answer) == {"kjv": state, "pydocs": "ok", "web": "denied"}
+    kjv = next(s for s in answer.statuses if s.silo == "kjv")
+    assert kjv.message == f"{status_name}: silo kjv says why"
     assert answer.hits and {h.silo for h in answer.hits} == {"pydocs"}

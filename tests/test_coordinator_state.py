@@ -31,7 +31,7 @@ from silobridge.coordinator.anchors.validation import anchor_texts_sha256
 from silobridge.coordinator.search.calibration import Calibration
 from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
 from silobridge.coordinator.state.store import STATE_FILE, CoordinatorState
-from silobridge.coordinator.training import adapter_id_for, load_record_adapter, train_adapter
+from silobridge.coordinator.training.fit import adapter_id_for, load_record_adapter, train_adapter
 from silobridge.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import load_embedder

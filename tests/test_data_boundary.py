@@ -32,12 +32,14 @@ from localnet import ClientSpec, LocalConsortium, SiloSpec
 from typer.testing import CliRunner
 
 from silobridge.audit.boundary_check import check_boundary
-from silobridge.audit.boundary_report import SiloPolicyView, boundary_report, report_to_dict
+from silobridge.audit.boundary_report import boundary_report, report_to_dict
 from silobridge.audit.cli import boundary_command
 from silobridge.audit.wire import ENV_VAR, recording_interceptors
-from silobridge.client.api import FederatedClient, FederatedResult
+from silobridge.client.api import FederatedClient
 from silobridge.client.config import load_client_config
-from silobridge.core.disclosure import DisclosurePolicy as LivePolicy
+from silobridge.core.disclosure import DisclosurePolicy
+from silobridge.core.federation import FederatedAnswer
+from silobridge.core.listings import SiloListing
 from silobridge.evaluation.corpus import load_records
 from silobridge.rpc import transport
 from silobridge.rpc.convert import vector_to_proto
@@ -376,11 +378,13 @@ def test_a_document_text_anywhere_in_a_hit_is_always_reported(
 
 
 def test_report_fills_the_design_table_and_flags_surprising_policies() -> None:
-    def view(silo: str, endpoint: str, policy: LivePolicy | None) -> SiloPolicyView:
-        return SiloPolicyView(silo, f"org-{silo}", endpoint, policy is not None, "s", policy)
+    def view(silo: str, endpoint: str, policy: DisclosurePolicy | None) -> SiloListing:
+        return SiloListing(
+            silo, endpoint, f"org-{silo}", None, policy is not None, 0, "", 0, policy=policy
+        )
 
-    quiet = LivePolicy((), False, ("*",), 50)
-    loud = LivePolicy(("book",), True, (), 20)
+    quiet = DisclosurePolicy((), False, ("*",), 50)
+    loud = DisclosurePolicy(("book",), True, (), 20)
     report = boundary_report(
         [view("pydocs", "h:1", quiet), view("kjv", "h:2", loud), view("web", "h:3", None)],
         client="spiffe://demo/client/alice (org pyorg)",
@@ -478,11 +482,11 @@ def _client(net: Net, name: str) -> FederatedClient:
     return FederatedClient(load_client_config(net.consortium.client_config(name)))
 
 
-def _states(result: FederatedResult) -> dict[str, str]:
+def _states(result: FederatedAnswer) -> dict[str, str]:
     return {status.silo: status.state for status in result.statuses}
 
 
-async def _federated_queries(net: Net, alice_silos: list[str]) -> list[FederatedResult]:
+async def _federated_queries(net: Net, alice_silos: list[str]) -> list[FederatedAnswer]:
     async with _client(net, "alice") as alice, _client(net, "bob") as bob:
         results = [await alice.query(text, k=10, silos=alice_silos) for text in net.queries]
         results += [await bob.query(text, k=5, silos=["kjv", "web"]) for text in net.queries[:2]]

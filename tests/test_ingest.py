@@ -360,7 +360,7 @@ def test_ingest_reembeds_only_the_changed_document_and_search_sees_it(
     query = embedder.embed(["quantum chromodynamics gluon confinement"])[0]
     hits = data.search(query, 3)
     assert hits[0].doc_id == "Gen.1.3"
-    assert hits[0].metadata == {}
+    assert hits[0].fields == {}
     assert data.count() == len(VERSES)
 
 
@@ -396,7 +396,7 @@ def test_search_finds_a_document_by_its_own_vector(
         hits = data.search(embedder.embed([text])[0], 2)
         assert hits[0].doc_id == doc_id
         assert hits[0].score == pytest.approx(1.0, abs=1e-5)
-        assert hits[0].metadata == {"book": "Genesis"}
+        assert hits[0].fields == {"book": "Genesis"}
 
 
 def test_search_before_any_ingest_says_what_to_run(data: SiloData) -> None:

@@ -12,14 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from silobridge.coordinator.search.calibration import Calibration, fit_calibration
-from silobridge.coordinator.search.merge import (
-    MergedHit,
-    ScoredHit,
-    SiloResult,
-    merge_calibrated,
-    merge_rrf,
-)
+from silobridge.coordinator.search.merge import SiloResult, merge_calibrated, merge_rrf
 from silobridge.core.errors import InvalidArgument
+from silobridge.core.hits import Hit
 
 # ---------------------------------------------------------------------------------------------
 # Strategies: silos with hit lists sorted by their own score, as a silo returns them.
@@ -37,7 +32,7 @@ def silo_results(draw: st.DrawFn, name: str) -> SiloResult:
     ids = draw(st.lists(doc_ids, unique=True, max_size=8))
     hit_scores = sorted(draw(st.lists(scores, min_size=len(ids), max_size=len(ids))), reverse=True)
     hits = [
-        ScoredHit(doc_id=doc, score=score, fields=draw(fields))
+        Hit(doc_id=doc, score=score, fields=draw(fields))
         for doc, score in zip(ids, hit_scores, strict=True)
     ]
     return SiloResult(silo=name, hits=hits, calibration=draw(calibrations))
@@ -50,7 +45,7 @@ def federated_results(draw: st.DrawFn) -> list[SiloResult]:
 
 
 ks = st.integers(1, 40)
-Merge = Callable[[Sequence[SiloResult], int], list[MergedHit]]
+Merge = Callable[[Sequence[SiloResult], int], list[Hit]]
 MERGES: list[Merge] = [merge_calibrated, merge_rrf]
 
 
@@ -66,7 +61,7 @@ def _input_hits(results: Sequence[SiloResult]) -> list[tuple[str, str, float, di
     ]
 
 
-def _as_tuple(hit: MergedHit) -> tuple[str, str, float, dict[str, str]]:
+def _as_tuple(hit: Hit) -> tuple[str, str, float, dict[str, str]]:
     return (hit.silo, hit.doc_id, hit.score, dict(hit.fields))
 
 
@@ -164,7 +159,7 @@ def test_rrf_scores_each_hit_by_its_rank_in_its_silo(
 def _silo(name: str, hits: list[tuple[str, float]], calibration: Calibration | None) -> SiloResult:
     return SiloResult(
         silo=name,
-        hits=[ScoredHit(doc_id=doc, score=score, fields={}) for doc, score in hits],
+        hits=[Hit(doc_id=doc, score=score, fields={}) for doc, score in hits],
         calibration=calibration,
     )
 

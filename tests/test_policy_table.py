@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 from silobridge.core.config import TlsFiles
-from silobridge.rpc.convert import vector_to_proto
+from silobridge.core.queries import FederatedQuery
+from silobridge.core.vectors import WireVector
+from silobridge.rpc import convert
 from silobridge.rpc.transport import open_channel
 from silobridge.security.pki.ca import issue_certificate
-from silobridge.security.signed_query import sign_query
+from silobridge.security.signed_query.signing import sign_query
 from silobridge.v1 import (
-    common_pb2,
     coordinator_pb2,
     coordinator_pb2_grpc,
     silo_pb2,
@@ -105,9 +106,9 @@ def _coord(channel: grpc.aio.Channel) -> coordinator_pb2_grpc.CoordinatorService
     return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
 
 
-def _vector(net: Net) -> common_pb2.Vector:
+def _vector(net: Net) -> WireVector:
     rng = np.random.default_rng(0)
-    return vector_to_proto(rng.normal(size=net.space.space.dimension).astype(np.float32))
+    return WireVector.of(rng.normal(size=net.space.space.dimension).astype(np.float32))
 
 
 async def describe(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
@@ -129,7 +130,7 @@ async def embed_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object
 
 
 async def search(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
-    request = silo_pb2.SearchRequest(vector=_vector(net), k=3)
+    request = silo_pb2.SearchRequest(vector=convert.wire_vector_to_proto(_vector(net)), k=3)
     return await _silo(ch).Search(request, timeout=10)
 
 
@@ -174,8 +175,8 @@ async def federated_search(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> obj
     signed = sign_query(
         vector=wire, source_space=space, silos=[], k=3, key_pem=key, certificate_pem=cert
     )
-    request = coordinator_pb2.FederatedSearchRequest(
-        vector=wire, source_space=space, k=3, signed=signed
+    request = convert.federated_query_to_proto(
+        FederatedQuery(vector=wire, source_space=space, k=3, signed=signed)
     )
     return await _coord(ch).FederatedSearch(request, timeout=10)
 

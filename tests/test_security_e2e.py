@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -17,10 +17,13 @@ from cryptography import x509
 
 from silobridge.audit.verify import verify_log
 from silobridge.core.config import TlsFiles
-from silobridge.rpc.convert import vector_to_proto
+from silobridge.core.federation import SiloOutcome
+from silobridge.core.queries import FederatedQuery, SignedQuery, SiloQuery
+from silobridge.core.vectors import WireVector
+from silobridge.rpc import convert
 from silobridge.rpc.transport import open_channel
-from silobridge.security.signed_query import sign_query
-from silobridge.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, silo_pb2, silo_pb2_grpc
+from silobridge.security.signed_query.signing import sign_query
+from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc, silo_pb2, silo_pb2_grpc
 
 from .conftest import (
     CONSORTIUM,
@@ -93,12 +96,12 @@ list = ["{spiffe}/client/*"]
         silo.stop()
 
 
-def _wire(net: Net, seed: int = 0) -> common_pb2.Vector:
+def _wire(net: Net, seed: int = 0) -> WireVector:
     rng = np.random.default_rng(seed)
-    return vector_to_proto(rng.normal(size=net.dim).astype(np.float32))
+    return WireVector.of(rng.normal(size=net.dim).astype(np.float32))
 
 
-def _signed(net: Net, signer: TlsFiles, wire: common_pb2.Vector) -> common_pb2.SignedQuery:
+def _signed(net: Net, signer: TlsFiles, wire: WireVector) -> SignedQuery:
     cert, key, _ca = signer.read()
     return sign_query(
         vector=wire, source_space=net.space, silos=["kjv"], k=5, key_pem=key, certificate_pem=cert
@@ -119,10 +122,8 @@ def _search_as(net: Net, tls: TlsFiles, request: silo_pb2.SearchRequest) -> grpc
     return asyncio.run(run())
 
 
-def _forwarded(
-    net: Net, wire: common_pb2.Vector, signed: common_pb2.SignedQuery
-) -> silo_pb2.SearchRequest:
-    return silo_pb2.SearchRequest(vector=wire, k=5, signed=signed, source_space=net.space)
+def _forwarded(net: Net, wire: WireVector, signed: SignedQuery) -> silo_pb2.SearchRequest:
+    return convert.silo_query_to_proto(SiloQuery(wire, 5, signed=signed, source_space=net.space))
 
 
 def test_a_replayed_query_is_refused_by_the_silo(net: Net) -> None:
@@ -136,7 +137,7 @@ def test_a_replayed_query_is_refused_by_the_silo(net: Net) -> None:
 def test_a_query_signed_with_another_organizations_key_is_refused(net: Net) -> None:
     wire = _wire(net, 2)
     forged = _signed(net, net.pki.other_client, wire)  # mallory's key and certificate ...
-    forged.certificate = net.pki.home_client.cert.read_bytes()  # ... presented as alice's
+    forged = replace(forged, certificate=net.pki.home_client.cert.read_bytes())  # ... as alice's
     request = _forwarded(net, wire, forged)
     assert _search_as(net, net.pki.coordinator, request) is grpc.StatusCode.PERMISSION_DENIED
 
@@ -152,7 +153,7 @@ def test_a_vector_altered_after_signing_is_refused(net: Net) -> None:
 
 
 def test_an_unsigned_forwarded_query_is_refused(net: Net) -> None:
-    request = silo_pb2.SearchRequest(vector=_wire(net, 5), k=5)
+    request = convert.silo_query_to_proto(SiloQuery(_wire(net, 5), 5))
     assert _search_as(net, net.pki.coordinator, request) is grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -161,24 +162,22 @@ def test_the_silo_refuses_what_the_coordinator_allows(net: Net) -> None:
         wire = _wire(net, 6)
         channel = open_channel(net.coordinator.target, tls)
         try:
-            request = coordinator_pb2.FederatedSearchRequest(
-                vector=wire, source_space=net.space, k=5, signed=_signed(net, tls, wire)
-            )
+            query = FederatedQuery(wire, net.space, 5, signed=_signed(net, tls, wire))
             return await coordinator_pb2_grpc.CoordinatorServiceStub(channel).FederatedSearch(
-                request, timeout=10
+                convert.federated_query_to_proto(query), timeout=10
             )
         finally:
             await channel.close()
 
     # The coordinator's policy lets every client query; the silo serves org bible only.
-    refused = asyncio.run(ask(net.pki.other_client))
-    assert [(s.silo, s.state) for s in refused.statuses] == [("kjv", common_pb2.SILO_STATE_DENIED)]
+    refused = convert.answer_from_proto(asyncio.run(ask(net.pki.other_client)), net.space)
+    assert [(s.silo, s.state) for s in refused.statuses] == [("kjv", SiloOutcome.DENIED)]
     assert (
         "does not serve queries from spiffe://testnet/client/mallory" in refused.statuses[0].message
     )
     assert not refused.hits
-    served = asyncio.run(ask(net.pki.home_client))
-    assert [(s.silo, s.state) for s in served.statuses] == [("kjv", common_pb2.SILO_STATE_OK)]
+    served = convert.answer_from_proto(asyncio.run(ask(net.pki.home_client)), net.space)
+    assert [(s.silo, s.state) for s in served.statuses] == [("kjv", SiloOutcome.OK)]
     assert len(served.hits) == 5
 
 
@@ -189,7 +188,9 @@ def _audit_lines(net: Net) -> list[dict[str, object]]:
 
 def test_exceeding_the_rate_limit_is_refused_and_audited(net: Net) -> None:
     codes = [
-        _search_as(net, net.pki.home_client, silo_pb2.SearchRequest(vector=_wire(net, 7), k=3))
+        _search_as(
+            net, net.pki.home_client, convert.silo_query_to_proto(SiloQuery(_wire(net, 7), 3))
+        )
         for _ in range(8)
     ]
     assert codes[0] is grpc.StatusCode.OK

@@ -7,7 +7,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,18 +24,18 @@ from silobridge.core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from silobridge.security.signed_query import (
-    DEFAULT_MAX_AGE_S,
-    MAX_CERTIFICATE_BYTES,
+from silobridge.core.queries import SignedQuery
+from silobridge.core.vectors import DTYPE_FLOAT32, WireVector
+from silobridge.security.signed_query.claims import (
     MAX_CLAIMS_BYTES,
     SIGNATURE_CONTEXT,
-    ReplayCache,
-    load_client_signer,
-    sign_query,
-    vector_sha256,
-    verify_signed_query,
+    QueryClaims,
+    decode_claims,
+    encode_claims,
 )
-from silobridge.v1 import common_pb2
+from silobridge.security.signed_query.replay import DEFAULT_MAX_AGE_S, ReplayCache
+from silobridge.security.signed_query.signing import load_client_signer, sign_query
+from silobridge.security.signed_query.verify import MAX_CERTIFICATE_BYTES, verify_signed_query
 
 from .conftest import Pki
 
@@ -44,11 +44,9 @@ SILO = "kjv"
 NOW_MS = time.time_ns() // 1_000_000
 
 
-def make_vector(values: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)) -> common_pb2.Vector:
-    return common_pb2.Vector(
-        dtype=common_pb2.DTYPE_FLOAT32,
-        dim=len(values),
-        data=struct.pack(f"<{len(values)}f", *values),
+def make_vector(values: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)) -> WireVector:
+    return WireVector(
+        dtype=DTYPE_FLOAT32, dim=len(values), data=struct.pack(f"<{len(values)}f", *values)
     )
 
 
@@ -65,7 +63,7 @@ class Party:
         cert, key, ca = files.read()
         return cls(cert=cert, key=key, ca=ca)
 
-    def sign(self, **overrides: object) -> common_pb2.SignedQuery:
+    def sign(self, **overrides: object) -> SignedQuery:
         arguments: dict[str, object] = {
             "vector": make_vector(),
             "source_space": SPACE,
@@ -94,7 +92,7 @@ Verify = Callable[..., object]
 def verify(ca_pem: bytes) -> Verify:
     """verify_signed_query with the defaults of the good query; keywords override them."""
 
-    def _verify(signed: common_pb2.SignedQuery, **overrides: object) -> object:
+    def _verify(signed: SignedQuery, **overrides: object) -> object:
         arguments: dict[str, object] = {
             "ca_certificate_pem": ca_pem,
             "vector": make_vector(),
@@ -115,10 +113,10 @@ def sign_raw_claims(party: Party, claims_bytes: bytes, context: bytes = SIGNATUR
     return key.sign(context + claims_bytes, ec.ECDSA(hashes.SHA256()))
 
 
-def resigned(party: Party, claims: common_pb2.QueryClaims) -> common_pb2.SignedQuery:
+def resigned(party: Party, claims: QueryClaims) -> SignedQuery:
     """A query with hand-made claims, correctly signed by ``party``."""
-    claims_bytes = claims.SerializeToString(deterministic=True)
-    return common_pb2.SignedQuery(
+    claims_bytes = encode_claims(claims)
+    return SignedQuery(
         claims=claims_bytes, signature=sign_raw_claims(party, claims_bytes), certificate=party.cert
     )
 
@@ -156,7 +154,7 @@ def test_claims_are_deterministic_and_silo_order_does_not_matter(alice: Party) -
 
 
 def test_every_query_gets_a_fresh_nonce(alice: Party) -> None:
-    nonces = {common_pb2.QueryClaims.FromString(alice.sign().claims).nonce for _ in range(20)}
+    nonces = {decode_claims(alice.sign().claims).nonce for _ in range(20)}
     assert len(nonces) == 20
 
 
@@ -229,37 +227,35 @@ def test_a_rejected_query_does_not_burn_its_nonce(alice: Party, verify: Verify) 
 def test_another_orgs_key_claiming_alices_certificate_is_refused(
     pki: Pki, alice: Party, verify: Verify
 ) -> None:
-    forged = Party.of(pki.other_client).sign()
-    forged.certificate = alice.cert
+    forged = replace(Party.of(pki.other_client).sign(), certificate=alice.cert)
     with pytest.raises(PermissionDenied, match="signature does not verify"):
         verify(forged)
 
 
 def test_claims_signed_without_the_domain_context_are_refused(alice: Party, verify: Verify) -> None:
     signed = alice.sign()
-    signed.signature = sign_raw_claims(alice, signed.claims, context=b"")
+    signed = replace(signed, signature=sign_raw_claims(alice, signed.claims, context=b""))
     with pytest.raises(PermissionDenied, match="signature does not verify"):
         verify(signed)
 
 
-def _flip_first_data_byte(vector: common_pb2.Vector) -> None:
-    vector.data = bytes([vector.data[0] ^ 0x01]) + vector.data[1:]
+def _flip_first_data_byte(vector: WireVector) -> WireVector:
+    return replace(vector, data=bytes([vector.data[0] ^ 0x01]) + vector.data[1:])
 
 
-def _grow_dim(vector: common_pb2.Vector) -> None:
-    vector.dim += 1
+def _grow_dim(vector: WireVector) -> WireVector:
+    return replace(vector, dim=vector.dim + 1)
 
 
-def _change_dtype(vector: common_pb2.Vector) -> None:
-    vector.dtype = common_pb2.DTYPE_UNSPECIFIED
+def _change_dtype(vector: WireVector) -> WireVector:
+    return replace(vector, dtype=0)  # DTYPE_UNSPECIFIED
 
 
 @pytest.mark.parametrize("alter", [_flip_first_data_byte, _grow_dim, _change_dtype])
 def test_a_vector_altered_after_signing_is_refused(
-    alice: Party, verify: Verify, alter: Callable[[common_pb2.Vector], None]
+    alice: Party, verify: Verify, alter: Callable[[WireVector], WireVector]
 ) -> None:
-    vector = make_vector()
-    alter(vector)
+    vector = alter(make_vector())
     with pytest.raises(PermissionDenied, match="query vector was altered after signing"):
         verify(alice.sign(), vector=vector)
 
@@ -328,8 +324,7 @@ def test_rerank_text_must_be_the_signed_text(alice: Party, verify: Verify) -> No
 
 @pytest.mark.parametrize("nonce", [b"", b"x" * 15, b"x" * 17])
 def test_a_nonce_of_the_wrong_length_is_refused(alice: Party, verify: Verify, nonce: bytes) -> None:
-    claims = common_pb2.QueryClaims.FromString(alice.sign().claims)
-    claims.nonce = nonce
+    claims = replace(decode_claims(alice.sign().claims), nonce=nonce)
     with pytest.raises(PermissionDenied, match="nonce is"):
         verify(resigned(alice, claims))
 
@@ -337,12 +332,10 @@ def test_a_nonce_of_the_wrong_length_is_refused(alice: Party, verify: Verify, no
 def test_oversized_claims_and_certificates_are_refused_before_parsing(
     alice: Party, verify: Verify
 ) -> None:
-    signed = alice.sign()
-    signed.claims = b"\x00" * (MAX_CLAIMS_BYTES + 1)
+    signed = replace(alice.sign(), claims=b"\x00" * (MAX_CLAIMS_BYTES + 1))
     with pytest.raises(PermissionDenied, match=r"claims are \d+ bytes"):
         verify(signed)
-    signed = alice.sign()
-    signed.certificate = alice.cert + b"\n" * MAX_CERTIFICATE_BYTES
+    signed = replace(alice.sign(), certificate=alice.cert + b"\n" * MAX_CERTIFICATE_BYTES)
     with pytest.raises(PermissionDenied, match=r"certificate is \d+ bytes"):
         verify(signed)
 
@@ -358,15 +351,14 @@ def test_oversized_claims_and_certificates_are_refused_before_parsing(
 def test_missing_or_unreadable_parts_are_refused(
     alice: Party, verify: Verify, field: str, value: bytes, message: str
 ) -> None:
-    signed = alice.sign()
-    setattr(signed, field, value)
+    signed = replace(alice.sign(), **{field: value})
     with pytest.raises(PermissionDenied, match=message):
         verify(signed)
 
 
 def test_signed_bytes_that_are_not_claims_are_refused(alice: Party, verify: Verify) -> None:
     garbage = b"\xff\xff\xff"
-    signed = common_pb2.SignedQuery(
+    signed = SignedQuery(
         claims=garbage, signature=sign_raw_claims(alice, garbage), certificate=alice.cert
     )
     with pytest.raises(PermissionDenied, match="not a readable QueryClaims"):
@@ -381,42 +373,40 @@ def test_a_replay_window_shorter_than_the_accepted_age_is_a_config_error(
 
 
 @pytest.fixture(scope="module")
-def signed_once(alice: Party) -> common_pb2.SignedQuery:
+def signed_once(alice: Party) -> SignedQuery:
     # One signature for every example: ECDSA signatures vary in length from one to the next.
     return alice.sign(nonce=b"n" * 16)
 
 
 @given(data=st.data())
 def test_flipping_any_byte_of_claims_or_signature_fails_verification(
-    signed_once: common_pb2.SignedQuery, verify: Verify, data: st.DataObject
+    signed_once: SignedQuery, verify: Verify, data: st.DataObject
 ) -> None:
     verify(signed_once, replay=None)
-    signed = common_pb2.SignedQuery()
-    signed.CopyFrom(signed_once)
     field = data.draw(st.sampled_from(["claims", "signature"]))
-    original: bytes = getattr(signed, field)
+    original: bytes = getattr(signed_once, field)
     index = data.draw(st.integers(0, len(original) - 1))
     mask = data.draw(st.integers(1, 255))
     tampered = bytearray(original)
     tampered[index] ^= mask
-    setattr(signed, field, bytes(tampered))
+    signed = replace(signed_once, **{field: bytes(tampered)})
     with pytest.raises(PermissionDenied):
         verify(signed, replay=None)
 
 
-# --- vector_sha256 ----------------------------------------------------------------------------
+# --- WireVector.sha256 ------------------------------------------------------------------------
 
 
 @given(dtype=st.integers(0, 255), dim=st.integers(0, 2**32 - 1), data=st.binary(max_size=64))
 def test_vector_hash_covers_dtype_dim_and_data(dtype: int, dim: int, data: bytes) -> None:
-    vector = common_pb2.Vector(dtype=dtype, dim=dim, data=data)  # type: ignore[arg-type]
+    vector = WireVector(dtype=dtype, dim=dim, data=data)
     expected = hashlib.sha256(bytes([dtype]) + dim.to_bytes(4, "big") + data).digest()
-    assert vector_sha256(vector) == expected
+    assert vector.sha256() == expected
 
 
 def test_a_dtype_that_does_not_fit_a_byte_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="dtype"):
-        vector_sha256(common_pb2.Vector(dtype=300, dim=1, data=b"\x00" * 4))  # type: ignore[arg-type]
+        WireVector(dtype=300, dim=1, data=b"\x00" * 4).sha256()
 
 
 # --- ReplayCache ------------------------------------------------------------------------------

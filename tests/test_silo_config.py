@@ -150,3 +150,21 @@ def test_bad_rerank_settings_name_the_key(tmp_path: Path, addition: str, fragmen
     with pytest.raises(ConfigError) as caught:
         load_silo_config(write(tmp_path, BASE + addition))
     assert fragment in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("addition", "key"),
+    [
+        ('[access]\nsearch = ["*"]\n', "search"),
+        ('[access]\nembed = ["org:"]\n', "embed"),
+        ('[access]\ndescribe = ["org:bible", "coordinator/*"]\n', "describe"),
+        ('[access]\nquery = ["alice"]\n', "query"),
+    ],
+)
+def test_a_rule_that_can_never_match_is_refused_at_load(
+    tmp_path: Path, addition: str, key: str
+) -> None:
+    # A typo must not load as a policy that silently denies (or, worse, reads as allowing).
+    with pytest.raises(ConfigError) as caught:
+        load_silo_config(write(tmp_path, BASE + addition))
+    assert f"[access] {key}: invalid rule" in caught.value.message

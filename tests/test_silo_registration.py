@@ -175,9 +175,9 @@ def test_coordinator_section_is_optional_and_advertise_defaults_to_the_bound_por
     ("section", "fragment"),
     [
         ("[coordinator]\n", "[coordinator] endpoint is required"),
-        ('[coordinator]\nendpoint = "hub"\n', "endpoint must be host:port"),
-        ('[coordinator]\nendpoint = "hub:0"\n', "endpoint must be host:port"),
-        ('[coordinator]\nendpoint = "h:1"\nadvertise = ":7"\n', "advertise must be host:port"),
+        ('[coordinator]\nendpoint = "hub"\n', "[coordinator] endpoint: 'hub' is not host:port"),
+        ('[coordinator]\nendpoint = "hub:0"\n', "endpoint: 'hub:0': port '0' must be a number"),
+        ('[coordinator]\nendpoint = "h:1"\nadvertise = ":7"\n', "advertise: ':7' is not host:port"),
         ('[coordinator]\nendpoint = "::1:7443"\n', "IPv6 host in brackets"),
         ('[coordinator]\nendpoint = "h:1"\nport = 3\n', "unknown key(s) in [coordinator]: port"),
     ],

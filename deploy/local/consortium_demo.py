@@ -27,8 +27,9 @@ from pathlib import Path
 
 from localnet import ClientSpec, LocalConsortium, SiloSpec
 
-from silobridge.client.api import FederatedClient, FederatedResult
+from silobridge.client.api import FederatedClient
 from silobridge.client.config import load_client_config
+from silobridge.core.federation import FederatedAnswer
 from silobridge.core.vectors import FloatVector
 from silobridge.evaluation.corpus import demo_data_dir, load_records
 from silobridge.rpc.silo_client import SiloClient
@@ -127,7 +128,7 @@ async def limited(count: int, call: Callable[[int], Awaitable[list[str]]]) -> li
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-def kjv_ranked(result: FederatedResult) -> list[str]:
+def kjv_ranked(result: FederatedAnswer) -> list[str]:
     # Positions in the merged list count every silo's hits; only KJV ids can be relevant.
     # Other silos' hits are kept as "<silo>:" so the table can say how often they ranked.
     return [hit.doc_id if hit.silo == "kjv" else f"{hit.silo}:" for hit in result.hits]
@@ -159,7 +160,7 @@ async def retention_table(net: LocalConsortium) -> None:
         )  # fmt: skip
 
         async def direct(vector: FloatVector) -> list[str]:
-            return [h.doc_id for h in await kjv_silo.search(vector, 10, timeout=30)]
+            return [h.doc_id for h in await kjv_silo.search_vector(vector, 10, timeout=30)]
 
         async def adapted(i: int, *, rerank: bool = False, only_kjv: bool = True) -> list[str]:
             result = await alice.search_vector(

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from silobridge.core.cli_support import fail
-from silobridge.core.errors import SiloBridgeError
+from silobridge.core.cli_support import serve_or_exit
 
 coordinator_app = typer.Typer(no_args_is_help=True, help="Run the consortium's coordinator.")
 
@@ -24,10 +21,7 @@ def serve(
     from silobridge.coordinator.config import load_coordinator_config
     from silobridge.coordinator.server import serve as run_server
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(run_server(load_coordinator_config(config)))
-    except SiloBridgeError as error:
-        fail(error.message)
+    async def main() -> None:
+        await run_server(load_coordinator_config(config))
+
+    serve_or_exit(main, log_level)

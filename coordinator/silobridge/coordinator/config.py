@@ -25,7 +25,8 @@ from silobridge.core.errors import ConfigError
 from silobridge.security.identity import PeerIdentity
 from silobridge.security.rules import RulePolicy, matches_any, rules_of
 
-# Actions of the consortium policy; each RPC maps to one (``ACTION_FOR_RPC`` in the service).
+# Actions of the consortium policy; every RPC but FederatedSearch (whose rules are per silo,
+# ``[policy.query]``) checks one, in ``CoordinatorService``.
 ACTIONS = ("register", "list", "anchors", "adapters", "train")
 # Key of ``[policy.query]`` that applies to silos without an entry of their own.
 DEFAULT_SILO = "*"

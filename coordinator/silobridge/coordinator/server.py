@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-
-import grpc
-from grpc_health.v1 import health
 
 from silobridge.adapters.signing import generate_signing_key, load_signing_key
-from silobridge.audit.wire import recording_interceptors
 from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
 from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.service import CoordinatorService
 from silobridge.coordinator.servicer import CoordinatorServicer
+from silobridge.coordinator.silo_gateway import SiloGateway
 from silobridge.coordinator.silo_links import GrpcSiloGateway
 from silobridge.coordinator.state.store import CoordinatorState
-from silobridge.rpc import transport
+from silobridge.rpc.server_kit import RunningServer, serve_until_stopped, start_server
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+# What ``start_coordinator`` returns: the server, its port, and how to stop it.
+RunningCoordinator = RunningServer
 
 
 def open_gatekeeper(config: CoordinatorConfig) -> Gatekeeper:
@@ -36,8 +35,13 @@ def open_gatekeeper(config: CoordinatorConfig) -> Gatekeeper:
     )
 
 
-def open_coordinator(config: CoordinatorConfig) -> CoordinatorService:
-    """Open state and catalogue, load (or on first start create) the adapter signing key."""
+def open_coordinator(
+    config: CoordinatorConfig, *, gateway: SiloGateway | None = None
+) -> CoordinatorService:
+    """Open state and catalogue, load (or on first start create) the adapter signing key.
+
+    Silos are reached over mTLS unless ``gateway`` says otherwise (tests pass a double).
+    """
     config.state_dir.mkdir(parents=True, exist_ok=True)
     if not config.signing_key.exists():
         public = generate_signing_key(config.signing_key)
@@ -49,7 +53,8 @@ def open_coordinator(config: CoordinatorConfig) -> CoordinatorService:
     signing_key = load_signing_key(config.signing_key)
     state = CoordinatorState.open(config.state_dir)
     catalogue = AnchorCatalogue(config.state_dir / "anchors")
-    gateway = GrpcSiloGateway(config.tls, insecure=config.server.insecure)
+    if gateway is None:
+        gateway = GrpcSiloGateway(config.tls, insecure=config.server.insecure)
     return CoordinatorService(
         config,
         state,
@@ -61,52 +66,40 @@ def open_coordinator(config: CoordinatorConfig) -> CoordinatorService:
     )
 
 
-@dataclass
-class RunningCoordinator:
-    server: grpc.aio.Server
-    port: int
-    service: CoordinatorService
-    health: health.aio.HealthServicer
-    gatekeeper: Gatekeeper
-
-    async def close_resources(self) -> None:
-        await self.service.gateway.close()
-        for pool in (self.service.executor, self.service.train_executor):
-            pool.shutdown(wait=True, cancel_futures=True)
-        self.service.state.close()
-        self.gatekeeper.close()
-
-    async def stop(self, grace: float) -> None:
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        await self.close_resources()
-
-
 async def start_coordinator(
     service: CoordinatorService, *, listen: str | None = None
 ) -> RunningCoordinator:
     """Start serving; ``listen`` overrides the config (tests pass ``127.0.0.1:0``)."""
     config = service.config
-    server = transport.create_server(
-        interceptors=recording_interceptors(f"coordinator-{config.name}")
-    )
     gatekeeper = open_gatekeeper(config)
-    coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
-        CoordinatorServicer(service, gatekeeper), server
+    servicer = CoordinatorServicer(service, gatekeeper)
+
+    async def close_resources() -> None:
+        await service.close()
+        gatekeeper.close()
+
+    return await start_server(
+        recorder_name=f"coordinator-{config.name}",
+        add_servicer=functools.partial(
+            coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server, servicer
+        ),
+        service_names=[SERVICE_NAME],
+        settings=config.server,
+        tls=config.tls,
+        close_resources=close_resources,
+        listen=listen,
     )
-    health_servicer = transport.add_health(server)
-    address = listen or config.server.listen
-    port = transport.bind_server(server, address, config.tls, insecure=config.server.insecure)
-    await server.start()
-    await transport.mark_serving(health_servicer, [SERVICE_NAME])
-    return RunningCoordinator(server, port, service, health_servicer, gatekeeper)
 
 
-async def serve(config: CoordinatorConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Run the coordinator until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(
+    config: CoordinatorConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the coordinator until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
     service = open_coordinator(config)
     running = await start_coordinator(service)
-    host = config.server.listen.rsplit(":", 1)[0]
     log.info(
         "coordinator %r: %d silos, %d adapters, state in %s",
         config.name,
@@ -114,12 +107,6 @@ async def serve(config: CoordinatorConfig, *, ready: asyncio.Event | None = None
         len(service.state.adapters()),
         config.state_dir,
     )
-    print(f"coordinator {config.name} listening on {host}:{running.port}", flush=True)
-    if ready is not None:
-        ready.set()
-    await transport.serve_until_signal(
-        running.server,
-        running.health,
-        grace_seconds=config.server.grace_seconds,
-        on_stopped=running.close_resources,
+    await serve_until_stopped(
+        running, config.server, banner=f"coordinator {config.name}", ready=ready, stop=stop
     )

@@ -1,4 +1,8 @@
-"""The coordinator's gRPC face: unpack the message, call the domain service, pack the reply."""
+"""The coordinator's gRPC face: unpack with ``convert``, call one domain method, pack the reply.
+
+Every call is admitted by the gatekeeper (denylist) and leaves an audit line: the servicer
+records successes here, the error boundary records every refusal.
+"""
 
 from __future__ import annotations
 
@@ -6,70 +10,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import numpy as np
 
-from silobridge.coordinator.search.outcomes import SiloOutcome
-from silobridge.coordinator.service import (
-    AdapterView,
-    CoordinatorService,
-    SiloView,
-    SubmittedChunk,
-)
-from silobridge.coordinator.state.records import AdapterRecord
-from silobridge.core.errors import InvalidArgument
-from silobridge.core.spaces import FloatMatrix
-from silobridge.rpc.convert import space_from_proto, space_to_proto, vector_from_proto
+from silobridge.coordinator.anchors.exchange import SubmittedChunk
+from silobridge.coordinator.service import CoordinatorService
+from silobridge.rpc import convert
 from silobridge.rpc.status import stream_boundary, unary_boundary
 from silobridge.rpc.transport import peer_identity
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.security.identity import PeerIdentity
-from silobridge.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-STATE_FOR_OUTCOME = {
-    SiloOutcome.OK: common_pb2.SILO_STATE_OK,
-    SiloOutcome.TIMEOUT: common_pb2.SILO_STATE_TIMEOUT,
-    SiloOutcome.UNAVAILABLE: common_pb2.SILO_STATE_UNAVAILABLE,
-    SiloOutcome.DENIED: common_pb2.SILO_STATE_DENIED,
-    SiloOutcome.ERROR: common_pb2.SILO_STATE_ERROR,
-}
-MERGE_FOR_MODE = {
-    coordinator_pb2.MERGE_MODE_UNSPECIFIED: "calibrated",
-    coordinator_pb2.MERGE_MODE_CALIBRATED: "calibrated",
-    coordinator_pb2.MERGE_MODE_RRF: "rrf",
-}
-
-
-def adapter_info(record: AdapterRecord, stale_reason: str = "") -> coordinator_pb2.AdapterInfo:
-    return coordinator_pb2.AdapterInfo(
-        adapter_id=record.adapter_id,
-        kind=record.kind,
-        source=space_to_proto(record.source),
-        target=space_to_proto(record.target),
-        anchor_set_sha256=record.anchor_set_sha256,
-        metrics=record.metrics,
-        created_unix=int(record.created_at),
-        anchor_set=record.anchor_set,
-        anchor_set_version=record.anchor_set_version,
-        stale=bool(stale_reason),
-        stale_reason=stale_reason,
-    )
-
-
-def silo_info(view: SiloView) -> coordinator_pb2.SiloInfo:
-    record = view.record
-    return coordinator_pb2.SiloInfo(
-        silo=record.name,
-        endpoint=record.endpoint,
-        space=space_to_proto(record.space),
-        healthy=view.healthy,
-        document_count=view.document_count,
-        org=record.org,
-        registered_unix=int(record.registered_at),
-        message=view.message,
-        policy=view.policy,
-    )
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -88,10 +39,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.RegisterSiloRequest, context: Context
     ) -> coordinator_pb2.RegisterSiloResponse:
         caller = self._caller(context)
-        record = await self.service.register(caller, request.endpoint)
+        record = await self.service.register_silo(caller, request.endpoint)
         self.gatekeeper.record(caller, "RegisterSilo", allowed=True, silos=[record.name])
         return coordinator_pb2.RegisterSiloResponse(
-            silo=record.name, space=space_to_proto(record.space)
+            silo=record.name, space=convert.space_to_proto(record.space)
         )
 
     @unary_boundary
@@ -99,27 +50,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.ListSilosRequest, context: Context
     ) -> coordinator_pb2.ListSilosResponse:
         caller = self._caller(context)
-        views = await self.service.list_silos(caller)
-        self.gatekeeper.record(caller, "ListSilos", allowed=True, results=len(views))
-        return coordinator_pb2.ListSilosResponse(silos=[silo_info(v) for v in views])
+        listings = await self.service.list_silos(caller)
+        self.gatekeeper.record(caller, "ListSilos", allowed=True, results=len(listings))
+        return coordinator_pb2.ListSilosResponse(
+            silos=[convert.silo_listing_to_proto(listing) for listing in listings]
+        )
 
     @stream_boundary
     async def GetAnchorSet(
         self, request: coordinator_pb2.GetAnchorSetRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.GetAnchorSetResponse]:
         caller = self._caller(context)
-        chunks = self.service.anchor_chunks(caller, request.name, request.version)
         sent = 0
-        async for chunk in chunks:
+        async for chunk in self.service.anchor_set(caller, request.name, request.version):
             sent += len(chunk.texts)
-            yield coordinator_pb2.GetAnchorSetResponse(
-                name=chunk.info.name,
-                version=chunk.info.version,
-                sha256=chunk.info.sha256,
-                texts=list(chunk.texts),
-                offset=chunk.offset,
-                total=chunk.info.count,
-            )
+            yield convert.anchor_chunk_to_proto(chunk)
         self.gatekeeper.record(
             caller, "GetAnchorSet", allowed=True, results=sent, anchor_set=request.name
         )
@@ -135,9 +80,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 yield SubmittedChunk(
                     anchor_set=message.anchor_set,
                     version=message.version,
-                    space=space_from_proto(message.space),
+                    space=convert.space_from_proto(message.space),
                     offset=message.offset,
-                    vectors=_matrix(message),
+                    vectors=convert.matrix_from_protos(message.vectors, message.space.dimension),
                 )
 
         caller = self._caller(context)
@@ -150,7 +95,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.TrainAdapterRequest, context: Context
     ) -> AsyncIterator[coordinator_pb2.TrainAdapterResponse]:
         caller = self._caller(context)
-        events = self.service.train(
+        progress = self.service.train_adapter(
             caller,
             source_space=request.source_space,
             target_space=request.target_space,
@@ -158,24 +103,22 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             version=request.anchor_set_version,
             kind=request.kind,
         )
-        async for event in events:
-            message = coordinator_pb2.TrainAdapterResponse(stage=event.stage, message=event.message)
-            if event.adapter is not None:
-                message.adapter.CopyFrom(adapter_info(event.adapter))
+        async for step in progress:
+            if step.adapter is not None:
                 self.gatekeeper.record(
-                    caller, "TrainAdapter", allowed=True, adapter_id=event.adapter.adapter_id
+                    caller, "TrainAdapter", allowed=True, adapter_id=step.adapter.adapter_id
                 )
-            yield message
+            yield convert.progress_to_proto(step)
 
     @unary_boundary
     async def ListAdapters(
         self, request: coordinator_pb2.ListAdaptersRequest, context: Context
     ) -> coordinator_pb2.ListAdaptersResponse:
         caller = self._caller(context)
-        views: list[AdapterView] = await self.service.list_adapters(caller)
-        self.gatekeeper.record(caller, "ListAdapters", allowed=True, results=len(views))
+        listings = await self.service.list_adapters(caller)
+        self.gatekeeper.record(caller, "ListAdapters", allowed=True, results=len(listings))
         return coordinator_pb2.ListAdaptersResponse(
-            adapters=[adapter_info(v.record, v.stale_reason) for v in views]
+            adapters=[convert.adapter_listing_to_proto(listing) for listing in listings]
         )
 
     @unary_boundary
@@ -184,49 +127,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> coordinator_pb2.FederatedSearchResponse:
         caller = self._caller(context)
         self.gatekeeper.limit(caller)
+        query = convert.federated_query_from_proto(request)
         answer = await self.service.federated_search(
-            caller,
-            vector=vector_from_proto(request.vector),
-            source_space=request.source_space,
-            k=request.k,
-            silos=list(request.silos),
-            merge=MERGE_FOR_MODE.get(request.merge, "unknown"),
-            rerank_text=request.rerank_text,
-            rerank_depth=request.rerank_depth,
-            time_remaining=context.time_remaining(),
-            signed=request.signed if request.HasField("signed") else None,
-            wire_vector=request.vector,
+            caller, query, time_remaining=context.time_remaining()
         )
         self.gatekeeper.record(
             caller,
             "FederatedSearch",
             allowed=True,
-            silos=[r.silo for r in answer.reports],
+            silos=[status.silo for status in answer.statuses],
             results=len(answer.hits),
-            signed=request.HasField("signed"),
-            outcomes=",".join(f"{r.silo}:{r.outcome.value}" for r in answer.reports),
+            signed=query.signed is not None,
+            outcomes=",".join(f"{s.silo}:{s.state.value}" for s in answer.statuses),
         )
-        return coordinator_pb2.FederatedSearchResponse(
-            hits=[
-                coordinator_pb2.FederatedHit(
-                    silo=h.silo,
-                    hit=common_pb2.Hit(doc_id=h.doc_id, score=h.score, fields=dict(h.fields)),
-                    merged_score=h.merged_score,
-                )
-                for h in answer.hits
-            ],
-            statuses=[
-                common_pb2.SiloStatus(
-                    silo=r.silo,
-                    state=STATE_FOR_OUTCOME[r.outcome],
-                    message=r.message,
-                    adapter_id=r.adapter_id,
-                    hit_count=r.hit_count,
-                    elapsed_ms=r.elapsed_ms,
-                )
-                for r in answer.reports
-            ],
-        )
+        return convert.answer_to_proto(answer)
 
     @unary_boundary
     async def GetAdapter(
@@ -238,10 +152,3 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.GetAdapterResponse(
             manifest=files.manifest, weights=files.weights, signature=files.signature
         )
-
-
-def _matrix(message: coordinator_pb2.SubmitAnchorEmbeddingsRequest) -> FloatMatrix:
-    rows = [vector_from_proto(v) for v in message.vectors]
-    if any(row.shape != rows[0].shape for row in rows):
-        raise InvalidArgument("vectors of one chunk must share one dimension")
-    return np.stack(rows) if rows else np.zeros((0, message.space.dimension), np.float32)

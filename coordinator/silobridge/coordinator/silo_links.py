@@ -1,7 +1,7 @@
-"""The coordinator's gRPC links to silos: one mTLS channel per endpoint, and error outcomes.
+"""The coordinator's gRPC links to silos: one mTLS ``SiloClient`` per endpoint, reused.
 
-This is the only coordinator module besides the servicer that knows about gRPC. The service
-calls it through the ``SiloGateway`` protocol, so its domain logic stays transport-free.
+``SiloClient`` speaks domain values and raises ``SiloBridgeError``s, so this module needs no gRPC
+of its own; the domain calls it through the ``SiloGateway`` protocol.
 """
 
 from __future__ import annotations
@@ -9,20 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import grpc
-
-from silobridge.coordinator.search.outcomes import Forwarded, SiloOutcome
 from silobridge.core.config import TlsFiles
+from silobridge.core.hits import Hit
+from silobridge.core.listings import SiloDescription
+from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix
-from silobridge.core.vectors import FloatVector
-from silobridge.rpc.silo_client import RemoteHit, SiloClient, SiloInfo
-
-_OUTCOME_FOR_STATUS = {
-    grpc.StatusCode.DEADLINE_EXCEEDED: SiloOutcome.TIMEOUT,
-    grpc.StatusCode.UNAVAILABLE: SiloOutcome.UNAVAILABLE,
-    grpc.StatusCode.PERMISSION_DENIED: SiloOutcome.DENIED,
-    grpc.StatusCode.UNAUTHENTICATED: SiloOutcome.DENIED,
-}
+from silobridge.rpc.silo_client import SiloClient
 
 
 class GrpcSiloGateway:
@@ -43,50 +35,17 @@ class GrpcSiloGateway:
                 self._clients[endpoint] = client
             return client
 
-    async def describe(self, endpoint: str, *, timeout: float) -> SiloInfo:
+    async def describe(self, endpoint: str, *, timeout: float) -> SiloDescription:
         return await (await self._client(endpoint)).describe(timeout=timeout)
 
-    async def search(
-        self,
-        endpoint: str,
-        vector: FloatVector,
-        k: int,
-        *,
-        timeout: float,
-        rerank_text: str = "",
-        rerank_depth: int = 0,
-        forward: Forwarded | None = None,
-    ) -> list[RemoteHit]:
-        client = await self._client(endpoint)
-        if forward is None:
-            return await client.search(
-                vector, k, timeout=timeout, rerank_text=rerank_text, rerank_depth=rerank_depth
-            )
-        return await client.search(
-            vector,
-            k,
-            timeout=timeout,
-            rerank_text=rerank_text,
-            rerank_depth=rerank_depth,
-            signed=forward.signed,
-            source_space=forward.source_space,
-            adapter_id=forward.adapter_id,
-        )
+    async def search(self, endpoint: str, query: SiloQuery, *, timeout: float) -> list[Hit]:
+        return await (await self._client(endpoint)).search(query, timeout=timeout)
 
     async def embed_anchors(
         self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
     ) -> FloatMatrix:
         client = await self._client(endpoint)
         return await client.embed_anchors(anchor_set, texts, timeout=timeout)
-
-    def outcome(self, error: BaseException) -> tuple[SiloOutcome, str]:
-        """How a failed silo call shows in the caller's per-silo status."""
-        if isinstance(error, grpc.aio.AioRpcError):
-            state = _OUTCOME_FOR_STATUS.get(error.code(), SiloOutcome.ERROR)
-            return state, f"{error.code().name}: {error.details() or ''}".rstrip(": ")
-        if isinstance(error, TimeoutError):
-            return SiloOutcome.TIMEOUT, "no answer within the deadline"
-        return SiloOutcome.ERROR, "the silo call failed; the coordinator logged the details"
 
     async def close(self) -> None:
         async with self._lock:

@@ -11,19 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from silobridge.core.disclosure import DisclosurePolicy
-
-
-@dataclass(frozen=True)
-class SiloPolicyView:
-    """One registered silo as the coordinator lists it, with the policy it reports."""
-
-    silo: str
-    org: str
-    endpoint: str
-    healthy: bool
-    space_id: str
-    # None: the silo did not say (down, or too old to report it).
-    policy: DisclosurePolicy | None
+from silobridge.core.listings import SiloListing
 
 
 @dataclass(frozen=True)
@@ -40,7 +28,7 @@ class BoundaryReport:
 
     flows: list[Row]  # flow, from -> to, content now, never
     parties: list[Row]  # party, what it sees
-    silos: list[SiloPolicyView]
+    silos: list[SiloListing]
 
 
 def disclosed_fields(policy: DisclosurePolicy | None) -> str:
@@ -50,7 +38,7 @@ def disclosed_fields(policy: DisclosurePolicy | None) -> str:
     return ", ".join(policy.disclose_fields) or "none"
 
 
-def silo_is_surprising(view: SiloPolicyView) -> bool:
+def silo_is_surprising(view: SiloListing) -> bool:
     """Worth a second look: it discloses fields, accepts query text, or did not say."""
     policy = view.policy
     return policy is None or bool(policy.disclose_fields) or policy.accept_query_text
@@ -61,7 +49,7 @@ def _row(*columns: str, surprising: bool = False) -> Row:
 
 
 def boundary_report(
-    silos: list[SiloPolicyView], *, client: str, home_endpoint: str, coordinator: str
+    silos: list[SiloListing], *, client: str, home_endpoint: str, coordinator: str
 ) -> BoundaryReport:
     """DESIGN.md's boundary table and a per-party view, filled with the silos' live policies."""
     home = next((s for s in silos if s.endpoint == home_endpoint), None)

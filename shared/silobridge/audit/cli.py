@@ -17,21 +17,19 @@ from rich.markup import escape
 from silobridge.adapters import signing
 from silobridge.audit.boundary_report import (
     Row,
-    SiloPolicyView,
     boundary_report,
     disclosed_fields,
     report_to_dict,
     silo_is_surprising,
 )
 from silobridge.audit.verify import verify_log
-from silobridge.core.cli_support import fail, run_or_exit, stdout_console
-from silobridge.core.disclosure import DisclosurePolicy
+from silobridge.core.cli_support import fail, run_async_or_exit, run_or_exit, stdout_console
+from silobridge.core.listings import SiloListing
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from silobridge.client.config import ClientConfig
-    from silobridge.v1 import coordinator_pb2
 
 audit_app = typer.Typer(
     no_args_is_help=True, help="Verify audit logs and report the data boundary."
@@ -65,49 +63,18 @@ def verify_command(
         out.print(f"note: {escape(report.reason)}")
 
 
-def _silo_view_from_proto(info: coordinator_pb2.SiloInfo) -> SiloPolicyView:
-    policy = None
-    if info.HasField("policy"):
-        policy = DisclosurePolicy(
-            disclose_fields=tuple(info.policy.disclose_fields),
-            accept_query_text=info.policy.accept_query_text,
-            accept_spaces=tuple(info.policy.accept_spaces),
-            max_k=info.policy.max_k,
-        )
-    return SiloPolicyView(
-        silo=info.silo,
-        org=info.org,
-        endpoint=info.endpoint,
-        healthy=info.healthy,
-        space_id=info.space.space_id,
-        policy=policy,
-    )
-
-
-def _live_silos(cfg: ClientConfig) -> list[SiloPolicyView]:
-    """The coordinator's registered silos with their reported policies; exits on an RPC error."""
+def _live_silos(cfg: ClientConfig) -> list[SiloListing]:
+    """The coordinator's registered silos with the policies they report."""
     # Imported here: gRPC and the generated stubs are only needed when the command runs.
-    import asyncio
+    from silobridge.rpc.coordinator_client import CoordinatorClient
 
-    import grpc
+    async def list_silos() -> list[SiloListing]:
+        async with CoordinatorClient(
+            cfg.coordinator, cfg.tls, insecure=cfg.insecure, timeout=cfg.timeout_seconds
+        ) as coordinator:
+            return await coordinator.list_silos()
 
-    from silobridge.rpc.transport import open_channel
-    from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
-
-    async def list_silos() -> list[coordinator_pb2.SiloInfo]:
-        channel = open_channel(cfg.coordinator, cfg.tls, insecure=cfg.insecure)
-        try:
-            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-            request = coordinator_pb2.ListSilosRequest()
-            return list((await stub.ListSilos(request, timeout=cfg.timeout_seconds)).silos)
-        finally:
-            await channel.close()
-
-    try:
-        infos = asyncio.run(list_silos())
-    except grpc.aio.AioRpcError as error:
-        fail(f"{error.code().name}: {error.details()} (coordinator at {cfg.coordinator})")
-    return [_silo_view_from_proto(info) for info in infos]
+    return run_async_or_exit(list_silos)
 
 
 def _table(title: str, headers: tuple[str, ...], rows: list[Row]) -> Table:
@@ -122,7 +89,7 @@ def _table(title: str, headers: tuple[str, ...], rows: list[Row]) -> Table:
     return shown
 
 
-def _policy_row(view: SiloPolicyView) -> Row:
+def _policy_row(view: SiloListing) -> Row:
     policy = view.policy
     return Row(
         (
@@ -138,23 +105,24 @@ def _policy_row(view: SiloPolicyView) -> Row:
     )
 
 
+def _who_asks(cfg: ClientConfig) -> str:
+    from silobridge.security.identity import identity_from_certificate_pem
+
+    if cfg.tls is None:
+        return "(insecure, anonymous)"
+    me = identity_from_certificate_pem(cfg.tls.read()[0])
+    return f"{me.spiffe_id} (org {me.org})"
+
+
 def boundary_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Path to client.toml.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show what each party of a running consortium can see, from the silos' live policies."""
     from silobridge.client.config import load_client_config
-    from silobridge.core.errors import SiloBridgeError
-    from silobridge.security.identity import identity_from_certificate_pem
 
-    try:
-        cfg = load_client_config(config)
-        client = "(insecure, anonymous)"
-        if cfg.tls is not None:
-            me = identity_from_certificate_pem(cfg.tls.read()[0])
-            client = f"{me.spiffe_id} (org {me.org})"
-    except SiloBridgeError as error:
-        fail(error.message)
+    cfg = run_or_exit(lambda: load_client_config(config))
+    client = run_or_exit(lambda: _who_asks(cfg))
     report = boundary_report(
         _live_silos(cfg),
         client=client,

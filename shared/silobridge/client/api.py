@@ -3,200 +3,36 @@
 A query's text goes only to the caller's *home* silo (its own organization's, which embeds it);
 the coordinator and the other silos receive the query vector. A translated vector can be inverted
 by the silo that receives it, so a query is disclosed to every silo it is sent to: choose
-``silos`` accordingly. gRPC failures propagate as ``grpc.aio.AioRpcError``; invalid arguments
-found before anything is sent raise ``InvalidArgument``.
+``silos`` accordingly.
+
+Every failure is a ``SiloBridgeError``: invalid arguments found before anything is sent raise
+``InvalidArgument``; a peer's refusal or failure raises the matching subclass
+(``PermissionDenied``, ``Unavailable``, ``DeadlineExceeded``, ...), its ``status_name`` set to the
+peer's gRPC status and its message ending with which peer it was, e.g.
+``(home silo at 10.0.0.7:50051)`` or ``(coordinator at hub.example.org:50050)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import cast
 
-import numpy as np
 import numpy.typing as npt
 
 from silobridge.client.config import ClientConfig
-from silobridge.core.errors import InvalidArgument
+from silobridge.core.errors import InvalidArgument, SiloBridgeError
+from silobridge.core.federation import FederatedAnswer, merge_mode
+from silobridge.core.listings import AdapterListing, SiloListing, TrainProgress
+from silobridge.core.queries import FederatedQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
-from silobridge.rpc.convert import space_from_proto, vector_from_proto, vector_to_proto
+from silobridge.core.vectors import WireVector
+from silobridge.rpc.coordinator_client import CoordinatorClient
 from silobridge.rpc.silo_client import SiloClient
-from silobridge.rpc.transport import open_channel
-from silobridge.security.signed_query import sign_query
-from silobridge.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, silo_pb2
+from silobridge.security.signed_query.signing import QuerySigner, load_client_signer
 
-MERGE_MODES: Mapping[str, coordinator_pb2.MergeMode.ValueType] = {
-    "calibrated": coordinator_pb2.MERGE_MODE_CALIBRATED,
-    "rrf": coordinator_pb2.MERGE_MODE_RRF,
-}
-_STATE_NAMES: Mapping[common_pb2.SiloState.ValueType, str] = {
-    common_pb2.SILO_STATE_OK: "ok",
-    common_pb2.SILO_STATE_TIMEOUT: "timeout",
-    common_pb2.SILO_STATE_UNAVAILABLE: "unavailable",
-    common_pb2.SILO_STATE_DENIED: "denied",
-    common_pb2.SILO_STATE_ERROR: "error",
-}
 _UINT32_MAX = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class ResultHit:
-    """One merged hit: the silo's opaque doc id, its own-space score, and the merge score."""
-
-    silo: str
-    doc_id: str
-    score: float
-    merged_score: float
-    fields: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ResultStatus:
-    """How one silo's part of a federated call went."""
-
-    silo: str
-    state: str  # "ok", "timeout", "unavailable", "denied" or "error"
-    message: str
-    adapter_id: str  # "" when the spaces matched and no translation was needed
-    hit_count: int
-    elapsed_ms: float
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "ok"
-
-
-@dataclass(frozen=True)
-class FederatedResult:
-    hits: list[ResultHit]
-    statuses: list[ResultStatus]
-    source_space: str
-
-    @property
-    def failed(self) -> list[ResultStatus]:
-        """The silos that did not answer fully: the result is partial when this is not empty."""
-        return [status for status in self.statuses if not status.ok]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary: ``{"source_space", "hits": [...], "statuses": [...]}``."""
-        return {
-            "source_space": self.source_space,
-            "hits": [asdict(hit) for hit in self.hits],
-            "statuses": [asdict(status) for status in self.statuses],
-        }
-
-
-@dataclass(frozen=True)
-class SiloView:
-    """A registered silo as the coordinator sees it (probed just now)."""
-
-    silo: str
-    endpoint: str
-    org: str
-    space: SpaceDescriptor | None
-    healthy: bool
-    document_count: int
-    message: str
-    registered_unix: int
-
-
-@dataclass(frozen=True)
-class AdapterView:
-    """A stored adapter; ``version`` is the version of the anchor set it was trained on."""
-
-    adapter_id: str
-    kind: str
-    source: SpaceDescriptor
-    target: SpaceDescriptor
-    anchor_set: str
-    version: str
-    anchor_set_sha256: str
-    metrics: dict[str, float]
-    created_unix: int
-    stale: bool
-    stale_reason: str
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """One step of a training run; the last one carries the stored adapter."""
-
-    stage: str
-    message: str
-    adapter: AdapterView | None = None
-
-
-def _space_or_none(message: common_pb2.SpaceDescriptor) -> SpaceDescriptor | None:
-    return space_from_proto(message) if message.space_id else None
-
-
-def result_from_proto(
-    reply: coordinator_pb2.FederatedSearchResponse, source_space: str
-) -> FederatedResult:
-    return FederatedResult(
-        hits=[
-            ResultHit(
-                silo=hit.silo,
-                doc_id=hit.hit.doc_id,
-                score=hit.hit.score,
-                merged_score=hit.merged_score,
-                fields=dict(hit.hit.fields),
-            )
-            for hit in reply.hits
-        ],
-        statuses=[
-            ResultStatus(
-                silo=status.silo,
-                # A state this client does not know (a newer coordinator) is reported as an error.
-                state=_STATE_NAMES.get(status.state, "error"),
-                message=status.message,
-                adapter_id=status.adapter_id,
-                hit_count=status.hit_count,
-                elapsed_ms=status.elapsed_ms,
-            )
-            for status in reply.statuses
-        ],
-        source_space=source_space,
-    )
-
-
-def silo_from_proto(message: coordinator_pb2.SiloInfo) -> SiloView:
-    return SiloView(
-        silo=message.silo,
-        endpoint=message.endpoint,
-        org=message.org,
-        space=_space_or_none(message.space),
-        healthy=message.healthy,
-        document_count=message.document_count,
-        message=message.message,
-        registered_unix=message.registered_unix,
-    )
-
-
-def adapter_from_proto(message: coordinator_pb2.AdapterInfo) -> AdapterView:
-    return AdapterView(
-        adapter_id=message.adapter_id,
-        kind=message.kind,
-        source=space_from_proto(message.source),
-        target=space_from_proto(message.target),
-        anchor_set=message.anchor_set,
-        version=message.anchor_set_version,
-        anchor_set_sha256=message.anchor_set_sha256,
-        metrics=dict(message.metrics),
-        created_unix=message.created_unix,
-        stale=message.stale,
-        stale_reason=message.stale_reason,
-    )
-
-
-def _merge_mode(merge: str) -> coordinator_pb2.MergeMode.ValueType:
-    try:
-        return MERGE_MODES[merge]
-    except KeyError:
-        raise InvalidArgument(
-            f"unknown merge mode {merge!r}; choose one of {', '.join(MERGE_MODES)}"
-        ) from None
 
 
 def _count(name: str, value: int, *, minimum: int) -> int:
@@ -208,28 +44,48 @@ def _count(name: str, value: int, *, minimum: int) -> int:
 def check_search_options(*, k: int, merge: str, rerank_depth: int = 0) -> None:
     """Refuse bad options before anything is sent (the coordinator enforces its own maximum k)."""
     _count("k", k, minimum=1)
-    _merge_mode(merge)
+    merge_mode(merge)
     _count("rerank_depth", rerank_depth, minimum=0)
+
+
+@contextlib.contextmanager
+def _answered_by(peer: str) -> Iterator[None]:
+    """Name which of the client's two peers refused or failed: ``... (home silo at host:port)``.
+
+    Errors raised here, before anything reached the peer, carry no status and pass unchanged.
+    """
+    try:
+        yield
+    except SiloBridgeError as error:
+        if not error.status_name:
+            raise
+        named = type(error)(f"{error.message} ({peer})")
+        named.status_name = error.status_name
+        raise named from None
 
 
 class FederatedClient:
     """``async with FederatedClient(config) as client: await client.query("…")``.
 
-    Construct it inside a running event loop: it opens its two gRPC channels at once.
+    Construct it inside a running event loop: it opens its two gRPC channels at once. With
+    ``[tls]`` it reads the client's key once, here, and signs every query with it.
     """
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
+        # Before any channel is opened: a key that cannot sign leaves nothing to close.
+        self._signer: QuerySigner | None = (
+            None if config.tls is None else load_client_signer(config.tls.key, config.tls.cert)
+        )
+        self._home_peer = f"home silo at {config.home_silo}"
+        self._coordinator_peer = f"coordinator at {config.coordinator}"
         self._home = SiloClient(config.home_silo, config.tls, insecure=config.insecure)
-        self._channel = open_channel(config.coordinator, config.tls, insecure=config.insecure)
-        self._coordinator = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
-        self._tls_bytes: tuple[bytes, bytes, bytes] | None = None
-
-    def _tls_material(self) -> tuple[bytes, bytes, bytes]:
-        if self._tls_bytes is None:
-            assert self.config.tls is not None
-            self._tls_bytes = self.config.tls.read()
-        return self._tls_bytes
+        self._coordinator = CoordinatorClient(
+            config.coordinator,
+            config.tls,
+            insecure=config.insecure,
+            timeout=config.timeout_seconds,
+        )
 
     async def __aenter__(self) -> FederatedClient:
         return self
@@ -244,22 +100,12 @@ class FederatedClient:
 
     async def close(self) -> None:
         await self._home.close()
-        await self._channel.close()
+        await self._coordinator.close()
 
     async def embed(self, texts: Sequence[str]) -> tuple[FloatMatrix, SpaceDescriptor]:
         """Embed texts with the home silo's model: they stay inside the caller's organization."""
-        reply = await self._home.stub.Embed(
-            silo_pb2.EmbedRequest(texts=list(texts)), timeout=self.config.timeout_seconds
-        )
-        space = space_from_proto(reply.space)
-        if len(reply.vectors) != len(texts):
-            raise InvalidArgument(
-                f"home silo {self.config.home_silo} returned {len(reply.vectors)} vectors "
-                f"for {len(texts)} texts"
-            )
-        rows = [vector_from_proto(vector) for vector in reply.vectors]
-        matrix = np.stack(rows) if rows else np.zeros((0, space.dimension), np.float32)
-        return matrix, space
+        with _answered_by(self._home_peer):
+            return await self._home.embed_with_space(texts, timeout=self.config.timeout_seconds)
 
     async def search_vector(
         self,
@@ -271,43 +117,43 @@ class FederatedClient:
         merge: str = "calibrated",
         rerank_text: str = "",
         rerank_depth: int = 0,
-    ) -> FederatedResult:
+    ) -> FederatedAnswer:
         """Search the federation with a vector of ``source_space`` (a registered silo's space id).
 
         ``silos`` empty means every silo the caller may query. A non-empty ``rerank_text`` is
         sent to every target silo whose policy accepts query text, which re-ranks its top
         ``rerank_depth`` hits with its own model (0: the coordinator's default depth).
         """
-        wire = vector_to_proto(vector)
-        targets = [name.strip() for name in silos if name.strip()]
-        request = coordinator_pb2.FederatedSearchRequest(
+        wire = WireVector.of(vector)
+        targets = tuple(name.strip() for name in silos if name.strip())
+        k = _count("k", k, minimum=1)
+        mode = merge_mode(merge)
+        rerank_depth = _count("rerank_depth", rerank_depth, minimum=0)
+        # Signed with our certificate's key over the very bytes sent: silos verify that this
+        # query came from us, and a coordinator can neither alter nor replay it.
+        signed = (
+            None
+            if self._signer is None
+            else self._signer(
+                vector=wire,
+                source_space=source_space,
+                silos=targets,
+                k=k,
+                rerank_text=rerank_text,
+            )
+        )
+        query = FederatedQuery(
             vector=wire,
             source_space=source_space,
-            k=_count("k", k, minimum=1),
+            k=k,
             silos=targets,
-            merge=_merge_mode(merge),
+            merge=mode,
             rerank_text=rerank_text,
-            rerank_depth=_count("rerank_depth", rerank_depth, minimum=0),
+            rerank_depth=rerank_depth,
+            signed=signed,
         )
-        if self.config.tls is not None:
-            # Signed with our certificate's key: silos verify that this very query came from
-            # us, and a coordinator can neither alter nor replay it.
-            cert, key, _ca = self._tls_material()
-            request.signed.CopyFrom(
-                sign_query(
-                    vector=wire,
-                    source_space=source_space,
-                    silos=targets,
-                    k=k,
-                    key_pem=key,
-                    certificate_pem=cert,
-                    rerank_text=rerank_text,
-                )
-            )
-        reply = await self._coordinator.FederatedSearch(
-            request, timeout=self.config.timeout_seconds
-        )
-        return result_from_proto(reply, source_space)
+        with _answered_by(self._coordinator_peer):
+            return await self._coordinator.federated_search(query)
 
     async def query(
         self,
@@ -318,7 +164,7 @@ class FederatedClient:
         merge: str = "calibrated",
         rerank: bool = False,
         rerank_depth: int = 0,
-    ) -> FederatedResult:
+    ) -> FederatedAnswer:
         """Embed ``text`` at the home silo, then search the federation with its vector.
 
         By default the text never leaves the caller's organization. ``rerank=True`` opts in to
@@ -339,17 +185,13 @@ class FederatedClient:
             rerank_depth=rerank_depth,
         )
 
-    async def list_silos(self) -> list[SiloView]:
-        reply = await self._coordinator.ListSilos(
-            coordinator_pb2.ListSilosRequest(), timeout=self.config.timeout_seconds
-        )
-        return [silo_from_proto(silo) for silo in reply.silos]
+    async def list_silos(self) -> list[SiloListing]:
+        with _answered_by(self._coordinator_peer):
+            return await self._coordinator.list_silos()
 
-    async def list_adapters(self) -> list[AdapterView]:
-        reply = await self._coordinator.ListAdapters(
-            coordinator_pb2.ListAdaptersRequest(), timeout=self.config.timeout_seconds
-        )
-        return [adapter_from_proto(adapter) for adapter in reply.adapters]
+    async def list_adapters(self) -> list[AdapterListing]:
+        with _answered_by(self._coordinator_peer):
+            return await self._coordinator.list_adapters()
 
     async def train(
         self,
@@ -366,20 +208,15 @@ class FederatedClient:
         No deadline by default: a fit takes minutes. ``kind`` empty means "auto", ``version``
         empty the newest version of the anchor set.
         """
-        request = coordinator_pb2.TrainAdapterRequest(
-            source_space=source_space,
-            target_space=target_space,
-            anchor_set=anchor_set,
-            kind=kind,
-            anchor_set_version=version,
+        # An async generator (typed as an iterator): closed here, so that a caller that stops
+        # iterating early does not leave the stream open.
+        steps = cast(
+            AsyncGenerator[TrainProgress, None],
+            self._coordinator.train_adapter(
+                source_space, target_space, anchor_set, kind=kind, version=version, timeout=timeout
+            ),
         )
-        call = self._coordinator.TrainAdapter(request, timeout=timeout)
-        try:
-            async for message in call:
-                adapter = None
-                if message.HasField("adapter"):
-                    adapter = adapter_from_proto(message.adapter)
-                yield TrainProgress(stage=message.stage, message=message.message, adapter=adapter)
-        finally:
-            # A caller that stops iterating early must not leave the stream open.
-            call.cancel()
+        async with contextlib.aclosing(steps):
+            with _answered_by(self._coordinator_peer):
+                async for step in steps:
+                    yield step

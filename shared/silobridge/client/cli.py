@@ -6,26 +6,31 @@ numpy, the SDK) happen inside each command so ``silobridge --help`` stays fast.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from silobridge.core.cli_support import fail, run_or_exit, stderr_console, stdout_console
-from silobridge.core.errors import SiloBridgeError
+from silobridge.core.cli_support import (
+    fail,
+    run_async_or_exit,
+    run_or_exit,
+    stderr_console,
+    stdout_console,
+)
+from silobridge.core.federation import FederatedAnswer, SiloOutcome
 
 if TYPE_CHECKING:
-    from silobridge.client.api import AdapterView, FederatedClient, FederatedResult, SiloView
+    from silobridge.client.api import FederatedClient
+    from silobridge.core.listings import AdapterListing, SiloListing
 
-T = TypeVar("T")
 out = stdout_console()
 err = stderr_console()
 
@@ -33,11 +38,11 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path to clie
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 STATE_STYLES = {
-    "ok": "green",
-    "timeout": "yellow",
-    "unavailable": "red",
-    "denied": "magenta",
-    "error": "red",
+    SiloOutcome.OK: "green",
+    SiloOutcome.TIMEOUT: "yellow",
+    SiloOutcome.UNAVAILABLE: "red",
+    SiloOutcome.DENIED: "magenta",
+    SiloOutcome.ERROR: "red",
 }
 NDCG_METRIC = "heldout_ndcg@10"
 
@@ -61,7 +66,7 @@ def split_silos(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def hits_table(result: FederatedResult, title: str) -> Table:
+def hits_table(result: FederatedAnswer, title: str) -> Table:
     table = Table(
         "rank", _whole("silo"), _whole("doc id"), "score", "merged", "disclosed fields", title=title
     )
@@ -73,19 +78,19 @@ def hits_table(result: FederatedResult, title: str) -> Table:
             Text(hit.doc_id),
             f"{hit.score:.3f}",
             f"{hit.merged_score:.3f}",
-            Text(json.dumps(hit.fields, ensure_ascii=False) if hit.fields else ""),
+            Text(json.dumps(dict(hit.fields), ensure_ascii=False) if hit.fields else ""),
         )
     return table
 
 
-def status_table(result: FederatedResult) -> Table:
+def status_table(result: FederatedAnswer) -> Table:
     table = Table(
         _whole("silo"), "state", "hits", "ms", _whole("adapter"), "message", title="silos"
     )
     for status in result.statuses:
         table.add_row(
             Text(status.silo),
-            Text(status.state, style=STATE_STYLES.get(status.state, "red")),
+            Text(status.state.value, style=STATE_STYLES.get(status.state, "red")),
             str(status.hit_count),
             f"{status.elapsed_ms:.0f}",
             Text(status.adapter_id or "—"),
@@ -94,7 +99,7 @@ def status_table(result: FederatedResult) -> Table:
     return table
 
 
-def silos_table(silos: Sequence[SiloView]) -> Table:
+def silos_table(silos: Sequence[SiloListing]) -> Table:
     table = Table(
         _whole("silo"),
         "org",
@@ -121,7 +126,7 @@ def silos_table(silos: Sequence[SiloView]) -> Table:
     return table
 
 
-def adapters_table(adapters: Sequence[AdapterView], now: float) -> Table:
+def adapters_table(adapters: Sequence[AdapterListing], now: float) -> Table:
     table = Table(_whole("id"), "kind", "source → target", "anchor set", "nDCG@10", "age", "stale")
     for adapter in adapters:
         ndcg = adapter.metrics.get(NDCG_METRIC)
@@ -135,18 +140,6 @@ def adapters_table(adapters: Sequence[AdapterView], now: float) -> Table:
             Text(f"STALE: {adapter.stale_reason}", style="red") if adapter.stale else Text(""),
         )
     return table
-
-
-def _run(make: Callable[[], Coroutine[Any, Any, T]], where: Callable[[], str]) -> T:
-    """Run one async client action; errors become ``error: CODE: details (where)`` and exit 1."""
-    import grpc
-
-    try:
-        return asyncio.run(make())
-    except SiloBridgeError as error:
-        fail(error.message)
-    except grpc.aio.AioRpcError as error:
-        fail(f"{error.code().name}: {error.details()} ({where()})")
 
 
 def query_command(
@@ -174,38 +167,35 @@ def query_command(
 
     if not text.strip():
         fail("the query text is empty")
-    try:
-        check_search_options(k=k, merge=merge, rerank_depth=rerank_depth)
-        cfg = load_client_config(config)
-    except SiloBridgeError as error:
-        fail(error.message)
-    # Which peer a failure came from: the text goes to the home silo, the vector to the coordinator.
-    step = f"home silo at {cfg.home_silo}"
+    run_or_exit(lambda: check_search_options(k=k, merge=merge, rerank_depth=rerank_depth))
+    cfg = run_or_exit(lambda: load_client_config(config))
 
-    async def run() -> FederatedResult:
-        nonlocal step
+    async def run() -> FederatedAnswer:
+        # A peer's failure names the peer: the text goes to the home silo, the vector onwards.
         async with FederatedClient(cfg) as client:
-            matrix, space = await client.embed([text])
-            step = f"coordinator at {cfg.coordinator}"
-            return await client.search_vector(
-                matrix[0],
-                space.space_id,
+            return await client.query(
+                text,
                 k=k,
                 silos=split_silos(silos),
                 merge=merge,
-                rerank_text=text if rerank else "",
+                rerank=rerank,
                 rerank_depth=rerank_depth,
             )
 
-    result = _run(run, lambda: step)
+    result = run_async_or_exit(run)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
     else:
         out.print(hits_table(result, title=f"federated search: {text!r}"))
         out.print(status_table(result))
     if result.failed:
-        names = ", ".join(f"{status.silo} ({status.state})" for status in result.failed)
+        names = ", ".join(f"{status.silo} ({status.state.value})" for status in result.failed)
         err.print(f"[yellow]partial answer: not every silo answered: {escape(names)}[/yellow]")
+
+
+def _silo_json(silo: SiloListing) -> dict[str, Any]:
+    # The keys this command has always printed; the disclosure policy is the boundary report's.
+    return {key: value for key, value in asdict(silo).items() if key != "policy"}
 
 
 def _listing(
@@ -213,6 +203,7 @@ def _listing(
     as_json: bool,
     fetch: Callable[[FederatedClient], Coroutine[Any, Any, Sequence[Any]]],
     table: Callable[[Sequence[Any]], Table],
+    row_json: Callable[[Any], dict[str, Any]] = asdict,
 ) -> None:
     """Fetch a list from the coordinator; print it as JSON or as a table."""
     from silobridge.client.api import FederatedClient
@@ -224,16 +215,16 @@ def _listing(
         async with FederatedClient(cfg) as client:
             return await fetch(client)
 
-    rows = _run(run, lambda: f"coordinator at {cfg.coordinator}")
+    rows = run_async_or_exit(run)
     if as_json:
-        out.print_json(json.dumps([asdict(row) for row in rows]))
+        out.print_json(json.dumps([row_json(row) for row in rows]))
     else:
         out.print(table(rows))
 
 
 def silos_command(config: ConfigOption, as_json: JsonOption = False) -> None:
     """List the silos registered at the coordinator, probed for health just now."""
-    _listing(config, as_json, lambda client: client.list_silos(), silos_table)
+    _listing(config, as_json, lambda client: client.list_silos(), silos_table, _silo_json)
 
 
 def adapters_command(config: ConfigOption, as_json: JsonOption = False) -> None:
@@ -266,8 +257,8 @@ def train_command(
     cfg = run_or_exit(lambda: load_client_config(config))
     started = time.monotonic()
 
-    async def run() -> AdapterView | None:
-        adapter: AdapterView | None = None
+    async def run() -> AdapterListing | None:
+        adapter: AdapterListing | None = None
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -288,7 +279,7 @@ def train_command(
                     adapter = step.adapter or adapter
         return adapter
 
-    adapter = _run(run, lambda: f"coordinator at {cfg.coordinator}")
+    adapter = run_async_or_exit(run)
     if adapter is None:
         fail("the coordinator ended training without reporting an adapter")
     ndcg = adapter.metrics.get(NDCG_METRIC)

@@ -31,12 +31,17 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
+def error_text(err: SiloBridgeError) -> str:
+    """What a user is shown: a peer's refusal keeps its status name (``NOT_FOUND: ...``)."""
+    return f"{err.status_name}: {err.message}" if err.status_name else err.message
+
+
 def run_or_exit(action: Callable[[], T]) -> T:
     """Run an action; a domain error becomes ``error: ...`` on stderr and exit status 1."""
     try:
         return action()
     except SiloBridgeError as err:
-        fail(err.message)
+        fail(error_text(err))
 
 
 def run_async_or_exit(main: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from silobridge.core.endpoints import validate_endpoint
-from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.core.errors import ConfigError, InvalidArgument, PermissionDenied
 
 T = TypeVar("T")
 
@@ -190,3 +190,23 @@ def tls_from_config(
     tls = TlsFiles(cert=section.path("cert"), key=section.path("key"), ca=section.path("ca"))
     section.finish()
     return tls
+
+
+class TrustedCa:
+    """The consortium CA certificate a server verifies signed queries against, read once.
+
+    ``refusal`` is the ``PermissionDenied`` message for a server without TLS: it has no CA to
+    verify anything with.
+    """
+
+    def __init__(self, tls: TlsFiles | None, refusal: str) -> None:
+        self._tls = tls
+        self._refusal = refusal
+        self._pem: bytes | None = None
+
+    def pem(self) -> bytes:
+        if self._pem is None:
+            if self._tls is None:
+                raise PermissionDenied(self._refusal)
+            self._pem = self._tls.read()[2]
+        return self._pem

@@ -33,6 +33,8 @@ def validate_endpoint(value: str, *, allow_any_port: bool = False) -> str:
         except ValueError:
             raise InvalidArgument(f"{value!r}: {host} is not an IPv6 address") from None
         return value
+    if ":" in host:
+        raise InvalidArgument(f"{value!r}: write an IPv6 host in brackets, e.g. [::1]:50051")
     labels = host.split(".")
     if len(host) > _MAX_HOSTNAME or not all(_LABEL.match(label) for label in labels):
         raise InvalidArgument(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from silobridge.core.errors import SiloBridgeError
+from silobridge.core.cli_support import run_or_exit
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -79,24 +79,27 @@ def eval_command(
     from silobridge.evaluation.runner import EvalConfig, EvalSession, run_evaluation
 
     kinds = tuple(kind.strip() for kind in adapters.split(",") if kind.strip())
-    config = EvalConfig(
-        source_model=source_model,
-        target_model=target_model,
-        dataset=None if dataset_dir is not None else dataset,
-        dataset_dir=dataset_dir,
-        split=split,
-        corpus_size=corpus_size,
-        queries=queries,
-        seed=seed,
-        # A file alone means "these anchors only"; nothing at all means the public set.
-        anchors=tuple(anchors) if anchors else (() if anchor_file else ("public",)),
-        anchor_files=tuple(anchor_file or ()),
-        anchor_counts=tuple(anchor_count or (4000,)),
-        adapters=kinds,
-        two_stage=two_stage,
-        rerank_depth=rerank_depth,
+    config = run_or_exit(
+        lambda: EvalConfig(
+            source_model=source_model,
+            target_model=target_model,
+            dataset=None if dataset_dir is not None else dataset,
+            dataset_dir=dataset_dir,
+            split=split,
+            corpus_size=corpus_size,
+            queries=queries,
+            seed=seed,
+            # A file alone means "these anchors only"; nothing at all means the public set.
+            anchors=tuple(anchors) if anchors else (() if anchor_file else ("public",)),
+            anchor_files=tuple(anchor_file or ()),
+            anchor_counts=tuple(anchor_count or (4000,)),
+            adapters=kinds,
+            two_stage=two_stage,
+            rerank_depth=rerank_depth,
+        )
     )
-    try:
+
+    def evaluate() -> None:
         session = EvalSession(
             cache_dir=cache_dir, use_cache=not no_cache, threads=threads, console=err
         )
@@ -111,6 +114,5 @@ def eval_command(
         if plot is not None:
             write_plot(result, plot)
             err.print(f"wrote {plot}", highlight=False)
-    except SiloBridgeError as error:
-        err.print(f"[red]error:[/red] {error.message}", highlight=False)
-        raise typer.Exit(1) from error
+
+    run_or_exit(evaluate)

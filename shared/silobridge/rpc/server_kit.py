@@ -45,17 +45,21 @@ async def start_server(
     recorder_name: str,
     add_servicer: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
-    listen: str,
+    settings: ServerSettings,
     tls: TlsFiles | None,
-    insecure: bool,
     close_resources: CloseFn,
+    listen: str | None = None,
 ) -> RunningServer:
-    """Build, bind (``host:0`` picks a port) and start a server; report it SERVING."""
+    """Build, bind and start a server; report it SERVING.
+
+    ``listen`` overrides ``settings.listen`` (tests pass ``127.0.0.1:0``: the OS picks a port).
+    """
     server = transport.create_server(interceptors=recording_interceptors(recorder_name))
     add_servicer(server)
     health_servicer = transport.add_health(server)
     try:
-        port = transport.bind_server(server, listen, tls, insecure=insecure)
+        address = listen or settings.listen
+        port = transport.bind_server(server, address, tls, insecure=settings.insecure)
         await server.start()
     except BaseException:
         await server.stop(None)

@@ -8,10 +8,9 @@ adapter is refused. Verified artifacts are kept under ``<data_dir>/adapters/`` a
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from silobridge.adapters import Adapter
@@ -22,11 +21,16 @@ from silobridge.adapters.artifact import (
     load_adapter,
 )
 from silobridge.adapters.signing import load_verify_key
-from silobridge.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from silobridge.core.durable import publish_directory, stage_directory
+from silobridge.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    SiloBridgeError,
+)
 from silobridge.core.spaces import SpaceDescriptor
-from silobridge.rpc.transport import open_channel
+from silobridge.rpc.coordinator_client import CoordinatorClient
 from silobridge.silo_agent.config import SiloConfig
-from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 _ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FETCH_TIMEOUT_S = 10.0
@@ -88,14 +92,18 @@ class AdapterFetcher:
     async def _download(self, adapter_id: str, directory: Path) -> None:
         link = self.config.coordinator
         assert link is not None
-        channel = open_channel(link.endpoint, self.config.tls, insecure=self.config.server.insecure)
         try:
-            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-            reply = await stub.GetAdapter(
-                coordinator_pb2.GetAdapterRequest(adapter_id=adapter_id), timeout=FETCH_TIMEOUT_S
-            )
-        finally:
-            await channel.close()
+            async with CoordinatorClient(
+                link.endpoint, self.config.tls, insecure=self.config.server.insecure
+            ) as hub:
+                reply = await hub.get_adapter(adapter_id, timeout=FETCH_TIMEOUT_S)
+        except SiloBridgeError as error:
+            # Our link to our coordinator is not the asker's business: it sees an internal
+            # error, and this silo's log the cause.
+            raise SiloBridgeError(
+                f"fetching adapter {adapter_id} from coordinator {link.endpoint} failed: "
+                f"{error.message}"
+            ) from error
         files = {
             MANIFEST_FILE: reply.manifest,
             WEIGHTS_FILE: reply.weights,
@@ -104,19 +112,8 @@ class AdapterFetcher:
         await asyncio.to_thread(_write_atomically, directory, files)
 
 
-def _write_atomically(directory: Path, files: dict[str, bytes]) -> None:
+def _write_atomically(directory: Path, files: Mapping[str, bytes]) -> None:
     # Verified only when loaded; a half-written directory never appears under the final name.
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    for name, data in files.items():
-        with (staging / name).open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    try:
-        staging.rename(directory)
-    except OSError:
-        # Another request fetched it first; keep theirs.
-        for name in files:
-            (staging / name).unlink(missing_ok=True)
-        staging.rmdir()
+    staging = stage_directory(directory, files)
+    # False: another request fetched it first; keep theirs.
+    publish_directory(staging, directory)

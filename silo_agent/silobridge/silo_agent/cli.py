@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +11,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from silobridge.core.cli_support import fail, stderr_console, stdout_console
-from silobridge.core.errors import SiloBridgeError
+from silobridge.core.cli_support import (
+    fail,
+    run_async_or_exit,
+    run_or_exit,
+    serve_or_exit,
+    stderr_console,
+    stdout_console,
+)
 
 silo_app = typer.Typer(no_args_is_help=True, help="Run one organization's silo agent.")
 out = stdout_console()
@@ -31,12 +36,14 @@ def ingest(
     """Embed documents with the silo's model and upsert them into its docstore and index."""
     from silobridge.embedding.embedders import load_embedder
     from silobridge.silo_agent.config import load_silo_config
+    from silobridge.silo_agent.ingest import IngestSummary
     from silobridge.silo_agent.ingest import ingest as run_ingest
     from silobridge.silo_agent.store.data import SiloData
     from silobridge.silo_agent.store.index import pin_faiss_threads
 
-    try:
-        cfg = load_silo_config(config)
+    cfg = run_or_exit(lambda: load_silo_config(config))
+
+    def run() -> IngestSummary:
         pin_faiss_threads(cfg.server.threads)
         with err.status(f"loading model {cfg.model} …"):
             embedder = load_embedder(cfg.model, threads=max(cfg.server.threads, 2))
@@ -52,7 +59,7 @@ def ingest(
                 transient=False,
             ) as bar:
                 task = bar.add_task("ingest", total=None)
-                summary = run_ingest(
+                return run_ingest(
                     files,
                     data,
                     embedder,
@@ -61,8 +68,8 @@ def ingest(
                 )
         finally:
             data.close()
-    except SiloBridgeError as error:
-        fail(error.message)
+
+    summary = run_or_exit(run)
     for bad in summary.bad_lines:
         err.print(
             f"[yellow]skipped[/yellow] {bad.path}:{bad.line_number}: {bad.reason}", highlight=False
@@ -83,14 +90,10 @@ def serve(
     from silobridge.silo_agent.config import load_silo_config
     from silobridge.silo_agent.server import serve as run_server
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        cfg = load_silo_config(config)
-        asyncio.run(run_server(cfg))
-    except SiloBridgeError as error:
-        fail(error.message)
+    async def main() -> None:
+        await run_server(load_silo_config(config))
+
+    serve_or_exit(main, log_level)
 
 
 @silo_app.command()
@@ -101,25 +104,26 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Search the local index directly (debugging; no server, no access checks)."""
+    from silobridge.core.hits import Hit
     from silobridge.silo_agent.config import load_silo_config
     from silobridge.silo_agent.server import open_service
 
-    try:
+    def run() -> tuple[list[Hit], dict[str, str]]:
         service = open_service(load_silo_config(config))
         try:
             hits = service.search_text(text, k)
-            texts = service.data.texts([h.doc_id for h in hits])
+            return hits, service.data.texts([h.doc_id for h in hits])
         finally:
             service.data.close()
-    except SiloBridgeError as error:
-        fail(error.message)
+
+    hits, texts = run_or_exit(run)
     if as_json:
         rows = [
             {
                 "doc_id": h.doc_id,
                 "score": h.score,
                 "text": texts.get(h.doc_id, ""),
-                "fields": h.fields,
+                "fields": dict(h.fields),
             }
             for h in hits
         ]
@@ -143,31 +147,25 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Query a running silo over mTLS: Embed the text there (your own org's silo), then Search."""
-    import grpc
-
     from silobridge.core.config import TlsFiles
+    from silobridge.core.hits import Hit
     from silobridge.rpc.silo_client import SiloClient
 
-    async def run() -> tuple[str, list[tuple[str, float, dict[str, str]]]]:
+    async def run() -> tuple[str, list[Hit]]:
         async with SiloClient(endpoint, TlsFiles(cert=cert, key=key, ca=ca)) as silo:
             info = await silo.describe(timeout=timeout)
             vector = (await silo.embed([text], timeout=timeout))[0]
-            hits = await silo.search(vector, k, timeout=timeout)
-            return info.name, [(h.doc_id, h.score, h.fields) for h in hits]
+            return info.name, await silo.search_vector(vector, k, timeout=timeout)
 
-    try:
-        name, hits = asyncio.run(run())
-    except SiloBridgeError as error:
-        fail(error.message)
-    except grpc.aio.AioRpcError as error:
-        err.print(f"[red]error:[/red] {error.code().name}: {error.details()}", highlight=False)
-        raise typer.Exit(1) from None
+    name, hits = run_async_or_exit(run)
     if as_json:
-        out.print_json(json.dumps([{"doc_id": d, "score": s, "fields": f} for d, s, f in hits]))
+        rows = [{"doc_id": h.doc_id, "score": h.score, "fields": dict(h.fields)} for h in hits]
+        out.print_json(json.dumps(rows))
         return
     table = Table("rank", "doc id", "score", "disclosed fields", title=f"silo {name}: {text!r}")
-    for rank, (doc_id, score, fields) in enumerate(hits, 1):
-        table.add_row(str(rank), doc_id, f"{score:.3f}", json.dumps(fields) if fields else "")
+    for rank, hit in enumerate(hits, 1):
+        fields = json.dumps(dict(hit.fields)) if hit.fields else ""
+        table.add_row(str(rank), hit.doc_id, f"{hit.score:.3f}", fields)
     out.print(table)
 
 
@@ -184,19 +182,18 @@ def push_anchors(
 
     Only the public anchor texts' vectors leave the silo; documents and their vectors never do.
     """
-    import grpc
-
     from silobridge.embedding.embedders import load_embedder
     from silobridge.silo_agent.config import load_silo_config
-    from silobridge.silo_agent.registration import push_anchor_embeddings
+    from silobridge.silo_agent.registration import AnchorPush, push_anchor_embeddings
 
-    try:
-        cfg = load_silo_config(config)
-        if cfg.coordinator is None:
-            fail(
-                f"{cfg.source} has no [coordinator] section: add one with "
-                'endpoint = "host:port" of the coordinator to push anchors to'
-            )
+    cfg = run_or_exit(lambda: load_silo_config(config))
+    if cfg.coordinator is None:
+        fail(
+            f"{cfg.source} has no [coordinator] section: add one with "
+            'endpoint = "host:port" of the coordinator to push anchors to'
+        )
+
+    def run() -> AnchorPush:
         with err.status(f"loading model {cfg.model} …"):
             embedder = load_embedder(cfg.model, threads=max(cfg.server.threads, 2))
         with Progress(
@@ -209,7 +206,7 @@ def push_anchors(
             transient=False,
         ) as bar:
             task = bar.add_task("embed", total=None)
-            pushed = asyncio.run(
+            return asyncio.run(
                 push_anchor_embeddings(
                     cfg,
                     embedder,
@@ -219,11 +216,8 @@ def push_anchors(
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )
             )
-    except SiloBridgeError as error:
-        fail(error.message)
-    except grpc.aio.AioRpcError as error:
-        err.print(f"[red]error:[/red] {error.code().name}: {error.details()}", highlight=False)
-        raise typer.Exit(1) from None
+
+    pushed = run_or_exit(run)
     out.print(
         f"pushed {pushed.count} anchor vectors of {pushed.anchor_set} {pushed.version} "
         f"in space {pushed.space_id}",

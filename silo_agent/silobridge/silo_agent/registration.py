@@ -1,7 +1,7 @@
 """The silo's calls to its coordinator: self-registration on `silo serve`, and pushing anchors.
 
-Transport code (it speaks gRPC); the domain service never sees it. Both calls go over mTLS with
-the silo's own certificate, so the coordinator learns the silo's identity from TLS alone.
+Both go through the typed ``CoordinatorClient`` over mTLS with the silo's own certificate, so the
+coordinator learns the silo's identity from TLS alone.
 """
 
 from __future__ import annotations
@@ -11,15 +11,21 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
-from silobridge.core.errors import ConfigError, FailedPrecondition
+from silobridge.core.endpoints import endpoint_host
+from silobridge.core.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    SiloBridgeError,
+)
+from silobridge.core.spaces import FloatMatrix
 from silobridge.embedding.embedders import Embedder
-from silobridge.rpc import transport
-from silobridge.rpc.convert import space_to_proto, vector_to_proto
+from silobridge.rpc.coordinator_client import CoordinatorClient
+from silobridge.rpc.transport import MAX_MESSAGE_BYTES
 from silobridge.silo_agent.config import CoordinatorLink, SiloConfig
-from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +33,7 @@ REGISTER_TIMEOUT_SECONDS = 10.0
 INITIAL_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 # The coordinator has answered and said no: retrying cannot change its mind.
-NON_RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    }
-)
+NON_RETRYABLE = (PermissionDenied, InvalidArgument, FailedPrecondition)
 SUBMIT_CHUNK_VECTORS = 1_000
 # Hosts a server may listen on that no peer can call back; advertise a reachable one instead.
 _WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::", ""}  # noqa: S104 (detected, never bound)
@@ -76,7 +76,7 @@ def advertise_address(config: SiloConfig, bound_port: int) -> str:
     link = _link(config)
     if link.advertise:
         return link.advertise
-    host = config.server.listen.rsplit(":", 1)[0]
+    host = endpoint_host(config.server.listen)
     if host in _WILDCARD_HOSTS:
         log.warning(
             "silo listens on %s, which the coordinator cannot call back; set [coordinator] "
@@ -87,8 +87,8 @@ def advertise_address(config: SiloConfig, bound_port: int) -> str:
     return f"{host}:{bound_port}"
 
 
-def _open(config: SiloConfig, link: CoordinatorLink) -> grpc.aio.Channel:
-    return transport.open_channel(link.endpoint, config.tls, insecure=config.server.insecure)
+def _client(config: SiloConfig, link: CoordinatorLink) -> CoordinatorClient:
+    return CoordinatorClient(link.endpoint, config.tls, insecure=config.server.insecure)
 
 
 async def register_with_coordinator(
@@ -106,35 +106,31 @@ async def register_with_coordinator(
     """
     link = _link(config)
     try:
-        channel = _open(config, link)
+        hub = _client(config, link)
     except ConfigError as error:
         log.error("cannot register with coordinator %s: %s", link.endpoint, error.message)
         return None
     delay = initial_backoff
-    async with channel:
-        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+    async with hub:
         while True:
             try:
-                reply = await stub.RegisterSilo(
-                    coordinator_pb2.RegisterSiloRequest(endpoint=advertise), timeout=timeout
+                silo, space = await hub.register_silo(advertise, timeout=timeout)
+            except NON_RETRYABLE as error:
+                log.error(
+                    "coordinator %s refused to register silo %r at %s: %s: %s",
+                    link.endpoint,
+                    config.name,
+                    advertise,
+                    error.status_name or error.code.name,
+                    error.message,
                 )
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                if code in NON_RETRYABLE:
-                    log.error(
-                        "coordinator %s refused to register silo %r at %s: %s: %s",
-                        link.endpoint,
-                        config.name,
-                        advertise,
-                        code.name,
-                        error.details(),
-                    )
-                    return None
+                return None
+            except SiloBridgeError as error:
                 log.warning(
                     "registering with coordinator %s failed (%s: %s); retrying in %.1f s",
                     link.endpoint,
-                    code.name,
-                    error.details(),
+                    error.status_name or error.code.name,
+                    error.message,
                     delay,
                 )
                 await asyncio.sleep(delay)
@@ -142,8 +138,8 @@ async def register_with_coordinator(
                 continue
             registration = Registration(
                 coordinator=link.endpoint,
-                silo=reply.silo or config.name,
-                space_id=reply.space.space_id,
+                silo=silo or config.name,
+                space_id=space.space_id,
                 advertised=advertise,
             )
             log.info(
@@ -188,18 +184,12 @@ async def stop_registration(task: asyncio.Task[Registration | None] | None) -> N
 
 
 async def _fetch_anchor_set(
-    stub: coordinator_pb2_grpc.CoordinatorServiceAsyncStub,
-    name: str,
-    version: str,
-    timeout: float,
+    hub: CoordinatorClient, name: str, version: str, timeout: float
 ) -> tuple[str, str, list[str]]:
     """(name, version, texts) of an anchor set streamed by the coordinator, checked for gaps."""
     texts: list[str] = []
     got_name, got_version, total = name, version, -1
-    call = stub.GetAnchorSet(
-        coordinator_pb2.GetAnchorSetRequest(name=name, version=version), timeout=timeout
-    )
-    async for chunk in call:
+    async for chunk in hub.anchor_set(name, version, timeout=timeout):
         if total < 0:
             got_name, got_version, total = chunk.name or name, chunk.version, chunk.total
         if chunk.offset != len(texts) or (chunk.version and chunk.version != got_version):
@@ -234,22 +224,19 @@ async def push_anchor_embeddings(
     """Fetch an anchor set from the coordinator, embed it here, and submit the vectors.
 
     Vectors stream back in chunks (at most 1,000 each) while later ones are still being embedded.
-    Coordinator refusals surface as ``grpc.aio.AioRpcError``.
+    Coordinator refusals surface as the matching ``SiloBridgeError``.
     """
     link = _link(config)
     space = embedder.space
     # Keep each message well under the transport's bound, whatever the model's dimension.
-    per_chunk = max(
-        1, min(SUBMIT_CHUNK_VECTORS, transport.MAX_MESSAGE_BYTES // 2 // (4 * space.dimension))
-    )
-    async with _open(config, link) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-        name, got_version, texts = await _fetch_anchor_set(stub, anchor_set, version, fetch_timeout)
+    per_chunk = max(1, min(SUBMIT_CHUNK_VECTORS, MAX_MESSAGE_BYTES // 2 // (4 * space.dimension)))
+    async with _client(config, link) as hub:
+        name, got_version, texts = await _fetch_anchor_set(hub, anchor_set, version, fetch_timeout)
         total = len(texts)
         if progress is not None:
             progress(0, total)
 
-        async def requests() -> AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest]:
+        async def chunks() -> AsyncIterator[tuple[int, FloatMatrix]]:
             for offset in range(0, total, per_chunk):
                 part = texts[offset : offset + per_chunk]
                 rows = []
@@ -261,19 +248,15 @@ async def push_anchor_embeddings(
                     )
                     if progress is not None:
                         progress(offset + start + len(batch), total)
-                yield coordinator_pb2.SubmitAnchorEmbeddingsRequest(
-                    anchor_set=name,
-                    version=got_version,
-                    space=space_to_proto(space),
-                    offset=offset,
-                    vectors=[vector_to_proto(row) for row in np.concatenate(rows)],
-                )
+                yield offset, np.concatenate(rows)
 
-        reply = await stub.SubmitAnchorEmbeddings(requests(), timeout=timeout)
+        stored = await hub.submit_anchor_embeddings(
+            name, got_version, space, chunks(), timeout=timeout
+        )
     return AnchorPush(
         anchor_set=name,
         version=got_version,
         count=total,
         space_id=space.space_id,
-        stored=reply.stored,
+        stored=stored,
     )

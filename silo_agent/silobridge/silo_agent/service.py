@@ -1,56 +1,37 @@
-"""The silo's domain operations — describe, embed, embed anchors, search — with access and limits.
+"""The silo's domain operations — describe, embed, embed anchors, search — with its own policy.
 
-No gRPC here: the servicer unpacks messages, calls these, and packs replies. Every input from a
-peer is validated before any work, and every refusal is a domain error with an actionable message.
+No gRPC here: ``handlers`` admits and authorizes each call once, then calls these. Every input
+from a peer is validated before any work, and every refusal is a domain error with an actionable
+message.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from silobridge.adapters import Adapter
+from silobridge.core.config import TrustedCa
+from silobridge.core.disclosure import DisclosurePolicy
 from silobridge.core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from silobridge.core.hits import Hit
+from silobridge.core.listings import SiloDescription
+from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import FloatVector, validate_k, validate_query_vector
 from silobridge.embedding.embedders import Embedder
 from silobridge.security.identity import PeerIdentity, Role
-from silobridge.security.signed_query import ReplayCache, verify_signed_query
+from silobridge.security.signed_query.replay import ReplayCache
+from silobridge.security.signed_query.verify import verify_signed_query
 from silobridge.silo_agent.config import SiloConfig
-from silobridge.silo_agent.store.data import ScoredDocument, SiloData
-from silobridge.v1 import common_pb2
+from silobridge.silo_agent.store.data import SiloData
 
 log = logging.getLogger(__name__)
 # First-stage candidates re-scored when the caller names no rerank_depth (at least k).
 DEFAULT_RERANK_DEPTH = 100
-
-
-@dataclass(frozen=True)
-class Disclosure:
-    """The parts of this silo's policy a caller may know (the data-boundary report shows them)."""
-
-    disclose_fields: tuple[str, ...]
-    accept_query_text: bool
-    accept_spaces: tuple[str, ...]
-    max_k: int
-
-
-@dataclass(frozen=True)
-class SiloDescription:
-    name: str
-    space: SpaceDescriptor
-    document_count: int
-    max_k: int
-    disclosure: Disclosure
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    doc_id: str
-    score: float
-    fields: dict[str, str]
 
 
 class SiloService:
@@ -62,27 +43,15 @@ class SiloService:
         self.data = data
         # Nonces of signed queries seen within their validity window: a replay is refused.
         self.replay = ReplayCache()
-        self._ca_pem: bytes | None = None
+        self.trusted_ca = TrustedCa(
+            config.tls, f"silo {config.name!r} runs without TLS and cannot verify signed queries"
+        )
 
-    def _ca_certificate(self) -> bytes:
-        if self._ca_pem is None:
-            if self.config.tls is None:
-                raise PermissionDenied(
-                    f"silo {self.config.name!r} runs without TLS and cannot verify signed queries"
-                )
-            self._ca_pem = self.config.tls.read()[2]
-        return self._ca_pem
+    @property
+    def space(self) -> SpaceDescriptor:
+        return self.embedder.space
 
-    def admit_query(
-        self,
-        caller: PeerIdentity,
-        *,
-        signed: common_pb2.SignedQuery | None,
-        wire_vector: common_pb2.Vector,
-        source_space: str,
-        k: int,
-        rerank_text: str = "",
-    ) -> PeerIdentity:
+    def admit_query(self, caller: PeerIdentity, query: SiloQuery) -> PeerIdentity:
         """Who is asking, checked against this silo's own policy (which has the last word).
 
         A query forwarded by a coordinator must carry the client's signature: verified against
@@ -91,7 +60,7 @@ class SiloService:
         """
         access = self.config.access
         name = self.config.name
-        if signed is None:
+        if query.signed is None:
             if caller.role == Role.COORDINATOR and access.require_signed:
                 raise PermissionDenied(
                     f"silo {name!r} serves queries forwarded by a coordinator only when the "
@@ -99,33 +68,37 @@ class SiloService:
                 )
             asker = caller
         else:
-            if not source_space:
+            if not query.source_space:
                 raise InvalidArgument("a signed query must name its source space")
             verified = verify_signed_query(
-                signed,
-                ca_certificate_pem=self._ca_certificate(),
-                vector=wire_vector,
-                source_space=source_space,
+                query.signed,
+                ca_certificate_pem=self.trusted_ca.pem(),
+                vector=query.vector,
+                source_space=query.source_space,
                 silo=name,
                 replay=self.replay,
-                rerank_text=rerank_text,
+                rerank_text=query.rerank_text,
             )
             asker = verified.signer
-            if k > verified.claims.k:
+            if query.k > verified.claims.k:
                 raise PermissionDenied(
-                    f"k={k} exceeds the k={verified.claims.k} the client signed for"
+                    f"k={query.k} exceeds the k={verified.claims.k} the client signed for"
                 )
         if not access.may_ask(asker):
             raise PermissionDenied(
                 f"silo {name!r} does not serve queries from {asker.spiffe_id or 'this caller'} "
                 f"(organization {asker.org or 'none'})"
             )
-        own = self.embedder.space.space_id
-        if source_space and source_space != own and not access.accepts_space(source_space):
+        if self.translates(query) and not access.accepts_space(query.source_space):
             raise PermissionDenied(
-                f"silo {name!r} does not accept queries translated from space {source_space!r}"
+                f"silo {name!r} does not accept queries translated from space "
+                f"{query.source_space!r}"
             )
         return asker
+
+    def translates(self, query: SiloQuery) -> bool:
+        """Whether ``query`` comes from another space, so this silo translates it itself."""
+        return bool(query.source_space) and query.source_space != self.space.space_id
 
     def authorize(self, rpc: str, caller: PeerIdentity) -> None:
         """Refuse (PermissionDenied) unless the silo's access rules allow ``caller`` this RPC."""
@@ -151,48 +124,47 @@ class SiloService:
             if not text.strip():
                 raise InvalidArgument(f"text #{position} is empty")
 
-    def describe(self, caller: PeerIdentity) -> SiloDescription:
-        self.authorize("describe", caller)
+    def describe(self) -> SiloDescription:
+        access, limits = self.config.access, self.config.limits
         return SiloDescription(
             name=self.config.name,
-            space=self.embedder.space,
+            space=self.space,
             document_count=self.data.count(),
-            max_k=self.config.limits.max_k,
-            disclosure=Disclosure(
-                disclose_fields=self.config.access.disclose_fields,
-                accept_query_text=self.config.access.accept_query_text,
-                accept_spaces=self.config.access.accept_spaces,
-                max_k=self.config.limits.max_k,
+            max_k=limits.max_k,
+            policy=DisclosurePolicy(
+                disclose_fields=access.disclose_fields,
+                accept_query_text=access.accept_query_text,
+                accept_spaces=access.accept_spaces,
+                max_k=limits.max_k,
             ),
         )
 
-    def embed(self, caller: PeerIdentity, texts: Sequence[str]) -> FloatMatrix:
+    def embed(self, texts: Sequence[str]) -> FloatMatrix:
         """Embed a client's own texts (its organization's queries)."""
-        self.authorize("embed", caller)
         self._check_texts(texts, self.config.limits.max_embed_texts)
         return self.embedder.embed(texts, batch_size=self.config.limits.batch_size)
 
-    def embed_anchors(self, caller: PeerIdentity, texts: Sequence[str]) -> FloatMatrix:
+    def embed_anchors(self, texts: Sequence[str]) -> FloatMatrix:
         """Embed public anchor texts for adapter training."""
-        self.authorize("embed_anchors", caller)
         self._check_texts(texts, self.config.limits.max_anchor_texts)
         return self.embedder.embed(texts, batch_size=self.config.limits.batch_size)
 
+    def answer(self, query: SiloQuery, adapter: Adapter | None) -> list[Hit]:
+        """Search with an admitted query, translated first by ``adapter`` if it has one."""
+        vector = query.vector.decode()
+        if adapter is not None:
+            vector = adapter.apply_one(validate_query_vector(vector, adapter.source_dim))
+        return self.search(vector, query.k, query.rerank_text, query.rerank_depth)
+
     def search(
-        self,
-        caller: PeerIdentity,
-        vector: FloatVector,
-        k: int,
-        rerank_text: str = "",
-        rerank_depth: int = 0,
-    ) -> list[SearchHit]:
+        self, vector: FloatVector, k: int, rerank_text: str = "", rerank_depth: int = 0
+    ) -> list[Hit]:
         """Nearest documents to a vector in this silo's space; only disclosed fields leave.
 
         With ``rerank_text`` (two-stage re-ranking, only if the silo accepts query text) the top
         ``rerank_depth`` hits for ``vector`` are re-ordered by their cosine with the text embedded
         by this silo's own model, and that native score is what is returned.
         """
-        self.authorize("search", caller)
         if rerank_text and not self.config.access.accept_query_text:
             raise PermissionDenied(
                 f"silo {self.config.name!r} does not accept query text (two-stage re-ranking); "
@@ -206,10 +178,9 @@ class SiloService:
             hits = self.data.search(query, k)
         disclosed = self.config.access.disclose_fields
         return [
-            SearchHit(
-                doc_id=hit.doc_id,
-                score=float(hit.score),
-                fields={name: hit.metadata[name] for name in disclosed if name in hit.metadata},
+            dataclasses.replace(
+                hit,
+                fields={name: hit.fields[name] for name in disclosed if name in hit.fields},
             )
             for hit in hits
         ]
@@ -226,9 +197,7 @@ class SiloService:
         # Never fewer candidates than hits asked for, even where max_rerank_depth < max_k.
         return max(k, min(depth, limit))
 
-    def _rerank(
-        self, query: FloatVector, k: int, text: str, requested_depth: int
-    ) -> list[ScoredDocument]:
+    def _rerank(self, query: FloatVector, k: int, text: str, requested_depth: int) -> list[Hit]:
         # The text is the caller's query: validated, embedded, never logged.
         max_chars = self.config.limits.max_text_chars
         if len(text) > max_chars:
@@ -253,21 +222,14 @@ class SiloService:
         scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(native, dtype=np.float32)
         order = np.argsort(-scores, kind="stable")[:k]
         log.debug("re-ranked %d candidates into %d hits", len(candidates.hits), len(order))
-        return [
-            ScoredDocument(
-                doc_id=candidates.hits[i].doc_id,
-                score=float(scores[i]),
-                metadata=candidates.hits[i].metadata,
-            )
-            for i in order
-        ]
+        return [dataclasses.replace(candidates.hits[i], score=float(scores[i])) for i in order]
 
-    def search_text(self, text: str, k: int) -> list[SearchHit]:
-        """Local debugging: embed and search with the silo's own model (no access check: local)."""
+    def search_text(self, text: str, k: int) -> list[Hit]:
+        """Local debugging: embed and search with the silo's own model (no access check: local).
+
+        Every metadata field is shown: the result stays on this machine.
+        """
         self._check_texts([text], 1)
         vector = self.embedder.embed([text])[0]
         validate_k(k, self.config.limits.max_k)
-        hits = self.data.search(np.asarray(vector, dtype=np.float32), k)
-        return [
-            SearchHit(doc_id=h.doc_id, score=float(h.score), fields=dict(h.metadata)) for h in hits
-        ]
+        return self.data.search(np.asarray(vector, dtype=np.float32), k)

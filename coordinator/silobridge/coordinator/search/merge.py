@@ -9,12 +9,15 @@ then by position in that silo's own list, so equal-scored hits of one silo keep 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from silobridge.coordinator.search.calibration import Calibration
 from silobridge.core.errors import InvalidArgument
+from silobridge.core.federation import MergeMode
+from silobridge.core.hits import Hit
 
 DEFAULT_RRF_K = 60
 # What a silo without a calibration is scored against: its raw score is used as the z-score,
@@ -25,51 +28,29 @@ UNCALIBRATED = Calibration(null_mean=0.0, null_std=1.0)
 
 
 @dataclass(frozen=True)
-class ScoredHit:
-    """One hit as a silo returned it: its own doc id, its raw score, the fields it disclosed."""
-
-    doc_id: str
-    score: float
-    fields: Mapping[str, str]
-
-
-@dataclass(frozen=True)
 class SiloResult:
     """One silo's answer; ``calibration`` is ``None`` where none is known (scored raw)."""
 
     silo: str
-    hits: Sequence[ScoredHit]
+    hits: Sequence[Hit]
     calibration: Calibration | None
 
 
-@dataclass(frozen=True)
-class MergedHit:
-    """A hit in the merged answer: the silo's hit unchanged, plus the score it was ranked by."""
-
-    silo: str
-    doc_id: str
-    score: float
-    fields: Mapping[str, str]
-    merged_score: float
-
-
-def merge_calibrated(results: Sequence[SiloResult], k: int) -> list[MergedHit]:
+def merge_calibrated(results: Sequence[SiloResult], k: int) -> list[Hit]:
     """The ``k`` best hits across silos by z-score against each silo's null distribution.
 
     A silo with ``calibration=None`` is scored against ``UNCALIBRATED`` (its raw score as z).
     """
     _check_k(k)
 
-    def z_scores(result: SiloResult) -> Callable[[int, ScoredHit], float]:
+    def z_scores(result: SiloResult) -> Callable[[int, Hit], float]:
         calibration = result.calibration if result.calibration is not None else UNCALIBRATED
         return lambda _rank, hit: calibration.z(hit.score)
 
     return _merge(results, k, z_scores)
 
 
-def merge_rrf(
-    results: Sequence[SiloResult], k: int, *, rrf_k: int = DEFAULT_RRF_K
-) -> list[MergedHit]:
+def merge_rrf(results: Sequence[SiloResult], k: int, *, rrf_k: int = DEFAULT_RRF_K) -> list[Hit]:
     """The ``k`` best hits by reciprocal-rank fusion: ``1 / (rrf_k + rank)``, rank from 1 per silo.
 
     Only each silo's own order counts, so no calibration is needed; raw scores are ignored.
@@ -78,7 +59,7 @@ def merge_rrf(
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 0:
         raise InvalidArgument(f"rrf_k must be an integer >= 0, got {rrf_k!r}")
 
-    def reciprocal_rank(_result: SiloResult) -> Callable[[int, ScoredHit], float]:
+    def reciprocal_rank(_result: SiloResult) -> Callable[[int, Hit], float]:
         return lambda rank, _hit: 1.0 / (rrf_k + rank)
 
     return _merge(results, k, reciprocal_rank)
@@ -87,11 +68,11 @@ def merge_rrf(
 def _merge(
     results: Sequence[SiloResult],
     k: int,
-    scorer_for: Callable[[SiloResult], Callable[[int, ScoredHit], float]],
-) -> list[MergedHit]:
+    scorer_for: Callable[[SiloResult], Callable[[int, Hit], float]],
+) -> list[Hit]:
     """Score every distinct hit with ``scorer_for(result)(rank, hit)``, sort, keep ``k``."""
     seen_silos: set[str] = set()
-    keyed: list[tuple[float, str, int, MergedHit]] = []
+    keyed: list[tuple[float, str, int, Hit]] = []
     for result in results:
         if result.silo in seen_silos:
             raise InvalidArgument(f"silo {result.silo!r} appears twice in the results to merge")
@@ -99,19 +80,14 @@ def _merge(
         score_of = scorer_for(result)
         for rank, hit in enumerate(_distinct_hits(result), start=1):
             merged_score = score_of(rank, hit)
-            merged = MergedHit(
-                silo=result.silo,
-                doc_id=hit.doc_id,
-                score=hit.score,
-                fields=hit.fields,
-                merged_score=merged_score,
-            )
+            # The silo's hit unchanged, named by its silo and the score it was ranked by.
+            merged = dataclasses.replace(hit, silo=result.silo, merged_score=merged_score)
             keyed.append((-merged_score, result.silo, rank, merged))
     keyed.sort(key=lambda entry: entry[:3])
     return [entry[3] for entry in keyed[:k]]
 
 
-def _distinct_hits(result: SiloResult) -> Iterator[ScoredHit]:
+def _distinct_hits(result: SiloResult) -> Iterator[Hit]:
     """The silo's hits in its own order, first occurrence of each doc_id only; scores checked."""
     seen: set[str] = set()
     for hit in result.hits:
@@ -129,3 +105,15 @@ def _distinct_hits(result: SiloResult) -> Iterator[ScoredHit]:
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidArgument(f"k must be an integer >= 1, got {k!r}")
+
+
+Merge = Callable[[Sequence[SiloResult], int], list[Hit]]
+MERGES: Mapping[MergeMode, Merge] = {
+    MergeMode.CALIBRATED: merge_calibrated,
+    MergeMode.RRF: merge_rrf,
+}
+
+
+def merge(mode: MergeMode, results: Sequence[SiloResult], k: int) -> list[Hit]:
+    """The ``k`` best hits across silos by ``mode``."""
+    return MERGES[mode](results, k)

@@ -17,7 +17,7 @@ from silobridge.adapters import Adapter
 from silobridge.coordinator.search.calibration import Calibration, fit_calibration
 from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
 from silobridge.coordinator.state.store import CoordinatorState
-from silobridge.coordinator.training import load_record_adapter
+from silobridge.coordinator.training.fit import load_record_adapter
 from silobridge.core.errors import FailedPrecondition, NotFound
 from silobridge.core.spaces import SpaceDescriptor
 

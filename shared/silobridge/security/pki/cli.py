@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from silobridge.core.cli_support import fail, run_or_exit, stdout_console
+from silobridge.core.cli_support import run_or_exit, stdout_console
+from silobridge.core.errors import ConfigError
 from silobridge.security.identity import Role
 from silobridge.security.pki import ca as pki
 
@@ -48,6 +49,13 @@ def _passphrase(*, confirm: bool) -> bytes:
         return from_env.encode()
     typed: str = typer.prompt("CA passphrase", hide_input=True, confirmation_prompt=confirm)
     return typed.encode()
+
+
+def _read_request(csr: Path) -> bytes:
+    try:
+        return csr.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read {csr}: {err.strerror}") from None
 
 
 def _load_ca(ca_dir: Path) -> pki.CertificateAuthority:
@@ -135,10 +143,7 @@ def approve_command(
 ) -> None:
     """Sign a participant's request with the consortium CA."""
     target = out if out is not None else csr.with_suffix(".crt")
-    try:
-        csr_pem = csr.read_bytes()
-    except OSError as err:
-        fail(f"cannot read {csr}: {err.strerror}")
+    csr_pem = run_or_exit(lambda: _read_request(csr))
     ca = _load_ca(ca_dir)
     cert_pem = run_or_exit(lambda: pki.approve_request(ca, csr_pem, valid_days=valid_days))
     run_or_exit(lambda: pki.write_certificate(target, cert_pem))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from silobridge.core.errors import FailedPrecondition, InvalidArgument
+from silobridge.core.hits import Hit
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder
 from silobridge.silo_agent.store.docstore import DocStore, Document, UpsertCounts
@@ -39,19 +40,10 @@ EmbedderLike = Embedder
 
 
 @dataclass(frozen=True)
-class ScoredDocument:
-    """One search hit: the document's id, its inner-product score and its metadata."""
-
-    doc_id: str
-    score: float
-    metadata: Mapping[str, str]
-
-
-@dataclass(frozen=True)
 class Candidates:
     """A first-stage result to re-rank: hits, best first, and each hit's stored vector."""
 
-    hits: list[ScoredDocument]
+    hits: list[Hit]
     # Row i is hits[i]'s vector as the index stores it; None if the index cannot give it back.
     vectors: FloatMatrix | None
 
@@ -135,8 +127,12 @@ class SiloData:
             )
         return self.docstore.upsert(docs, matrix)
 
-    def search(self, vector: FloatVector, k: int) -> list[ScoredDocument]:
-        """Top-``k`` documents for an L2-normalised query vector in this space, best first."""
+    def search(self, vector: FloatVector, k: int) -> list[Hit]:
+        """Top-``k`` documents for an L2-normalised query vector in this space, best first.
+
+        Each hit's ``fields`` are all of the document's metadata: what leaves the silo is the
+        service's decision, not the store's.
+        """
         return self._search(vector, k, with_vectors=False).hits
 
     def search_candidates(self, vector: FloatVector, depth: int) -> Candidates:
@@ -159,7 +155,7 @@ class SiloData:
         docs = self.docstore.fetch(key for key, _ in found)
         hits = [(key, score) for key, score in found if key in docs]
         scored = [
-            ScoredDocument(doc_id=docs[key].doc_id, score=score, metadata=docs[key].metadata)
+            Hit(doc_id=docs[key].doc_id, score=score, fields=docs[key].metadata)
             for key, score in hits
         ]
         if not with_vectors:

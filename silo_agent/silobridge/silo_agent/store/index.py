@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from silobridge.core.durable import ensure_directory, write_file_atomically
 from silobridge.core.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -133,24 +133,6 @@ def read_manifest(directory: Path | str) -> IndexManifest | None:
     return IndexManifest.from_json(text, path)
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write to ``path`` via a temporary file, fsync, and rename: never a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
 def _hnsw_of(index: Any) -> Any | None:
     """The HNSW structure inside an IDMap wrapper, if the wrapped index is an HNSW one."""
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
@@ -257,11 +239,11 @@ class VectorIndex:
         mixture; files the new manifest does not name are removed afterwards.
         """
         target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
+        ensure_directory(target)
         data = bytes(faiss.serialize_index(self._index))
         digest = hashlib.sha256(data).hexdigest()
         name = f"{_INDEX_PREFIX}{digest[:16]}{_INDEX_SUFFIX}"
-        _write_durably(target / name, data)
+        write_file_atomically(target / name, data)
         manifest = IndexManifest(
             fingerprint=fingerprint,
             model_id=model_id,
@@ -272,8 +254,8 @@ class VectorIndex:
             faiss_version=str(faiss.__version__),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        _write_durably(target / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
-        _fsync_directory(target)
+        # The index file's rename is durable before the manifest names it.
+        write_file_atomically(target / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
         for stale in target.iterdir():
             is_old_index = stale.name.startswith(_INDEX_PREFIX) and stale.name not in manifest.files
             if is_old_index or stale.name.endswith(".tmp"):

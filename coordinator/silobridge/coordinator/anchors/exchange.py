@@ -1,0 +1,157 @@
+"""The anchor exchange with silos: anchor texts streamed out, each silo's vectors of them taken in
+(pushed by the silo, or asked for while training) and stored per space fingerprint."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from silobridge.coordinator.anchors.catalogue import AnchorCatalogue, AnchorSet
+from silobridge.coordinator.silo_gateway import SiloGateway, outcome_of
+from silobridge.coordinator.state.records import SiloRecord
+from silobridge.coordinator.state.store import CoordinatorState
+from silobridge.coordinator.workers import off_loop
+from silobridge.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from silobridge.core.listings import AnchorChunk
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.security.identity import PeerIdentity, Role
+
+log = logging.getLogger(__name__)
+ANCHOR_CHUNK = 1_000
+
+
+@dataclass(frozen=True)
+class SubmittedChunk:
+    """Part of a silo's vectors of one anchor set version: rows ``offset`` onwards."""
+
+    anchor_set: str
+    version: str
+    space: SpaceDescriptor
+    offset: int
+    vectors: FloatMatrix
+
+
+class AnchorExchange:
+    """Moves anchors between the catalogue, the silos and the stored embeddings."""
+
+    def __init__(
+        self,
+        state: CoordinatorState,
+        catalogue: AnchorCatalogue,
+        gateway: SiloGateway,
+        executor: Executor,
+    ) -> None:
+        self.state = state
+        self.catalogue = catalogue
+        self.gateway = gateway
+        self.executor = executor
+
+    async def chunks(self, name: str, version: str) -> AsyncIterator[AnchorChunk]:
+        """The texts of an anchor set version (``""``: the newest), in order, in chunks."""
+        anchors = await off_loop(self.executor, lambda: self.catalogue.get(name, version))
+        info = anchors.info
+        for offset in range(0, len(anchors.texts), ANCHOR_CHUNK):
+            texts = anchors.texts[offset : offset + ANCHOR_CHUNK]
+            yield AnchorChunk(info.name, info.version, info.sha256, texts, offset, info.count)
+
+    async def submit(self, caller: PeerIdentity, chunks: AsyncIterator[SubmittedChunk]) -> int:
+        """Store a silo's vectors of a whole anchor set, sent in order; returns how many."""
+        silo = await off_loop(self.executor, lambda: self._registered(caller))
+        parts: list[FloatMatrix] = []
+        expected = 0
+        first: SubmittedChunk | None = None
+        async for chunk in chunks:
+            if first is None:
+                first = chunk
+                info = await off_loop(
+                    self.executor,
+                    functools.partial(self.catalogue.info, chunk.anchor_set, chunk.version),
+                )
+                if chunk.space.fingerprint != silo.space.fingerprint:
+                    raise FailedPrecondition(
+                        f"vectors are in space {chunk.space.space_id} (fingerprint "
+                        f"{chunk.space.fingerprint}) but silo {silo.name} is registered with "
+                        f"fingerprint {silo.space.fingerprint}; re-register first"
+                    )
+            elif (chunk.anchor_set, chunk.version) != (first.anchor_set, first.version):
+                raise InvalidArgument("one submission must carry one anchor set version")
+            if chunk.offset != expected:
+                raise InvalidArgument(f"chunk offset {chunk.offset}, expected {expected}")
+            if chunk.vectors.shape[0] and chunk.vectors.shape[1] != silo.space.dimension:
+                raise InvalidArgument(
+                    f"vectors have dimension {chunk.vectors.shape[1]}, the silo's space "
+                    f"{silo.space.dimension}"
+                )
+            parts.append(chunk.vectors)
+            expected += chunk.vectors.shape[0]
+            if expected > info.count:
+                raise InvalidArgument(f"more vectors than the {info.count} anchors of the set")
+        if first is None:
+            raise InvalidArgument("no vectors submitted")
+        if expected != info.count:
+            raise InvalidArgument(f"{expected} vectors submitted for {info.count} anchors")
+        matrix = np.concatenate(parts).astype(np.float32)
+        if not np.isfinite(matrix).all():
+            raise InvalidArgument("submitted vectors contain NaN or infinity")
+        await off_loop(
+            self.executor,
+            lambda: self.state.store_anchor_embeddings(
+                silo.name, info.name, info.version, silo.space, matrix
+            ),
+        )
+        log.info(
+            "stored %d anchor vectors of %s %s from %s",
+            expected,
+            info.name,
+            info.version,
+            silo.name,
+        )
+        return expected
+
+    def _registered(self, caller: PeerIdentity) -> SiloRecord:
+        if caller.role != Role.SILO:
+            raise PermissionDenied(
+                f"only silos submit anchor embeddings; {caller.spiffe_id} is not"
+            )
+        try:
+            return self.state.silo(caller.name)
+        except NotFound:
+            raise FailedPrecondition(
+                f"silo {caller.name!r} is not registered; register before submitting"
+            ) from None
+
+    async def stored(self, silo: SiloRecord, anchors: AnchorSet) -> FloatMatrix | None:
+        """The vectors of ``anchors`` in ``silo``'s space stored so far, if any."""
+        info = anchors.info
+        return await off_loop(
+            self.executor,
+            lambda: self.state.anchor_embeddings(info.name, info.version, silo.space.fingerprint),
+        )
+
+    async def collect(self, silo: SiloRecord, anchors: AnchorSet) -> FloatMatrix:
+        """Ask ``silo`` to embed the anchors, check and store what it returns."""
+        try:
+            vectors = await self.gateway.embed_anchors(
+                silo.endpoint, anchors.info.name, anchors.texts, timeout=None
+            )
+        except Exception as error:
+            state, why = outcome_of(error)
+            raise FailedPrecondition(
+                f"silo {silo.name} did not embed the anchors ({state.value}: {why})"
+            ) from None
+        if vectors.shape != (anchors.info.count, silo.space.dimension):
+            raise FailedPrecondition(
+                f"silo {silo.name} returned {vectors.shape} for {anchors.info.count} anchors"
+            )
+        await off_loop(
+            self.executor,
+            lambda: self.state.store_anchor_embeddings(
+                silo.name, anchors.info.name, anchors.info.version, silo.space, vectors
+            ),
+        )
+        return vectors

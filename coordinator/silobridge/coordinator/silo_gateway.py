@@ -1,0 +1,54 @@
+"""How the coordinator reaches silos (a protocol; gRPC in ``silo_links``) and how a failure reads.
+
+The gateway raises ``SiloBridgeError``s, so the domain turns a failed call into a per-silo
+outcome without knowing the transport, and a test double exercises the same mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from silobridge.core.errors import ErrorCode, SiloBridgeError
+from silobridge.core.federation import SiloOutcome
+from silobridge.core.hits import Hit
+from silobridge.core.listings import SiloDescription
+from silobridge.core.queries import SiloQuery
+from silobridge.core.spaces import FloatMatrix
+
+log = logging.getLogger(__name__)
+
+OUTCOME_FOR_CODE: Mapping[ErrorCode, SiloOutcome] = {
+    ErrorCode.DEADLINE_EXCEEDED: SiloOutcome.TIMEOUT,
+    ErrorCode.UNAVAILABLE: SiloOutcome.UNAVAILABLE,
+    ErrorCode.PERMISSION_DENIED: SiloOutcome.DENIED,
+}
+
+
+class SiloGateway(Protocol):
+    """Calls to one silo by endpoint; failures raise ``SiloBridgeError`` (or ``TimeoutError``)."""
+
+    async def describe(self, endpoint: str, *, timeout: float) -> SiloDescription: ...
+
+    async def search(self, endpoint: str, query: SiloQuery, *, timeout: float) -> list[Hit]: ...
+
+    async def embed_anchors(
+        self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
+    ) -> FloatMatrix: ...
+
+    async def close(self) -> None: ...
+
+
+def outcome_of(error: BaseException) -> tuple[SiloOutcome, str]:
+    """How a failed silo call shows in the caller's per-silo status: an outcome and why."""
+    if isinstance(error, SiloBridgeError):
+        outcome = OUTCOME_FOR_CODE.get(error.code, SiloOutcome.ERROR)
+        # The peer's status name leads, as operators know it ("PERMISSION_DENIED: ...").
+        if error.status_name and error.status_name not in error.message:
+            return outcome, f"{error.status_name}: {error.message}"
+        return outcome, error.message
+    if isinstance(error, TimeoutError):
+        return SiloOutcome.TIMEOUT, "no answer within the deadline"
+    log.warning("a silo call failed unexpectedly", exc_info=error)
+    return SiloOutcome.ERROR, "the silo call failed; the coordinator logged the details"
