@@ -10,8 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from silobridge.core.cli_support import fail, stderr_console, stdout_console
-from silobridge.core.errors import SiloBridgeError
+from silobridge.core.cli_support import fail, run_or_exit, stderr_console, stdout_console
 
 anchors_app = typer.Typer(
     no_args_is_help=True, help="Build and list the consortium's public anchor sets."
@@ -54,25 +53,22 @@ def build(
         fail("give exactly one of --from FILE or --synthetic N")
     if seed is not None and synthetic is None:
         fail("--seed only applies to --synthetic N")
-    try:
-        catalogue = AnchorCatalogue(_anchors_root(config))
-        texts: list[str] | tuple[str, ...]
-        if synthetic is not None:
-            # Refuse before generating: N strings are built in memory first.
-            if synthetic > MAX_ANCHOR_TEXTS:
-                fail(f"--synthetic {synthetic} is over the limit of {MAX_ANCHOR_TEXTS} texts")
-            from silobridge.coordinator.anchors.synthetic import random_word_strings
+    catalogue = run_or_exit(lambda: AnchorCatalogue(_anchors_root(config)))
+    texts: list[str] | tuple[str, ...]
+    if synthetic is not None:
+        # Refuse before generating: N strings are built in memory first.
+        if synthetic > MAX_ANCHOR_TEXTS:
+            fail(f"--synthetic {synthetic} is over the limit of {MAX_ANCHOR_TEXTS} texts")
+        from silobridge.coordinator.anchors.synthetic import random_word_strings
 
-            used_seed = 0 if seed is None else seed
-            texts = random_word_strings(synthetic, used_seed)
-            source = f"synthetic:{synthetic}:seed={used_seed}"
-        else:
-            assert from_file is not None
-            texts = read_texts(from_file)
-            source = from_file.name
-        info, created = catalogue.build(name, texts, source=source)
-    except SiloBridgeError as error:
-        fail(error.message)
+        used_seed = 0 if seed is None else seed
+        texts = run_or_exit(lambda: random_word_strings(synthetic, used_seed))
+        source = f"synthetic:{synthetic}:seed={used_seed}"
+    else:
+        assert from_file is not None
+        texts = run_or_exit(lambda: read_texts(from_file))
+        source = from_file.name
+    info, created = run_or_exit(lambda: catalogue.build(name, texts, source=source))
     if created:
         where = catalogue.version_dir(info.name, info.version)
         out.print(
@@ -93,11 +89,8 @@ def list_sets(config: ConfigOption) -> None:
     """List every version of every anchor set in the coordinator's state directory."""
     from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
 
-    try:
-        root = _anchors_root(config)
-        sets = AnchorCatalogue(root).list()
-    except SiloBridgeError as error:
-        fail(error.message)
+    root = run_or_exit(lambda: _anchors_root(config))
+    sets = run_or_exit(lambda: AnchorCatalogue(root).list())
     if not sets:
         err.print(
             f"no anchor sets in {escape(str(root))}; build one with "
