@@ -11,9 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from silobridge.adapters.manifest import (
     is_sha256_hex,
     parse_manifest,
 )
+from silobridge.core.durable import write_directory_atomically
 from silobridge.core.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from silobridge.core.spaces import SpaceDescriptor
 
@@ -163,24 +161,11 @@ def _contiguous_tensors(adapter: Adapter) -> dict[str, np.ndarray[Any, Any]]:
 
 
 def _write_directory_atomically(directory: Path, files: Mapping[str, bytes]) -> None:
-    parent = directory.parent
     _refuse_to_clobber(directory)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
+        write_directory_atomically(directory, files)
     except OSError as err:
-        raise ConfigError(f"cannot create the artifact beside {directory}: {err}") from None
-    try:
-        for name, data in files.items():
-            with (staging / name).open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        _fsync_directory(staging)
-        _swap_into_place(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raise ConfigError(f"cannot write the artifact {directory}: {err}") from None
 
 
 def _refuse_to_clobber(directory: Path) -> None:
@@ -194,34 +179,6 @@ def _refuse_to_clobber(directory: Path) -> None:
                 f"{directory} holds {', '.join(strangers[:5])}, so it is not an adapter "
                 "artifact; refusing to replace it (choose an empty or new directory)"
             )
-
-
-def _swap_into_place(staging: Path, directory: Path) -> None:
-    # rename(2) replaces a directory atomically only when the destination is missing or empty.
-    # An existing artifact is therefore renamed aside first, the new one renamed in, and the old
-    # one removed: a reader in that short window sees no artifact (NotFound), never half of one,
-    # and a crash in it leaves the old artifact intact at the aside path.
-    aside: Path | None = None
-    if directory.exists():
-        aside = directory.with_name(f".{directory.name}.old-{secrets.token_hex(4)}")
-        directory.rename(aside)
-    try:
-        staging.replace(directory)
-    except OSError:
-        if aside is not None:
-            aside.rename(directory)
-        raise
-    _fsync_directory(directory.parent)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- loading --------------------------------------------------------------------------------

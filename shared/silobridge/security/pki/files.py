@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from silobridge.core.durable import fsync_directory
 from silobridge.core.errors import ConfigError
 
 
@@ -57,6 +58,8 @@ def write_new_file(path: Path, data: bytes, mode: int) -> None:
             os.close(fd)
         path.unlink(missing_ok=True)
         raise
+    # The new directory entry must survive a crash too, not only the bytes.
+    fsync_directory(path.parent)
 
 
 def refuse_existing(paths: Sequence[Path]) -> None:
