@@ -273,11 +273,14 @@ def test_a_silo_answering_nonsense_scores_is_dropped_not_merged(
 def test_a_failing_silo_shows_its_outcome_and_the_peers_status_in_its_status(
     service: CoordinatorService, error: type[SiloBridgeError], status_name: str, state: str
 ) -> None:
-    refusal = error("silo kjv says why")
+    # As the typed client raises it: the message names the silo's address, the details are its own.
+    refusal = error("silo kjv:1 failed: silo kjv says why")
     refusal.status_name = status_name
+    refusal.peer_details = "silo kjv says why"
     service.gateway.failing["kjv:1"] = refusal  # type: ignore[attr-defined]
     answer = search(service, ALICE)
     assert states(answer) == {"kjv": state, "pydocs": "ok", "web": "denied"}
     kjv = next(s for s in answer.statuses if s.silo == "kjv")
+    # The asker learns the silo's status and words, not its address.
     assert kjv.message == f"{status_name}: silo kjv says why"
     assert answer.hits and {h.silo for h in answer.hits} == {"pydocs"}

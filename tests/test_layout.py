@@ -1,4 +1,4 @@
-"""Repository layout and protocol conventions the project promises (DESIGN.md, Layout)."""
+"""Repository layout and protocol conventions the project promises (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ from silobridge.coordinator.search.translation import staleness
 from silobridge.coordinator.silo_gateway import SiloGateway, outcome_of
 from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
 from silobridge.coordinator.state.store import CoordinatorState
-from silobridge.coordinator.workers import off_loop
 from silobridge.core.endpoints import validate_endpoint
 from silobridge.core.errors import FailedPrecondition, NotFound, PermissionDenied
 from silobridge.core.listings import AdapterFiles, AdapterListing, SiloDescription, SiloListing
+from silobridge.core.offload import off_loop
 from silobridge.security.identity import PeerIdentity, Role
 
 log = logging.getLogger(__name__)

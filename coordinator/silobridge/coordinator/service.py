@@ -14,7 +14,7 @@ from concurrent.futures import Executor
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
-from silobridge.coordinator.anchors.exchange import AnchorExchange, SubmittedChunk
+from silobridge.coordinator.anchors.exchange import AnchorExchange
 from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.registry import SiloRegistry
 from silobridge.coordinator.search.fanout import FederatedSearch
@@ -30,6 +30,7 @@ from silobridge.core.listings import (
     AdapterFiles,
     AdapterListing,
     AnchorChunk,
+    AnchorVectors,
     SiloListing,
     TrainProgress,
 )
@@ -88,7 +89,7 @@ class CoordinatorService:
             yield chunk
 
     async def submit_anchor_embeddings(
-        self, caller: PeerIdentity, chunks: AsyncIterator[SubmittedChunk]
+        self, caller: PeerIdentity, chunks: AsyncIterator[AnchorVectors]
     ) -> int:
         """SubmitAnchorEmbeddings: store a silo's vectors of a whole anchor set; how many."""
         self._authorize("anchors", caller)

@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 
-from silobridge.coordinator.anchors.exchange import SubmittedChunk
 from silobridge.coordinator.service import CoordinatorService
+from silobridge.core.listings import AnchorVectors
 from silobridge.rpc import convert
 from silobridge.rpc.status import stream_boundary, unary_boundary
 from silobridge.rpc.transport import peer_identity
@@ -75,15 +75,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         request_iterator: AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest],
         context: Context,
     ) -> coordinator_pb2.SubmitAnchorEmbeddingsResponse:
-        async def chunks() -> AsyncIterator[SubmittedChunk]:
+        async def chunks() -> AsyncIterator[AnchorVectors]:
             async for message in request_iterator:
-                yield SubmittedChunk(
-                    anchor_set=message.anchor_set,
-                    version=message.version,
-                    space=convert.space_from_proto(message.space),
-                    offset=message.offset,
-                    vectors=convert.matrix_from_protos(message.vectors, message.space.dimension),
-                )
+                yield convert.anchor_vectors_from_proto(message)
 
         caller = self._caller(context)
         stored = await self.service.submit_anchor_embeddings(caller, chunks())
@@ -149,6 +143,4 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         caller = self._caller(context)
         files = await self.service.get_adapter(caller, request.adapter_id)
         self.gatekeeper.record(caller, "GetAdapter", allowed=True, adapter_id=request.adapter_id)
-        return coordinator_pb2.GetAdapterResponse(
-            manifest=files.manifest, weights=files.weights, signature=files.signature
-        )
+        return convert.adapter_files_to_proto(files)

@@ -44,9 +44,10 @@ def outcome_of(error: BaseException) -> tuple[SiloOutcome, str]:
     """How a failed silo call shows in the caller's per-silo status: an outcome and why."""
     if isinstance(error, SiloBridgeError):
         outcome = OUTCOME_FOR_CODE.get(error.code, SiloOutcome.ERROR)
-        # The peer's status name leads, as operators know it ("PERMISSION_DENIED: ...").
-        if error.status_name and error.status_name not in error.message:
-            return outcome, f"{error.status_name}: {error.message}"
+        if error.status_name:
+            # "PERMISSION_DENIED: <the silo's words>": the silo's address is not the asker's
+            # business (it may not be allowed to list silos), so only its own details go back.
+            return outcome, f"{error.status_name}: {error.peer_details}".rstrip(": ")
         return outcome, error.message
     if isinstance(error, TimeoutError):
         return SiloOutcome.TIMEOUT, "no answer within the deadline"

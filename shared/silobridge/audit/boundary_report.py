@@ -1,8 +1,8 @@
 """Data-boundary report: who sees what in a consortium, filled with the silos' live policies.
 
-``boundary_report`` builds DESIGN.md's "What crosses a boundary" table and a per-party view from
-what each silo says of its own policy; the ``silobridge audit boundary`` command fetches those
-policies and prints the report.
+``boundary_report`` builds the "What crosses each boundary" table of docs/ARCHITECTURE.md and a
+per-party view from what each silo says of its own policy; ``silobridge audit boundary``
+fetches those policies and prints the report.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _row(*columns: str, surprising: bool = False) -> Row:
 def boundary_report(
     silos: list[SiloListing], *, client: str, home_endpoint: str, coordinator: str
 ) -> BoundaryReport:
-    """DESIGN.md's boundary table and a per-party view, filled with the silos' live policies."""
+    """The boundary table and a per-party view, filled with the silos' live policies."""
     home = next((s for s in silos if s.endpoint == home_endpoint), None)
     home_name = f"{home.silo} (org {home.org})" if home else f"{home_endpoint} (not registered)"
     names = ", ".join(s.silo for s in silos) or "none registered"
@@ -112,5 +112,17 @@ def report_to_dict(report: BoundaryReport) -> dict[str, Any]:
             {"party": row.columns[0], "sees": row.columns[1], "surprising": row.surprising}
             for row in report.parties
         ],
-        "silos": [asdict(view) | {"surprising": silo_is_surprising(view)} for view in report.silos],
+        "silos": [_silo_to_dict(view) for view in report.silos],
+    }
+
+
+def _silo_to_dict(view: SiloListing) -> dict[str, Any]:
+    return {
+        "silo": view.silo,
+        "org": view.org,
+        "endpoint": view.endpoint,
+        "healthy": view.healthy,
+        "space_id": view.space.space_id if view.space is not None else "",
+        "policy": asdict(view.policy) if view.policy is not None else None,
+        "surprising": silo_is_surprising(view),
     }

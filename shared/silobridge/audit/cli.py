@@ -1,8 +1,8 @@
 """The ``silobridge audit`` commands: verify an audit log, and report a live data boundary.
 
 ``verify`` exits 0 when the log is intact and 1 when it is tampered with or cannot be read.
-``boundary`` asks a running coordinator for the silos' live policies and prints DESIGN.md's
-"What crosses a boundary" table filled with them.
+``boundary`` asks a running coordinator for the silos' live policies and prints the "What crosses
+each boundary" table (docs/ARCHITECTURE.md) filled with them.
 """
 
 from __future__ import annotations

@@ -59,8 +59,9 @@ def _answered_by(peer: str) -> Iterator[None]:
     except SiloBridgeError as error:
         if not error.status_name:
             raise
-        named = type(error)(f"{error.message} ({peer})")
+        named = type(error)(f"{error.peer_details or error.message} ({peer})")
         named.status_name = error.status_name
+        named.peer_details = error.peer_details
         raise named from None
 
 

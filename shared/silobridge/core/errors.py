@@ -47,8 +47,10 @@ class SiloBridgeError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        # The peer's status name when the error came back over the wire ("" when raised here).
+        # When the error came back over the wire: the peer's status name and its own words
+        # (both "" when raised here). ``message`` adds which peer answered.
         self.status_name = ""
+        self.peer_details = ""
 
 
 class InvalidArgument(SiloBridgeError):

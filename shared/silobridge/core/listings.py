@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from silobridge.core.disclosure import DisclosurePolicy
-from silobridge.core.spaces import SpaceDescriptor
+from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,17 @@ class AnchorChunk:
     texts: tuple[str, ...]
     offset: int
     total: int
+
+
+@dataclass(frozen=True)
+class AnchorVectors:
+    """Part of a silo's vectors of one anchor set version: rows ``offset`` onwards."""
+
+    anchor_set: str
+    version: str
+    space: SpaceDescriptor
+    offset: int
+    vectors: FloatMatrix
 
 
 @dataclass(frozen=True)

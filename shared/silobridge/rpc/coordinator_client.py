@@ -15,6 +15,7 @@ from silobridge.core.listings import (
     AdapterFiles,
     AdapterListing,
     AnchorChunk,
+    AnchorVectors,
     SiloListing,
     TrainProgress,
 )
@@ -144,16 +145,11 @@ class CoordinatorClient:
         timeout: float | None = None,
     ) -> int:
         """Send a whole anchor set's vectors as (offset, rows) chunks; returns how many stored."""
-        wire_space = convert.space_to_proto(space)
 
         async def requests() -> AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest]:
             async for offset, rows in chunks:
-                yield coordinator_pb2.SubmitAnchorEmbeddingsRequest(
-                    anchor_set=anchor_set,
-                    version=version,
-                    space=wire_space,
-                    offset=offset,
-                    vectors=[convert.vector_to_proto(row) for row in rows],
+                yield convert.anchor_vectors_to_proto(
+                    AnchorVectors(anchor_set, version, space, offset, rows)
                 )
 
         with peer_errors(self._peer):
@@ -166,6 +162,4 @@ class CoordinatorClient:
         reply = await unary(
             self._peer, self._stub.GetAdapter(request, timeout=self._deadline(timeout))
         )
-        return AdapterFiles(
-            manifest=reply.manifest, weights=reply.weights, signature=reply.signature
-        )
+        return convert.adapter_files_from_proto(reply)

@@ -12,7 +12,7 @@ from types import TracebackType
 import numpy as np
 
 from silobridge.core.config import TlsFiles
-from silobridge.core.errors import FailedPrecondition
+from silobridge.core.errors import InvalidArgument
 from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
 from silobridge.core.queries import SiloQuery
@@ -61,7 +61,7 @@ class SiloClient:
         reply = await unary(self._peer, self.stub.Embed(request, timeout=timeout))
         space = convert.space_from_proto(reply.space)
         if len(reply.vectors) != len(texts):
-            raise FailedPrecondition(
+            raise InvalidArgument(
                 f"{self._peer} returned {len(reply.vectors)} vectors for {len(texts)} texts"
             )
         return convert.matrix_from_protos(reply.vectors, space.dimension), space

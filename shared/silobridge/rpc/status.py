@@ -72,7 +72,8 @@ def error_from_rpc(error: grpc.aio.AioRpcError, peer: str) -> SiloBridgeError:
     """The domain error for a failed call to ``peer``; its message says who answered what."""
     code = error.code()
     kind = ERROR_FOR_STATUS.get(code, SiloBridgeError)
-    details = error.details() or code.name.lower().replace("_", " ")
+    peer_details = error.details() or ""
+    details = peer_details or code.name.lower().replace("_", " ")
     if kind is Unavailable:
         details = f"cannot reach {peer}: {details}"
     elif kind is DeadlineExceeded:
@@ -81,6 +82,7 @@ def error_from_rpc(error: grpc.aio.AioRpcError, peer: str) -> SiloBridgeError:
         details = f"{peer} failed: {code.name}: {details}"
     mapped = kind(details)
     mapped.status_name = code.name
+    mapped.peer_details = peer_details
     return mapped
 
 

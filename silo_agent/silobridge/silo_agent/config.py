@@ -175,7 +175,8 @@ def load_silo_config(path: Path) -> SiloConfig:
     if "coordinator" in doc:
         coord = Section.of(path, doc, "coordinator")
         endpoint = coord.endpoint("endpoint")
-        advertise = coord.endpoint("advertise") if "advertise" in doc["coordinator"] else ""
+        # An empty advertise means unset: the listen host and the bound port.
+        advertise = coord.endpoint("advertise") if doc["coordinator"].get("advertise") else ""
         adapter_key = coord.path("adapter_key") if "adapter_key" in doc["coordinator"] else None
         coord.finish()
         coordinator = CoordinatorLink(

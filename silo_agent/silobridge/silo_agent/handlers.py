@@ -8,7 +8,6 @@ an audit line for the answer. Refusals raise domain errors; the gRPC boundary au
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from concurrent.futures import Executor
@@ -18,6 +17,7 @@ from silobridge.adapters import Adapter
 from silobridge.core.errors import ResourceExhausted
 from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
+from silobridge.core.offload import off_loop
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.security.gatekeeper import Gatekeeper
@@ -52,7 +52,7 @@ class SiloHandlers:
         return self.service.space
 
     async def _run(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+        return await off_loop(self.executor, work)
 
     def _admit(self, caller: PeerIdentity, rpc: str) -> PeerIdentity:
         caller = self.gatekeeper.admit(caller)

@@ -17,8 +17,6 @@ from silobridge.core.endpoints import endpoint_host
 from silobridge.core.errors import (
     ConfigError,
     FailedPrecondition,
-    InvalidArgument,
-    PermissionDenied,
     SiloBridgeError,
 )
 from silobridge.core.spaces import FloatMatrix
@@ -32,8 +30,8 @@ log = logging.getLogger(__name__)
 REGISTER_TIMEOUT_SECONDS = 10.0
 INITIAL_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
-# The coordinator has answered and said no: retrying cannot change its mind.
-NON_RETRYABLE = (PermissionDenied, InvalidArgument, FailedPrecondition)
+# The coordinator has answered and said no: retrying cannot change its mind (status names).
+NON_RETRYABLE = frozenset({"PERMISSION_DENIED", "INVALID_ARGUMENT", "FAILED_PRECONDITION"})
 SUBMIT_CHUNK_VECTORS = 1_000
 # Hosts a server may listen on that no peer can call back; advertise a reachable one instead.
 _WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::", ""}  # noqa: S104 (detected, never bound)
@@ -115,7 +113,18 @@ async def register_with_coordinator(
         while True:
             try:
                 silo, space = await hub.register_silo(advertise, timeout=timeout)
-            except NON_RETRYABLE as error:
+            except SiloBridgeError as error:
+                if error.status_name not in NON_RETRYABLE:
+                    log.warning(
+                        "registering with coordinator %s failed (%s: %s); retrying in %.1f s",
+                        link.endpoint,
+                        error.status_name or error.code.name,
+                        error.message,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, max_backoff)
+                    continue
                 log.error(
                     "coordinator %s refused to register silo %r at %s: %s: %s",
                     link.endpoint,
@@ -125,17 +134,6 @@ async def register_with_coordinator(
                     error.message,
                 )
                 return None
-            except SiloBridgeError as error:
-                log.warning(
-                    "registering with coordinator %s failed (%s: %s); retrying in %.1f s",
-                    link.endpoint,
-                    error.status_name or error.code.name,
-                    error.message,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_backoff)
-                continue
             registration = Registration(
                 coordinator=link.endpoint,
                 silo=silo or config.name,

@@ -7,7 +7,6 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,25 +14,14 @@ from silobridge.coordinator.anchors.catalogue import AnchorCatalogue, AnchorSet
 from silobridge.coordinator.silo_gateway import SiloGateway, outcome_of
 from silobridge.coordinator.state.records import SiloRecord
 from silobridge.coordinator.state.store import CoordinatorState
-from silobridge.coordinator.workers import off_loop
 from silobridge.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from silobridge.core.listings import AnchorChunk
-from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.core.listings import AnchorChunk, AnchorVectors
+from silobridge.core.offload import off_loop
+from silobridge.core.spaces import FloatMatrix
 from silobridge.security.identity import PeerIdentity, Role
 
 log = logging.getLogger(__name__)
 ANCHOR_CHUNK = 1_000
-
-
-@dataclass(frozen=True)
-class SubmittedChunk:
-    """Part of a silo's vectors of one anchor set version: rows ``offset`` onwards."""
-
-    anchor_set: str
-    version: str
-    space: SpaceDescriptor
-    offset: int
-    vectors: FloatMatrix
 
 
 class AnchorExchange:
@@ -59,12 +47,12 @@ class AnchorExchange:
             texts = anchors.texts[offset : offset + ANCHOR_CHUNK]
             yield AnchorChunk(info.name, info.version, info.sha256, texts, offset, info.count)
 
-    async def submit(self, caller: PeerIdentity, chunks: AsyncIterator[SubmittedChunk]) -> int:
+    async def submit(self, caller: PeerIdentity, chunks: AsyncIterator[AnchorVectors]) -> int:
         """Store a silo's vectors of a whole anchor set, sent in order; returns how many."""
         silo = await off_loop(self.executor, lambda: self._registered(caller))
         parts: list[FloatMatrix] = []
         expected = 0
-        first: SubmittedChunk | None = None
+        first: AnchorVectors | None = None
         async for chunk in chunks:
             if first is None:
                 first = chunk

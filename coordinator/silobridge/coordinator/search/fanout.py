@@ -18,10 +18,10 @@ from silobridge.coordinator.search.merge import SiloResult, merge
 from silobridge.coordinator.search.planner import SearchPlanner
 from silobridge.coordinator.search.translation import Route
 from silobridge.coordinator.silo_gateway import SiloGateway, outcome_of
-from silobridge.coordinator.workers import off_loop
 from silobridge.core.config import TrustedCa
 from silobridge.core.errors import PermissionDenied
 from silobridge.core.federation import FederatedAnswer, SiloOutcome, SiloStatus
+from silobridge.core.offload import off_loop
 from silobridge.core.queries import FederatedQuery, SignedQuery, SiloQuery
 from silobridge.core.vectors import FloatVector, WireVector, validate_k, validate_query_vector
 from silobridge.security.identity import PeerIdentity

@@ -19,9 +19,9 @@ from silobridge.coordinator.registry import adapter_listing
 from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
 from silobridge.coordinator.state.store import CoordinatorState
 from silobridge.coordinator.training.fit import train_adapter
-from silobridge.coordinator.workers import off_loop
 from silobridge.core.errors import InvalidArgument, NotFound
 from silobridge.core.listings import TrainProgress
+from silobridge.core.offload import off_loop
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Blocking work (SQLite state, anchor files, adapter loading) runs in a pool, off the loop."""
+"""Blocking work (SQLite, files, models, FAISS) runs in a worker pool, off the event loop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every conversion between domain values and protobuf messages: protobuf lives only at the wire.
+"""Protobuf <-> domain for what travels with each query: spaces, vectors, signed queries,
+hits, per-silo statuses, federated answers, and the queries themselves.
 
 ``x_to_proto`` / ``x_from_proto`` pairs; a ``_from_proto`` validates what it can (a message from
 a peer is input) and raises ``InvalidArgument``.
@@ -6,22 +7,15 @@ a peer is input) and raises ``InvalidArgument``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
 
-from silobridge.core.disclosure import DisclosurePolicy
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.federation import FederatedAnswer, MergeMode, SiloOutcome, SiloStatus
 from silobridge.core.hits import Hit
-from silobridge.core.listings import (
-    AdapterListing,
-    AnchorChunk,
-    SiloDescription,
-    SiloListing,
-    TrainProgress,
-)
 from silobridge.core.queries import FederatedQuery, SignedQuery, SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import FloatVector, WireVector
@@ -67,10 +61,6 @@ def space_from_proto(message: common_pb2.SpaceDescriptor) -> SpaceDescriptor:
         fingerprint=message.fingerprint,
         metric=_METRIC_FROM_PROTO[message.metric],
     )
-
-
-def _space_or_none(message: common_pb2.SpaceDescriptor) -> SpaceDescriptor | None:
-    return space_from_proto(message) if message.space_id else None
 
 
 def wire_vector_to_proto(vector: WireVector) -> common_pb2.Vector:
@@ -169,12 +159,8 @@ def answer_from_proto(
 ) -> FederatedAnswer:
     return FederatedAnswer(
         hits=[
-            Hit(
-                doc_id=hit.hit.doc_id,
-                score=hit.hit.score,
-                fields=dict(hit.hit.fields),
-                silo=hit.silo,
-                merged_score=hit.merged_score,
+            dataclasses.replace(
+                hit_from_proto(hit.hit, silo=hit.silo), merged_score=hit.merged_score
             )
             for hit in message.hits
         ],
@@ -240,140 +226,4 @@ def federated_query_from_proto(message: coordinator_pb2.FederatedSearchRequest) 
         rerank_text=message.rerank_text,
         rerank_depth=message.rerank_depth,
         signed=signed_query_from_proto(message.signed) if message.HasField("signed") else None,
-    )
-
-
-# --- descriptions and listings --------------------------------------------------------------
-
-
-def disclosure_to_proto(policy: DisclosurePolicy) -> common_pb2.DisclosurePolicy:
-    return common_pb2.DisclosurePolicy(
-        disclose_fields=list(policy.disclose_fields),
-        accept_query_text=policy.accept_query_text,
-        accept_spaces=list(policy.accept_spaces),
-        max_k=policy.max_k,
-    )
-
-
-def disclosure_from_proto(message: common_pb2.DisclosurePolicy) -> DisclosurePolicy:
-    return DisclosurePolicy(
-        disclose_fields=tuple(message.disclose_fields),
-        accept_query_text=message.accept_query_text,
-        accept_spaces=tuple(message.accept_spaces),
-        max_k=message.max_k,
-    )
-
-
-def description_to_proto(description: SiloDescription) -> silo_pb2.DescribeResponse:
-    policy = description.policy
-    return silo_pb2.DescribeResponse(
-        silo=description.name,
-        space=space_to_proto(description.space),
-        document_count=description.document_count,
-        max_k=description.max_k,
-        policy=disclosure_to_proto(policy) if policy is not None else None,
-    )
-
-
-def description_from_proto(message: silo_pb2.DescribeResponse) -> SiloDescription:
-    return SiloDescription(
-        name=message.silo,
-        space=space_from_proto(message.space),
-        document_count=message.document_count,
-        max_k=message.max_k,
-        policy=disclosure_from_proto(message.policy) if message.HasField("policy") else None,
-    )
-
-
-def silo_listing_to_proto(listing: SiloListing) -> coordinator_pb2.SiloInfo:
-    return coordinator_pb2.SiloInfo(
-        silo=listing.silo,
-        endpoint=listing.endpoint,
-        space=space_to_proto(listing.space) if listing.space is not None else None,
-        healthy=listing.healthy,
-        document_count=listing.document_count,
-        org=listing.org,
-        registered_unix=listing.registered_unix,
-        message=listing.message,
-        policy=disclosure_to_proto(listing.policy) if listing.policy is not None else None,
-    )
-
-
-def silo_listing_from_proto(message: coordinator_pb2.SiloInfo) -> SiloListing:
-    return SiloListing(
-        silo=message.silo,
-        endpoint=message.endpoint,
-        org=message.org,
-        space=_space_or_none(message.space),
-        healthy=message.healthy,
-        document_count=message.document_count,
-        message=message.message,
-        registered_unix=message.registered_unix,
-        policy=disclosure_from_proto(message.policy) if message.HasField("policy") else None,
-    )
-
-
-def adapter_listing_to_proto(listing: AdapterListing) -> coordinator_pb2.AdapterInfo:
-    return coordinator_pb2.AdapterInfo(
-        adapter_id=listing.adapter_id,
-        kind=listing.kind,
-        source=space_to_proto(listing.source),
-        target=space_to_proto(listing.target),
-        anchor_set_sha256=listing.anchor_set_sha256,
-        metrics=dict(listing.metrics),
-        created_unix=listing.created_unix,
-        anchor_set=listing.anchor_set,
-        anchor_set_version=listing.version,
-        stale=listing.stale,
-        stale_reason=listing.stale_reason,
-    )
-
-
-def adapter_listing_from_proto(message: coordinator_pb2.AdapterInfo) -> AdapterListing:
-    return AdapterListing(
-        adapter_id=message.adapter_id,
-        kind=message.kind,
-        source=space_from_proto(message.source),
-        target=space_from_proto(message.target),
-        anchor_set=message.anchor_set,
-        version=message.anchor_set_version,
-        anchor_set_sha256=message.anchor_set_sha256,
-        metrics=dict(message.metrics),
-        created_unix=message.created_unix,
-        stale=message.stale,
-        stale_reason=message.stale_reason,
-    )
-
-
-def progress_to_proto(progress: TrainProgress) -> coordinator_pb2.TrainAdapterResponse:
-    message = coordinator_pb2.TrainAdapterResponse(stage=progress.stage, message=progress.message)
-    if progress.adapter is not None:
-        message.adapter.CopyFrom(adapter_listing_to_proto(progress.adapter))
-    return message
-
-
-def progress_from_proto(message: coordinator_pb2.TrainAdapterResponse) -> TrainProgress:
-    adapter = adapter_listing_from_proto(message.adapter) if message.HasField("adapter") else None
-    return TrainProgress(stage=message.stage, message=message.message, adapter=adapter)
-
-
-def anchor_chunk_to_proto(chunk: AnchorChunk) -> coordinator_pb2.GetAnchorSetResponse:
-    return coordinator_pb2.GetAnchorSetResponse(
-        name=chunk.name,
-        version=chunk.version,
-        sha256=chunk.sha256,
-        texts=list(chunk.texts),
-        offset=chunk.offset,
-        total=chunk.total,
-    )
-
-
-def anchor_chunk_from_proto(message: coordinator_pb2.GetAnchorSetResponse) -> AnchorChunk:
-    return AnchorChunk(
-        name=message.name,
-        version=message.version,
-        sha256=message.sha256,
-        texts=tuple(message.texts),
-        offset=message.offset,
-        total=message.total,
     )
