@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -257,3 +261,56 @@ class CoordinatorThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
+
+
+# --- silo agents as child processes (`silobridge silo serve`) -------------------------------
+
+SILOBRIDGE = [sys.executable, "-m", "silobridge.cli"]
+LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SILOBRIDGE, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+class SiloProcess:
+    """`silobridge silo serve` in a child process; the bound port is read from its output."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            [*SILOBRIDGE, "silo", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # blocks until the server says where it listens, or dies
+            self.output.append(line)
+            match = LISTENING.search(line)
+            if match:
+                self.endpoint = f"{match.group(1)}:{match.group(2)}"
+                return
+        raise AssertionError("silo exited before listening:\n" + "".join(self.output))
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        assert self.proc.stdout is not None
+        self.output.extend(self.proc.stdout)
+        self.proc.stdout.close()
+        return code
+
+
+@pytest.fixture
+def processes() -> Iterator[list[SiloProcess]]:
+    started: list[SiloProcess] = []
+    yield started
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
+        if process.proc.stdout is not None:
+            process.proc.stdout.close()

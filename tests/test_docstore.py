@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from silobridge.core.documents import Document
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.spaces import FloatMatrix
-from silobridge.silo_agent.store.docstore import DocStore, Document, content_hash
+from silobridge.silo_agent.store.docstore import DocStore, content_hash
 
 DIM = 8
 
@@ -168,7 +169,8 @@ def test_an_acknowledged_upsert_survives_kill_9(tmp_path: Path) -> None:
         f"""
         import os, signal
         import numpy as np
-        from silobridge.silo_agent.store.docstore import Document, DocStore
+        from silobridge.core.documents import Document
+        from silobridge.silo_agent.store.docstore import DocStore
         store = DocStore({str(path)!r})
         store.upsert([Document("kept", "acknowledged before the crash")],
                      np.ones((1, 4), dtype=np.float32) / 2)

@@ -19,11 +19,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from silobridge.core.documents import Document
 from silobridge.core.errors import ConfigError, FailedPrecondition, InvalidArgument
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor, fingerprint_space
 from silobridge.silo_agent.ingest import MAX_LINE_BYTES, BadLine, ingest, read_documents
 from silobridge.silo_agent.store.data import EmbedderLike, SiloData
-from silobridge.silo_agent.store.docstore import Document
 from silobridge.silo_agent.store.index import IndexSettings
 
 DIM = 32

@@ -3,58 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from silobridge.evaluation.corpus import load_records
 
-from .conftest import Pki, write_silo_config
+from .conftest import Pki, SiloProcess, run_cli, write_silo_config
 
 pytestmark = pytest.mark.integration
-
-SILOBRIDGE = [sys.executable, "-m", "silobridge.cli"]
-LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SILOBRIDGE, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-class SiloProcess:
-    """`silobridge silo serve` in a child process; the bound port is read from its output."""
-
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [*SILOBRIDGE, "silo", "serve", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output: list[str] = []
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # blocks until the server says where it listens, or dies
-            self.output.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.endpoint = f"{match.group(1)}:{match.group(2)}"
-                return
-        raise AssertionError("silo exited before listening:\n" + "".join(self.output))
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        assert self.proc.stdout is not None
-        self.output.extend(self.proc.stdout)
-        self.proc.stdout.close()
-        return code
 
 
 @pytest.fixture
@@ -64,18 +21,6 @@ def small_corpus(tmp_path: Path) -> Path:
         for record in load_records("kjv")[::100]:
             handle.write(json.dumps({"id": record.id, "text": record.text}) + "\n")
     return path
-
-
-@pytest.fixture
-def processes() -> Iterator[list[SiloProcess]]:
-    started: list[SiloProcess] = []
-    yield started
-    for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
-        if process.proc.stdout is not None:
-            process.proc.stdout.close()
 
 
 def query(pki: Pki, endpoint: str, text: str) -> list[str]:

@@ -6,12 +6,14 @@ Domain values in, domain values out; a refusal or failure raises the matching
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from types import TracebackType
 
+import grpc
 import numpy as np
 
 from silobridge.core.config import TlsFiles
+from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
@@ -19,7 +21,8 @@ from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import FloatVector, WireVector
 from silobridge.rpc import convert
-from silobridge.rpc.calls import streamed, unary
+from silobridge.rpc.calls import peer_errors, streamed, unary
+from silobridge.rpc.status import error_for_status
 from silobridge.rpc.transport import open_channel
 from silobridge.v1 import silo_pb2, silo_pb2_grpc
 
@@ -31,6 +34,7 @@ class SiloClient:
         self.target = target
         self.channel = open_channel(target, tls, insecure=insecure)
         self.stub = silo_pb2_grpc.SiloServiceStub(self.channel)
+        self.admin_stub = silo_pb2_grpc.SiloAdminServiceStub(self.channel)
         self._peer = f"silo {target}"
 
     async def __aenter__(self) -> SiloClient:
@@ -112,3 +116,36 @@ class SiloClient:
         async for reply in streamed(self._peer, call):
             rows.extend(convert.vector_from_proto(v) for v in reply.vectors)
         return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+    async def write_documents(
+        self, batches: AsyncIterable[Sequence[Document]], *, timeout: float | None = None
+    ) -> AsyncIterator[WriteReceipt]:
+        """Add or update documents (the silo's admins only); one receipt per durable batch.
+
+        Lock-step: the next batch goes out once the last one is acknowledged. That bounds what
+        is in flight, and a refusal reaches the caller as itself rather than as gRPC core's
+        INTERNAL, which a server that refuses a stream still being written can cause.
+        """
+        call = self.admin_stub.WriteDocuments(timeout=timeout)
+        try:
+            with peer_errors(self._peer):
+                async for batch in batches:
+                    await call.write(convert.documents_to_proto(batch))
+                    reply = await call.read()
+                    if not isinstance(reply, silo_pb2.WriteDocumentsResponse):
+                        break  # the server ended the stream: its status says why, below
+                    yield convert.write_receipt_from_proto(reply)
+                await call.done_writing()
+                code = await call.code()
+                if code is not grpc.StatusCode.OK:
+                    raise error_for_status(code, await call.details() or "", self._peer)
+        finally:
+            call.cancel()
+
+    async def delete_documents(
+        self, doc_ids: Sequence[str], *, timeout: float | None = None
+    ) -> DeleteReceipt:
+        """Remove documents by id (the silo's admins only)."""
+        request = silo_pb2.DeleteDocumentsRequest(doc_ids=list(doc_ids))
+        reply = await unary(self._peer, self.admin_stub.DeleteDocuments(request, timeout=timeout))
+        return convert.delete_receipt_from_proto(reply)

@@ -70,9 +70,12 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def error_from_rpc(error: grpc.aio.AioRpcError, peer: str) -> SiloBridgeError:
     """The domain error for a failed call to ``peer``; its message says who answered what."""
-    code = error.code()
+    return error_for_status(error.code(), error.details() or "", peer)
+
+
+def error_for_status(code: grpc.StatusCode, peer_details: str, peer: str) -> SiloBridgeError:
+    """The domain error for ``peer`` ending a call with ``code`` and its own ``peer_details``."""
     kind = ERROR_FOR_STATUS.get(code, SiloBridgeError)
-    peer_details = error.details() or ""
     details = peer_details or code.name.lower().replace("_", " ")
     if kind is Unavailable:
         details = f"cannot reach {peer}: {details}"

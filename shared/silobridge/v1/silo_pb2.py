@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from silobridge.v1 import common_pb2 as silobridge_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18silobridge/v1/silo.proto\x12\rsilobridge.v1\x1a\x1asilobridge/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xa7\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\x12\r\n\x05max_k\x18\x04 \x01(\r\x12/\n\x06policy\x18\x05 \x01(\x0b\x32\x1f.silobridge.v1.DisclosurePolicy\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"f\n\rEmbedResponse\x12-\n\x05space\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12&\n\x07vectors\x18\x02 \x03(\x0b\x32\x15.silobridge.v1.Vector\"8\n\x13\x45mbedAnchorsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\">\n\x14\x45mbedAnchorsResponse\x12&\n\x07vectors\x18\x01 \x03(\x0b\x32\x15.silobridge.v1.Vector\"\xc2\x01\n\rSearchRequest\x12%\n\x06vector\x18\x01 \x01(\x0b\x32\x15.silobridge.v1.Vector\x12\t\n\x01k\x18\x02 \x01(\r\x12\x13\n\x0brerank_text\x18\x03 \x01(\t\x12\x14\n\x0crerank_depth\x18\x04 \x01(\r\x12*\n\x06signed\x18\x05 \x01(\x0b\x32\x1a.silobridge.v1.SignedQuery\x12\x14\n\x0csource_space\x18\x06 \x01(\t\x12\x12\n\nadapter_id\x18\x07 \x01(\t\"a\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.silobridge.v1.Hit\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor2\xc2\x02\n\x0bSiloService\x12K\n\x08\x44\x65scribe\x12\x1e.silobridge.v1.DescribeRequest\x1a\x1f.silobridge.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x1b.silobridge.v1.EmbedRequest\x1a\x1c.silobridge.v1.EmbedResponse\x12[\n\x0c\x45mbedAnchors\x12\".silobridge.v1.EmbedAnchorsRequest\x1a#.silobridge.v1.EmbedAnchorsResponse(\x01\x30\x01\x12\x45\n\x06Search\x12\x1c.silobridge.v1.SearchRequest\x1a\x1d.silobridge.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18silobridge/v1/silo.proto\x12\rsilobridge.v1\x1a\x1asilobridge/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xa7\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\x12\r\n\x05max_k\x18\x04 \x01(\r\x12/\n\x06policy\x18\x05 \x01(\x0b\x32\x1f.silobridge.v1.DisclosurePolicy\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"f\n\rEmbedResponse\x12-\n\x05space\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12&\n\x07vectors\x18\x02 \x03(\x0b\x32\x15.silobridge.v1.Vector\"8\n\x13\x45mbedAnchorsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\">\n\x14\x45mbedAnchorsResponse\x12&\n\x07vectors\x18\x01 \x03(\x0b\x32\x15.silobridge.v1.Vector\"\xc2\x01\n\rSearchRequest\x12%\n\x06vector\x18\x01 \x01(\x0b\x32\x15.silobridge.v1.Vector\x12\t\n\x01k\x18\x02 \x01(\r\x12\x13\n\x0brerank_text\x18\x03 \x01(\t\x12\x14\n\x0crerank_depth\x18\x04 \x01(\r\x12*\n\x06signed\x18\x05 \x01(\x0b\x32\x1a.silobridge.v1.SignedQuery\x12\x14\n\x0csource_space\x18\x06 \x01(\t\x12\x12\n\nadapter_id\x18\x07 \x01(\t\"a\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.silobridge.v1.Hit\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\"\x92\x01\n\x08\x44ocument\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.silobridge.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x15WriteDocumentsRequest\x12*\n\tdocuments\x18\x01 \x03(\x0b\x32\x17.silobridge.v1.Document\"f\n\x16WriteDocumentsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\r\x12\x0f\n\x07updated\x18\x02 \x01(\r\x12\x11\n\tunchanged\x18\x03 \x01(\r\x12\x16\n\x0e\x64ocument_count\x18\x04 \x01(\x04\")\n\x16\x44\x65leteDocumentsRequest\x12\x0f\n\x07\x64oc_ids\x18\x01 \x03(\t\"S\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12\x0f\n\x07missing\x18\x02 \x03(\t\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\x32\xc2\x02\n\x0bSiloService\x12K\n\x08\x44\x65scribe\x12\x1e.silobridge.v1.DescribeRequest\x1a\x1f.silobridge.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x1b.silobridge.v1.EmbedRequest\x1a\x1c.silobridge.v1.EmbedResponse\x12[\n\x0c\x45mbedAnchors\x12\".silobridge.v1.EmbedAnchorsRequest\x1a#.silobridge.v1.EmbedAnchorsResponse(\x01\x30\x01\x12\x45\n\x06Search\x12\x1c.silobridge.v1.SearchRequest\x1a\x1d.silobridge.v1.SearchResponse2\xd7\x01\n\x10SiloAdminService\x12\x61\n\x0eWriteDocuments\x12$.silobridge.v1.WriteDocumentsRequest\x1a%.silobridge.v1.WriteDocumentsResponse(\x01\x30\x01\x12`\n\x0f\x44\x65leteDocuments\x12%.silobridge.v1.DeleteDocumentsRequest\x1a&.silobridge.v1.DeleteDocumentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'silobridge.v1.silo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DOCUMENT_METADATAENTRY']._loaded_options = None
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_DESCRIBEREQUEST']._serialized_start=71
   _globals['_DESCRIBEREQUEST']._serialized_end=88
   _globals['_DESCRIBERESPONSE']._serialized_start=91
@@ -48,6 +50,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHREQUEST']._serialized_end=712
   _globals['_SEARCHRESPONSE']._serialized_start=714
   _globals['_SEARCHRESPONSE']._serialized_end=811
-  _globals['_SILOSERVICE']._serialized_start=814
-  _globals['_SILOSERVICE']._serialized_end=1136
+  _globals['_DOCUMENT']._serialized_start=814
+  _globals['_DOCUMENT']._serialized_end=960
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_start=913
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_end=960
+  _globals['_WRITEDOCUMENTSREQUEST']._serialized_start=962
+  _globals['_WRITEDOCUMENTSREQUEST']._serialized_end=1029
+  _globals['_WRITEDOCUMENTSRESPONSE']._serialized_start=1031
+  _globals['_WRITEDOCUMENTSRESPONSE']._serialized_end=1133
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1135
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1176
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1178
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1261
+  _globals['_SILOSERVICE']._serialized_start=1264
+  _globals['_SILOSERVICE']._serialized_end=1586
+  _globals['_SILOADMINSERVICE']._serialized_start=1589
+  _globals['_SILOADMINSERVICE']._serialized_end=1804
 # @@protoc_insertion_point(module_scope)

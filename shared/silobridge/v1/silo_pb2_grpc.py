@@ -229,3 +229,128 @@ class SiloService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SiloAdminServiceStub:
+    """Live changes to a serving silo, for its own organization's admins ([access] admin), on the
+    same mTLS port. A write is acknowledged only once it is durable, and the next search sees it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.WriteDocuments = channel.stream_stream(
+                '/silobridge.v1.SiloAdminService/WriteDocuments',
+                request_serializer=silobridge_dot_v1_dot_silo__pb2.WriteDocumentsRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_silo__pb2.WriteDocumentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDocuments = channel.unary_unary(
+                '/silobridge.v1.SiloAdminService/DeleteDocuments',
+                request_serializer=silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsResponse.FromString,
+                _registered_method=True)
+
+
+class SiloAdminServiceServicer:
+    """Live changes to a serving silo, for its own organization's admins ([access] admin), on the
+    same mTLS port. A write is acknowledged only once it is durable, and the next search sees it.
+    """
+
+    def WriteDocuments(self, request_iterator, context):
+        """Add or update documents, batch by batch: the silo embeds each batch with its own model,
+        stores it and answers with what it did. An unchanged document (same id, text and metadata)
+        is left as it is, so sending a file twice changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDocuments(self, request, context):
+        """Remove documents by id; ids the silo does not hold are reported, not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SiloAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'WriteDocuments': grpc.stream_stream_rpc_method_handler(
+                    servicer.WriteDocuments,
+                    request_deserializer=silobridge_dot_v1_dot_silo__pb2.WriteDocumentsRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_silo__pb2.WriteDocumentsResponse.SerializeToString,
+            ),
+            'DeleteDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDocuments,
+                    request_deserializer=silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'silobridge.v1.SiloAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('silobridge.v1.SiloAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SiloAdminService:
+    """Live changes to a serving silo, for its own organization's admins ([access] admin), on the
+    same mTLS port. A write is acknowledged only once it is durable, and the next search sees it.
+    """
+
+    @staticmethod
+    def WriteDocuments(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/silobridge.v1.SiloAdminService/WriteDocuments',
+            silobridge_dot_v1_dot_silo__pb2.WriteDocumentsRequest.SerializeToString,
+            silobridge_dot_v1_dot_silo__pb2.WriteDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.SiloAdminService/DeleteDocuments',
+            silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsRequest.SerializeToString,
+            silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -92,3 +92,61 @@ class SiloServiceServicer(metaclass=_abc_1.ABCMeta):
         """Nearest documents to a vector given in the silo's own space."""
 
 def add_SiloServiceServicer_to_server(servicer: SiloServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SiloAdminServiceStub:
+    """Live changes to a serving silo, for its own organization's admins ([access] admin), on the
+    same mTLS port. A write is acknowledged only once it is durable, and the next search sees it.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SiloAdminServiceAsyncStub: ...
+    WriteDocuments: _grpc.StreamStreamMultiCallable[_silo_pb2.WriteDocumentsRequest, _silo_pb2.WriteDocumentsResponse]
+    """Add or update documents, batch by batch: the silo embeds each batch with its own model,
+    stores it and answers with what it did. An unchanged document (same id, text and metadata)
+    is left as it is, so sending a file twice changes nothing.
+    """
+    DeleteDocuments: _grpc.UnaryUnaryMultiCallable[_silo_pb2.DeleteDocumentsRequest, _silo_pb2.DeleteDocumentsResponse]
+    """Remove documents by id; ids the silo does not hold are reported, not an error."""
+
+@_typing.type_check_only
+class SiloAdminServiceAsyncStub(SiloAdminServiceStub):
+    """Live changes to a serving silo, for its own organization's admins ([access] admin), on the
+    same mTLS port. A write is acknowledged only once it is durable, and the next search sees it.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    WriteDocuments: _aio.StreamStreamMultiCallable[_silo_pb2.WriteDocumentsRequest, _silo_pb2.WriteDocumentsResponse]  # type: ignore[assignment]
+    """Add or update documents, batch by batch: the silo embeds each batch with its own model,
+    stores it and answers with what it did. An unchanged document (same id, text and metadata)
+    is left as it is, so sending a file twice changes nothing.
+    """
+    DeleteDocuments: _aio.UnaryUnaryMultiCallable[_silo_pb2.DeleteDocumentsRequest, _silo_pb2.DeleteDocumentsResponse]  # type: ignore[assignment]
+    """Remove documents by id; ids the silo does not hold are reported, not an error."""
+
+class SiloAdminServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Live changes to a serving silo, for its own organization's admins ([access] admin), on the
+    same mTLS port. A write is acknowledged only once it is durable, and the next search sees it.
+    """
+
+    @_abc_1.abstractmethod
+    def WriteDocuments(
+        self,
+        request_iterator: _MaybeAsyncIterator[_silo_pb2.WriteDocumentsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_silo_pb2.WriteDocumentsResponse], _abc.AsyncIterator[_silo_pb2.WriteDocumentsResponse]]:
+        """Add or update documents, batch by batch: the silo embeds each batch with its own model,
+        stores it and answers with what it did. An unchanged document (same id, text and metadata)
+        is left as it is, so sending a file twice changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteDocuments(
+        self,
+        request: _silo_pb2.DeleteDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_silo_pb2.DeleteDocumentsResponse, _abc.Awaitable[_silo_pb2.DeleteDocumentsResponse]]:
+        """Remove documents by id; ids the silo does not hold are reported, not an error."""
+
+def add_SiloAdminServiceServicer_to_server(servicer: SiloAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

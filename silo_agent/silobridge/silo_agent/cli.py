@@ -1,11 +1,11 @@
-"""``silobridge silo …``: ingest, serve over mTLS, and search (locally or remotely)."""
+"""``silobridge silo …``: ingest (offline or live), delete, serve over mTLS, and search."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,23 +20,85 @@ from silobridge.core.cli_support import (
     stdout_console,
 )
 
+if TYPE_CHECKING:
+    from silobridge.client.config import ClientConfig
+    from silobridge.core.documents import DeleteReceipt
+    from silobridge.silo_agent.ingest import IngestSummary
+
 silo_app = typer.Typer(no_args_is_help=True, help="Run one organization's silo agent.")
 out = stdout_console()
 err = stderr_console()
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path to silo.toml.")]
+ClientOption = Annotated[
+    Path | None,
+    typer.Option("--client", help="client.toml of one of the silo's admins (live changes)."),
+]
+SiloOption = Annotated[
+    str | None,
+    typer.Option("--silo", help="host:port of the running silo (default: the home silo)."),
+]
 
 
 @silo_app.command()
 def ingest(
-    config: ConfigOption,
     files: Annotated[list[Path], typer.Argument(help="JSONL (id, text, metadata) or CSV files.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Path to silo.toml (offline ingest).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Texts embedded per batch.")] = 64,
+    live: Annotated[
+        bool, typer.Option("--live", help="Send the documents to a running silo instead.")
+    ] = False,
+    client: ClientOption = None,
+    silo: SiloOption = None,
 ) -> None:
-    """Embed documents with the silo's model and upsert them into its docstore and index."""
+    """Embed documents with the silo's model and upsert them into its docstore and index.
+
+    Offline (--config silo.toml): the silo's own process, while it is stopped or beside it.
+    Live (--live --client client.toml): to a running silo, as one of its organization's admins
+    ([access] admin); each batch is durable when acknowledged and the next search sees it.
+    """
+    if live:
+        result, target = _ingest_live(files, client, silo, batch_size, config)
+        where = f"the silo at {target}"
+    else:
+        if config is None:
+            fail("give --config silo.toml (offline ingest) or --live --client client.toml")
+        result = _ingest_offline(files, config, batch_size)
+        where = str(run_or_exit(lambda: _data_dir(config)))
+    for bad in result.bad_lines:
+        err.print(
+            f"[yellow]skipped[/yellow] {bad.path}:{bad.line_number}: {bad.reason}", highlight=False
+        )
+    out.print(
+        f"ingested {result.read} documents from {len(files)} file(s) into {where}: "
+        f"{result.inserted} new, {result.updated} updated, {result.unchanged} unchanged, "
+        f"{len(result.bad_lines)} bad line(s) skipped"
+    )
+
+
+def _data_dir(config: Path) -> Path:
+    from silobridge.silo_agent.config import load_silo_config
+
+    return load_silo_config(config).data_dir
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("documents"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _ingest_offline(files: list[Path], config: Path, batch_size: int) -> IngestSummary:
     from silobridge.embedding.embedders import load_embedder
     from silobridge.silo_agent.config import load_silo_config
-    from silobridge.silo_agent.ingest import IngestSummary
     from silobridge.silo_agent.ingest import ingest as run_ingest
     from silobridge.silo_agent.store.data import SiloData
     from silobridge.silo_agent.store.index import pin_faiss_threads
@@ -49,15 +111,7 @@ def ingest(
             embedder = load_embedder(cfg.model, threads=max(cfg.server.threads, 2))
             data = SiloData.open(cfg.data_dir, embedder.space, cfg.index)
         try:
-            with Progress(
-                TextColumn("[bold]ingest"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("documents"),
-                TimeElapsedColumn(),
-                console=err,
-                transient=False,
-            ) as bar:
+            with _progress_bar() as bar:
                 task = bar.add_task("ingest", total=None)
                 return run_ingest(
                     files,
@@ -69,15 +123,65 @@ def ingest(
         finally:
             data.close()
 
-    summary = run_or_exit(run)
-    for bad in summary.bad_lines:
-        err.print(
-            f"[yellow]skipped[/yellow] {bad.path}:{bad.line_number}: {bad.reason}", highlight=False
-        )
+    return run_or_exit(run)
+
+
+def _admin_target(client: Path | None, silo: str | None) -> tuple[ClientConfig, str]:
+    from silobridge.client.config import load_client_config
+    from silobridge.core.endpoints import validate_endpoint
+
+    if client is None:
+        fail("--live needs --client client.toml: the certificate of one of the silo's admins")
+    cfg = run_or_exit(lambda: load_client_config(client))
+    target = run_or_exit(lambda: validate_endpoint(silo)) if silo else cfg.home_silo
+    return cfg, target
+
+
+def _ingest_live(
+    files: list[Path], client: Path | None, silo: str | None, batch_size: int, config: Path | None
+) -> tuple[IngestSummary, str]:
+    from silobridge.rpc.silo_client import SiloClient
+    from silobridge.silo_agent.live_ingest import ingest_live
+
+    if config is not None:
+        fail("--live sends to a running silo: give --client client.toml, not --config")
+    cfg, target = _admin_target(client, silo)
+
+    async def run() -> IngestSummary:
+        async with SiloClient(target, cfg.tls, insecure=cfg.insecure) as peer:
+            with _progress_bar() as bar:
+                task = bar.add_task("ingest", total=None)
+                return await ingest_live(
+                    files,
+                    peer,
+                    batch_size=batch_size,
+                    progress=lambda done: bar.update(task, completed=done),
+                )
+
+    return run_async_or_exit(run), target
+
+
+@silo_app.command()
+def delete(
+    doc_ids: Annotated[list[str], typer.Argument(help="Ids of the documents to remove.")],
+    client: ClientOption = None,
+    silo: SiloOption = None,
+) -> None:
+    """Remove documents from a running silo (its organization's admins only: [access] admin)."""
+    from silobridge.rpc.silo_client import SiloClient
+    from silobridge.silo_agent.live_ingest import delete_live
+
+    cfg, target = _admin_target(client, silo)
+
+    async def run() -> DeleteReceipt:
+        async with SiloClient(target, cfg.tls, insecure=cfg.insecure) as peer:
+            return await delete_live(doc_ids, peer)
+
+    receipt = run_async_or_exit(run)
+    missing = f"; not held: {', '.join(receipt.missing)}" if receipt.missing else ""
     out.print(
-        f"ingested {summary.read} documents from {len(files)} file(s) into {cfg.data_dir}: "
-        f"{summary.inserted} new, {summary.updated} updated, {summary.unchanged} unchanged, "
-        f"{len(summary.bad_lines)} bad line(s) skipped"
+        f"deleted {receipt.deleted} document(s) from the silo at {target}; it now holds "
+        f"{receipt.document_count}{missing}"
     )
 
 

@@ -30,7 +30,8 @@ from silobridge.security.rules import RulePolicy, matches_any, rules_of
 from silobridge.silo_agent.store.index import IndexSettings
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-RPCS = ("describe", "embed", "embed_anchors", "search")
+# Access rule keys: one per RPC of SiloService, and "admin" for SiloAdminService (live writes).
+RPCS = ("describe", "embed", "embed_anchors", "search", "admin")
 
 
 DEFAULT_LISTEN = "127.0.0.1:50051"

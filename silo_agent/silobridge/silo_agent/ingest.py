@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+from silobridge.core.documents import Document
 from silobridge.core.errors import ConfigError, FailedPrecondition
 from silobridge.silo_agent.store.data import EmbedderLike, SiloData
-from silobridge.silo_agent.store.docstore import Document, content_hash
+from silobridge.silo_agent.store.docstore import UpsertCounts, content_hash
 from silobridge.silo_agent.store.index import space_mismatch_message
 
 MAX_LINE_BYTES = 1 << 20
@@ -144,7 +145,7 @@ def _valid_string(value: str) -> bool:
     return True
 
 
-def _document(doc_id: Any, text: Any, metadata: Any) -> Document | str:
+def checked_document(doc_id: Any, text: Any, metadata: Any) -> Document | str:
     """A validated document, or the reason the fields do not make one."""
     if isinstance(doc_id, int) and not isinstance(doc_id, bool):
         doc_id = str(doc_id)
@@ -184,7 +185,7 @@ def _read_jsonl(source: Path) -> Iterator[tuple[int, Document | str]]:
         if missing:
             yield number, f"missing field '{missing[0]}'"
             continue
-        yield number, _document(record["id"], record["text"], record.get("metadata", {}))
+        yield number, checked_document(record["id"], record["text"], record.get("metadata", {}))
 
 
 def _read_csv(source: Path) -> Iterator[tuple[int, Document | str]]:
@@ -247,7 +248,7 @@ def _csv_document(header: Sequence[str], row: Sequence[str]) -> Document | str:
         return f"expected {len(header)} fields as in the header, found {len(row)}"
     fields = dict(zip(header, row, strict=True))
     metadata = {name: value for name, value in fields.items() if name not in ("id", "text")}
-    return _document(fields["id"], fields["text"], metadata)
+    return checked_document(fields["id"], fields["text"], metadata)
 
 
 def ingest(
@@ -325,14 +326,32 @@ def _store_batch(
     batch_size: int,
     totals: _Totals,
 ) -> None:
-    stored = data.stored_hashes(doc.doc_id for doc in batch)
-    changed = [doc for doc in batch if stored.get(doc.doc_id) != content_hash(doc)]
+    counts = store_documents(batch, data, embedder, batch_size=batch_size, live=False)
     totals.read += len(batch)
-    totals.unchanged += len(batch) - len(changed)
-    if not changed:
-        return
-    vectors = embedder.embed([doc.text for doc in changed], batch_size=batch_size)
-    counts = data.upsert(changed, vectors)
     totals.inserted += counts.inserted
     totals.updated += counts.updated
     totals.unchanged += counts.unchanged
+
+
+def store_documents(
+    batch: Sequence[Document],
+    data: SiloData,
+    embedder: EmbedderLike,
+    *,
+    batch_size: int = 64,
+    live: bool,
+) -> UpsertCounts:
+    """Embed what is new or changed in ``batch`` and store it (durable on return).
+
+    Unchanged documents (same content hash) are not embedded again. ``live`` makes the write
+    visible to the next search of a serving ``SiloData`` at once; an offline ingest rebuilds
+    the index at the end instead.
+    """
+    stored = data.stored_hashes(doc.doc_id for doc in batch)
+    changed = [doc for doc in batch if stored.get(doc.doc_id) != content_hash(doc)]
+    skipped = len(batch) - len(changed)
+    if not changed:
+        return UpsertCounts(unchanged=skipped)
+    vectors = embedder.embed([doc.text for doc in changed], batch_size=batch_size)
+    counts = data.write(changed, vectors) if live else data.upsert(changed, vectors)
+    return UpsertCounts(counts.inserted, counts.updated, counts.unchanged + skipped)

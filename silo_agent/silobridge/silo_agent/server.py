@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import grpc
 
 from silobridge.core.endpoints import endpoint_host
 from silobridge.embedding.embedders import load_embedder
 from silobridge.rpc.server_kit import RunningServer, serve_until_stopped, start_server
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher
+from silobridge.silo_agent.admin import SiloAdmin
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.handlers import SiloHandlers
 from silobridge.silo_agent.registration import start_registration, stop_registration
 from silobridge.silo_agent.service import SiloService
-from silobridge.silo_agent.servicer import SiloServicer
+from silobridge.silo_agent.servicer import SiloAdminServicer, SiloServicer
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.index import pin_faiss_threads
 from silobridge.v1 import silo_pb2, silo_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = silo_pb2.DESCRIPTOR.services_by_name["SiloService"].full_name
+ADMIN_SERVICE_NAME = silo_pb2.DESCRIPTOR.services_by_name["SiloAdminService"].full_name
+# How often a serving silo looks for documents another process (`silo ingest`) wrote.
+REFRESH_SECONDS = 1.0
 
 
 def open_service(config: SiloConfig) -> SiloService:
@@ -62,8 +67,18 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
     )
     adapters = AdapterFetcher(config, service.space)
     servicer = SiloServicer(SiloHandlers(service, executor, gatekeeper, adapters))
+    admin = SiloAdminServicer(SiloAdmin(service, executor, gatekeeper))
+    refresher = asyncio.get_running_loop().create_task(
+        _follow_other_writers(service.data, executor), name=f"silo-{config.name}-refresh"
+    )
+
+    def add_servicers(server: grpc.aio.Server) -> None:
+        silo_pb2_grpc.add_SiloServiceServicer_to_server(servicer, server)
+        silo_pb2_grpc.add_SiloAdminServiceServicer_to_server(admin, server)
 
     async def close_resources() -> None:
+        refresher.cancel()
+        await asyncio.wait({refresher})
         executor.shutdown(wait=True)
         service.data.close()
         gatekeeper.close()
@@ -71,14 +86,25 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
 
     running = await start_server(
         recorder_name=f"silo-{config.name}",
-        add_servicer=functools.partial(silo_pb2_grpc.add_SiloServiceServicer_to_server, servicer),
-        service_names=[SERVICE_NAME],
+        add_servicer=add_servicers,
+        service_names=[SERVICE_NAME, ADMIN_SERVICE_NAME],
         settings=config.server,
         tls=config.tls,
         close_resources=close_resources,
         listen=listen,
     )
     return RunningSilo(running, servicer)
+
+
+async def _follow_other_writers(data: SiloData, executor: ThreadPoolExecutor) -> None:
+    """Serve what another process writes into the data directory, within a second."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(REFRESH_SECONDS)
+        try:
+            await loop.run_in_executor(executor, data.refresh)
+        except Exception:  # a background task: log and keep following
+            log.exception("could not pick up changes to the data directory")
 
 
 async def serve(

@@ -1,4 +1,4 @@
-"""The silo's gRPC face: unpack the message, make one domain call, pack the reply."""
+"""The silo's gRPC faces (queries, and its admins' live writes): unpack, one domain call, pack."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 
 import grpc
 
+from silobridge.core.documents import Document
 from silobridge.rpc import convert
 from silobridge.rpc.status import stream_boundary, unary_boundary
 from silobridge.rpc.transport import peer_identity
+from silobridge.silo_agent.admin import SiloAdmin
 from silobridge.silo_agent.handlers import AnchorBatch, SiloHandlers
 from silobridge.v1 import silo_pb2, silo_pb2_grpc
 
@@ -78,3 +80,40 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
             hits=[convert.hit_to_proto(hit) for hit in hits],
             space=convert.space_to_proto(self.handlers.space),
         )
+
+
+class SiloAdminServicer(silo_pb2_grpc.SiloAdminServiceServicer):
+    """Thin adapter from ``SiloAdmin`` to ``silobridge.v1.SiloAdminService``."""
+
+    def __init__(self, admin: SiloAdmin) -> None:
+        self.admin = admin
+        # The error boundary audits every refusal through the servicer's gatekeeper.
+        self.gatekeeper = admin.gatekeeper
+
+    @stream_boundary
+    async def WriteDocuments(
+        self, request_iterator: AsyncIterator[silo_pb2.WriteDocumentsRequest], context: Context
+    ) -> AsyncIterator[silo_pb2.WriteDocumentsResponse]:
+        # The first batch is read before admission (never stored unless admitted): refusing a
+        # stream the client is still writing can reach it as gRPC core's INTERNAL instead.
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+
+        async def batches() -> AsyncIterator[list[Document]]:
+            if first is None:
+                return
+            yield convert.documents_from_proto(first)
+            async for message in messages:
+                yield convert.documents_from_proto(message)
+
+        receipts = self.admin.write(peer_identity(context), batches())
+        async with contextlib.aclosing(receipts):
+            async for receipt in receipts:
+                yield convert.write_receipt_to_proto(receipt)
+
+    @unary_boundary
+    async def DeleteDocuments(
+        self, request: silo_pb2.DeleteDocumentsRequest, context: Context
+    ) -> silo_pb2.DeleteDocumentsResponse:
+        receipt = await self.admin.delete(peer_identity(context), list(request.doc_ids))
+        return convert.delete_receipt_to_proto(receipt)

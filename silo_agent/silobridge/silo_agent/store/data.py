@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from silobridge.core.documents import Document
 from silobridge.core.errors import FailedPrecondition, InvalidArgument
 from silobridge.core.hits import Hit
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder
-from silobridge.silo_agent.store.docstore import DocStore, Document, UpsertCounts
+from silobridge.silo_agent.store.docstore import DeleteCounts, DocStore, UpsertCounts
 from silobridge.silo_agent.store.index import (
     IndexManifest,
     IndexSettings,
@@ -22,6 +23,7 @@ from silobridge.silo_agent.store.index import (
     read_manifest,
     space_mismatch_message,
 )
+from silobridge.silo_agent.store.overlay import Overlay, search_with_overlay
 
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
@@ -30,8 +32,12 @@ DOCSTORE_NAME = "docstore.sqlite"
 INDEX_DIR_NAME = "index"
 # Docstore meta: the docstore data version the saved index was built from. Compared with the
 # current version it survives a crash between an upsert and the rebuild, so the next ingest
-# rebuilds even if nothing else changed.
+# rebuilds even if nothing else changed, and a serving silo searches what came after it exactly.
 _INDEXED_VERSION = "indexed_data_version"
+# Rebuild the index once the changes served beside it pass this many rows or this share of it:
+# exact search over the changes and hiding rewritten keys both grow with them.
+COMPACT_MIN_ROWS = 2_000
+COMPACT_SHARE = 0.05
 
 
 # What the storage layer needs from an embedder: the embedders' own structural protocol, so a
@@ -51,8 +57,10 @@ class Candidates:
 class SiloData:
     """Docstore + index of one data directory, bound to one embedding space.
 
-    Searches may run concurrently from many threads; ``rebuild_index`` swaps the index in one
-    assignment, so a search sees the old index or the new one.
+    The docstore is the source of truth. The saved index covers it up to the version it was
+    built from; whatever was written after (live writes, deletes, another process's ingest) is
+    served exactly from an ``Overlay`` until the next rebuild. Searches may run concurrently
+    from many threads: the index and the overlay are swapped as a pair, in one assignment.
     """
 
     def __init__(
@@ -64,7 +72,10 @@ class SiloData:
         self.docstore = docstore
         self._index: VectorIndex | None = None
         self._manifest: IndexManifest | None = None
+        self._overlay = Overlay.empty(0, space.dimension)
         self._swap_lock = threading.Lock()
+        # One writer of the overlay at a time (writes, deletes, refreshes, rebuilds).
+        self._write_lock = threading.RLock()
 
     @classmethod
     def open(
@@ -78,6 +89,7 @@ class SiloData:
             _claim_or_check_space(docstore, space)
             data = cls(root, space, settings or IndexSettings(), docstore)
             data._load_index_if_present()
+            data.refresh()
         except BaseException:
             docstore.close()
             raise
@@ -127,6 +139,46 @@ class SiloData:
             )
         return self.docstore.upsert(docs, matrix)
 
+    def write(self, docs: Sequence[Document], vectors: FloatMatrix) -> UpsertCounts:
+        """Store documents now, in a serving silo: durable on return, seen by the next search."""
+        with self._write_lock:
+            counts = self.upsert(docs, vectors)
+            self.refresh()
+        return counts
+
+    def delete(self, doc_ids: Sequence[str]) -> DeleteCounts:
+        """Remove documents: durable on return, gone from the next search."""
+        with self._write_lock:
+            counts = self.docstore.delete(doc_ids)
+            self.refresh()
+        return counts
+
+    def refresh(self) -> bool:
+        """Serve every change made after the index was built; True if there was a new one.
+
+        Cheap when nothing changed (one meta read), so a server may call it periodically to
+        pick up another process's ingest.
+        """
+        with self._write_lock:
+            overlay = self._overlay
+            if self.docstore.data_version() == overlay.version:
+                return False
+            changes = self.docstore.changes_since(overlay.base_version)
+            with self._swap_lock:
+                self._overlay = Overlay.of(overlay.base_version, changes)
+        return True
+
+    @property
+    def pending_changes(self) -> int:
+        """Rows written or deleted since the index was built (served from the overlay)."""
+        return self._overlay.size
+
+    @property
+    def needs_compaction(self) -> bool:
+        """True once the overlay is large enough that a rebuild should fold it into the index."""
+        indexed = self._index.count if self._index is not None else 0
+        return self._overlay.size > max(COMPACT_MIN_ROWS, COMPACT_SHARE * indexed)
+
     def search(self, vector: FloatVector, k: int) -> list[Hit]:
         """Top-``k`` documents for an L2-normalised query vector in this space, best first.
 
@@ -140,10 +192,11 @@ class SiloData:
         return self._search(vector, depth, with_vectors=True)
 
     def _search(self, vector: FloatVector, k: int, *, with_vectors: bool) -> Candidates:
-        # One reference for the search and the reconstruction: a concurrent rebuild swaps
-        # ``self._index`` but cannot mix two indexes into one answer.
-        index = self._index
-        if index is None:
+        # One reference each for the search and the reconstruction: a concurrent rebuild or
+        # write swaps them as a pair but cannot mix two states into one answer.
+        with self._swap_lock:
+            index, overlay = self._index, self._overlay
+        if index is None and not overlay.keys.shape[0]:
             raise FailedPrecondition("index not built yet: run `silobridge silo ingest` first")
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self._space.dimension,):
@@ -151,7 +204,7 @@ class SiloData:
                 f"query vector has shape {query.shape}; this silo expects "
                 f"({self._space.dimension},)"
             )
-        found = index.search(query.reshape(1, -1), k)[0]
+        found = search_with_overlay(index, overlay, query, k)
         docs = self.docstore.fetch(key for key, _ in found)
         hits = [(key, score) for key, score in found if key in docs]
         scored = [
@@ -160,8 +213,7 @@ class SiloData:
         ]
         if not with_vectors:
             return Candidates(scored, None)
-        keys = np.fromiter((key for key, _ in hits), dtype=np.int64, count=len(hits))
-        return Candidates(scored, index.reconstruct(keys))
+        return Candidates(scored, _vectors_of([key for key, _ in hits], index, overlay))
 
     def rebuild_index(self) -> IndexManifest:
         """Rebuild the index from every vector in the docstore, save it, and serve it.
@@ -179,8 +231,11 @@ class SiloData:
             self.index_dir, fingerprint=self._space.fingerprint, model_id=self._space.model_id
         )
         self.docstore.set_meta(_INDEXED_VERSION, str(version))
-        with self._swap_lock:
-            self._index, self._manifest = index, manifest
+        with self._write_lock:
+            # Rows written while this index was being built are still after ``version``.
+            overlay = Overlay.of(version, self.docstore.changes_since(version))
+            with self._swap_lock:
+                self._index, self._manifest, self._overlay = index, manifest, overlay
         return manifest
 
     def reload_index(self) -> bool:
@@ -189,6 +244,7 @@ class SiloData:
         if current is None or current == self._manifest:
             return False
         self._load_index_if_present()
+        self.refresh()
         return True
 
     def close(self) -> None:
@@ -203,8 +259,32 @@ class SiloData:
             expected_model_id=self._space.model_id,
             settings=self.settings,
         )
+        base_version = int(self.docstore.get_meta(_INDEXED_VERSION) or 0)
         with self._swap_lock:
             self._index, self._manifest = index, index.manifest
+            # Everything after the index's version is served beside it (``refresh`` fills it).
+            self._overlay = Overlay.empty(base_version, self._space.dimension)
+
+
+def _vectors_of(
+    keys: Sequence[int], index: VectorIndex | None, overlay: Overlay
+) -> FloatMatrix | None:
+    """Stored vectors of the hits, from the overlay where it holds them, else the index."""
+    if not keys:
+        return np.zeros((0, overlay.vectors.shape[1]), dtype=np.float32)
+    found = [overlay.vector(key) for key in keys]
+    missing = [key for key, row in zip(keys, found, strict=True) if row is None]
+    from_index: list[FloatVector] = []
+    if missing:
+        if index is None:
+            return None
+        rebuilt = index.reconstruct(np.asarray(missing, dtype=np.int64))
+        if rebuilt is None:
+            return None
+        from_index = list(rebuilt)
+    rest = iter(from_index)
+    rows = [row if row is not None else next(rest) for row in found]
+    return np.stack(rows).astype(np.float32)
 
 
 def _claim_or_check_space(docstore: DocStore, space: SpaceDescriptor) -> None:

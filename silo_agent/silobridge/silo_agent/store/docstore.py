@@ -7,12 +7,14 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from silobridge.core.documents import Document
 from silobridge.core.errors import FailedPrecondition, InvalidArgument
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -38,16 +40,16 @@ CREATE TABLE IF NOT EXISTS meta (
     k TEXT PRIMARY KEY,
     v TEXT
 );
+CREATE TABLE IF NOT EXISTS deletions (
+    key     INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL
+);
 """
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document as read from a corpus file: its id, its text and string metadata."""
-
-    doc_id: str
-    text: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
+# Every document row records the data version that last wrote it, and every deletion the version
+# that made it: a serving silo applies exactly the changes since the version its index was built
+# from, whoever wrote them (a live write, or `silo ingest` in another process).
+_VERSION_COLUMN = "ALTER TABLE documents ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
+_VERSION_INDEX = "CREATE INDEX IF NOT EXISTS documents_by_version ON documents (version)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,24 @@ class StoredDocument:
     doc_id: str
     text: str
     metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed after a data version: rows written since (key, vector) and keys deleted."""
+
+    version: int
+    keys: KeyArray
+    vectors: FloatMatrix
+    deleted: KeyArray
+
+
+@dataclass(frozen=True)
+class DeleteCounts:
+    """What one delete did: the ids removed and the requested ids that were not stored."""
+
+    deleted: tuple[str, ...]
+    missing: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,10 @@ class DocStore:
             # FULL: the WAL is fsynced at every commit, so an acknowledged upsert survives kill -9.
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(documents)")}
+            if "version" not in columns:
+                self._conn.execute(_VERSION_COLUMN)
+            self._conn.execute(_VERSION_INDEX)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise FailedPrecondition(
@@ -153,6 +177,7 @@ class DocStore:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                version = self._version_locked() + 1
                 for doc, row in zip(docs, rows, strict=True):
                     digest = content_hash(doc)
                     current = self._conn.execute(
@@ -161,27 +186,30 @@ class DocStore:
                     if current is not None and current[0] == digest:
                         unchanged += 1
                         continue
-                    values = (doc.text, canonical_metadata(doc.metadata), digest, row.tobytes())
+                    values = (
+                        doc.text,
+                        canonical_metadata(doc.metadata),
+                        digest,
+                        row.tobytes(),
+                        version,
+                    )
                     if current is None:
                         self._conn.execute(
-                            "INSERT INTO documents (doc_id, text, metadata, content_hash, vector)"
-                            " VALUES (?, ?, ?, ?, ?)",
+                            "INSERT INTO documents"
+                            " (doc_id, text, metadata, content_hash, vector, version)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
                             (doc.doc_id, *values),
                         )
                         inserted += 1
                     else:
                         self._conn.execute(
                             "UPDATE documents SET text = ?, metadata = ?, content_hash = ?,"
-                            " vector = ? WHERE doc_id = ?",
+                            " vector = ?, version = ? WHERE doc_id = ?",
                             (*values, doc.doc_id),
                         )
                         updated += 1
                 if inserted or updated:
-                    self._conn.execute(
-                        "INSERT INTO meta (k, v) VALUES (?, '1') ON CONFLICT(k)"
-                        " DO UPDATE SET v = CAST(v AS INTEGER) + 1",
-                        (_DATA_VERSION,),
-                    )
+                    self._set_version_locked(version)
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -189,14 +217,75 @@ class DocStore:
                 raise
         return UpsertCounts(inserted=inserted, updated=updated, unchanged=unchanged)
 
+    def delete(self, doc_ids: Sequence[str]) -> DeleteCounts:
+        """Remove documents by id in one durable transaction; absent ids are reported."""
+        wanted = list(dict.fromkeys(doc_ids))
+        deleted: list[str] = []
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._version_locked() + 1
+                for doc_id in wanted:
+                    row = self._conn.execute(
+                        "SELECT key FROM documents WHERE doc_id = ?", (doc_id,)
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    self._conn.execute("DELETE FROM documents WHERE key = ?", (row[0],))
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO deletions (key, version) VALUES (?, ?)",
+                        (row[0], version),
+                    )
+                    deleted.append(doc_id)
+                if deleted:
+                    self._set_version_locked(version)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        found = set(deleted)
+        return DeleteCounts(tuple(deleted), tuple(i for i in wanted if i not in found))
+
     def data_version(self) -> int:
-        """Incremented by every upsert that inserted or updated a document."""
+        """Incremented by every write that inserted, updated or deleted a document."""
         return int(self.get_meta(_DATA_VERSION) or 0)
+
+    def changes_since(self, version: int) -> Changes:
+        """Rows written and keys deleted after ``version``, read as one consistent snapshot."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                now = self._version_locked()
+                rows = self._conn.execute(
+                    "SELECT key, vector FROM documents WHERE version > ? ORDER BY key", (version,)
+                ).fetchall()
+                gone = self._conn.execute(
+                    "SELECT key FROM deletions WHERE version > ? ORDER BY key", (version,)
+                ).fetchall()
+            finally:
+                self._conn.execute("COMMIT")
+        keys, vectors = self._keyed_vectors(rows)
+        deleted = np.fromiter((int(row[0]) for row in gone), dtype=np.int64, count=len(gone))
+        return Changes(version=now, keys=keys, vectors=vectors, deleted=deleted)
+
+    def _version_locked(self) -> int:
+        row = self._conn.execute("SELECT v FROM meta WHERE k = ?", (_DATA_VERSION,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _set_version_locked(self, version: int) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            (_DATA_VERSION, str(version)),
+        )
 
     def all_vectors(self) -> tuple[KeyArray, FloatMatrix]:
         """Every stored key and vector, ordered by key: what the index is rebuilt from."""
         with self._lock:
             rows = self._conn.execute("SELECT key, vector FROM documents ORDER BY key").fetchall()
+        return self._keyed_vectors(rows)
+
+    def _keyed_vectors(self, rows: Sequence[tuple[Any, ...]]) -> tuple[KeyArray, FloatMatrix]:
         if not rows:
             dim = int(self.get_meta("dimension") or 0)
             return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)

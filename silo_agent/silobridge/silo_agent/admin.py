@@ -1,0 +1,138 @@
+"""Live changes to a serving silo: its own admins add, update and delete documents over mTLS.
+
+Each batch is checked like a corpus line, embedded with the silo's model (unchanged documents
+are not), and stored durably before it is acknowledged; the next search sees it. Once enough
+changes are served beside the index, the index is rebuilt in the background to fold them in.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
+from concurrent.futures import Executor
+
+from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
+from silobridge.core.errors import InvalidArgument, ResourceExhausted
+from silobridge.core.offload import off_loop
+from silobridge.security.gatekeeper import Gatekeeper
+from silobridge.security.identity import PeerIdentity
+from silobridge.silo_agent.ingest import checked_document, store_documents
+from silobridge.silo_agent.service import SiloService
+
+log = logging.getLogger(__name__)
+
+
+class SiloAdmin:
+    """``write`` and ``delete`` as the silo's admins call them (``[access] admin``)."""
+
+    def __init__(self, service: SiloService, executor: Executor, gatekeeper: Gatekeeper) -> None:
+        self.service = service
+        self.executor = executor
+        self.gatekeeper = gatekeeper
+        self._compacting = threading.Lock()
+
+    def _admit(self, caller: PeerIdentity) -> PeerIdentity:
+        caller = self.gatekeeper.admit(caller)
+        self.service.authorize("admin", caller)
+        self.gatekeeper.limit(caller)
+        return caller
+
+    async def write(
+        self, caller: PeerIdentity, batches: AsyncIterable[Sequence[Document]]
+    ) -> AsyncGenerator[WriteReceipt, None]:
+        """Store each batch as it arrives; one receipt per batch, once it is durable."""
+        caller = self._admit(caller)  # before reading any document
+        inserted = updated = unchanged = 0
+        async for batch in batches:
+            documents = self._checked(batch)
+            receipt = await off_loop(self.executor, functools.partial(self._store, documents))
+            inserted += receipt.inserted
+            updated += receipt.updated
+            unchanged += receipt.unchanged
+            yield receipt
+        self.gatekeeper.record(
+            caller,
+            "WriteDocuments",
+            allowed=True,
+            results=inserted + updated + unchanged,
+            inserted=inserted,
+            updated=updated,
+            unchanged=unchanged,
+        )
+        self._compact_if_needed()
+
+    async def delete(self, caller: PeerIdentity, doc_ids: Sequence[str]) -> DeleteReceipt:
+        caller = self._admit(caller)
+        ids = self._checked_ids(doc_ids)
+        data = self.service.data
+        counts = await off_loop(self.executor, lambda: data.delete(ids))
+        self.gatekeeper.record(caller, "DeleteDocuments", allowed=True, results=len(counts.deleted))
+        self._compact_if_needed()
+        return DeleteReceipt(len(counts.deleted), counts.missing, data.count())
+
+    def _store(self, documents: Sequence[Document]) -> WriteReceipt:
+        data = self.service.data
+        limits = self.service.config.limits
+        counts = store_documents(
+            documents, data, self.service.embedder, batch_size=limits.batch_size, live=True
+        )
+        return WriteReceipt(counts.inserted, counts.updated, counts.unchanged, data.count())
+
+    def _checked(self, batch: Sequence[Document]) -> list[Document]:
+        limits = self.service.config.limits
+        if not batch:
+            raise InvalidArgument("an empty batch of documents; send at least one")
+        if len(batch) > limits.max_embed_texts:
+            raise ResourceExhausted(
+                f"{len(batch)} documents in one batch; this silo accepts at most "
+                f"{limits.max_embed_texts}: split the batch"
+            )
+        documents: list[Document] = []
+        seen: set[str] = set()
+        for position, doc in enumerate(batch):
+            checked = checked_document(doc.doc_id, doc.text, doc.metadata)
+            if isinstance(checked, str):
+                raise InvalidArgument(f"document #{position} ({doc.doc_id!r:.80}): {checked}")
+            if len(checked.text) > limits.max_text_chars:
+                raise ResourceExhausted(
+                    f"document #{position} ({doc.doc_id!r:.80}) has {len(checked.text)} "
+                    f"characters; the limit is {limits.max_text_chars}"
+                )
+            if checked.doc_id in seen:
+                raise InvalidArgument(f"document id {doc.doc_id!r:.80} appears twice in a batch")
+            seen.add(checked.doc_id)
+            documents.append(checked)
+        return documents
+
+    def _checked_ids(self, doc_ids: Sequence[str]) -> list[str]:
+        limits = self.service.config.limits
+        if not doc_ids:
+            raise InvalidArgument("no document ids given; send at least one")
+        if len(doc_ids) > limits.max_embed_texts:
+            raise ResourceExhausted(
+                f"{len(doc_ids)} ids in one delete; this silo accepts at most "
+                f"{limits.max_embed_texts}: split it"
+            )
+        for doc_id in doc_ids:
+            if not doc_id.strip() or len(doc_id) > 512:
+                raise InvalidArgument(f"document id {doc_id!r:.80} is empty or too long")
+        return list(doc_ids)
+
+    def _compact_if_needed(self) -> None:
+        """Fold the served changes into a new index in the background, one rebuild at a time."""
+        data = self.service.data
+        if not data.needs_compaction or not self._compacting.acquire(blocking=False):
+            return
+
+        def rebuild() -> None:
+            try:
+                manifest = data.rebuild_index()
+                log.info("index rebuilt with the live changes: %d documents", manifest.count)
+            except Exception:
+                log.exception("rebuilding the index with the live changes failed")
+            finally:
+                self._compacting.release()
+
+        self.executor.submit(rebuild)

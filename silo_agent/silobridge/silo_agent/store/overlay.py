@@ -1,0 +1,83 @@
+"""Changes since the saved index was built, served beside it until the next rebuild folds them in.
+
+FAISS's HNSW cannot delete or replace a vector, so a serving silo never edits the saved index:
+rows written since it was built are searched exactly here, and the index's own entries for
+changed or deleted keys are hidden. An ``Overlay`` is immutable; a write swaps in a new one, so
+a search running meanwhile sees one consistent state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from silobridge.silo_agent.store.docstore import Changes, KeyArray
+from silobridge.silo_agent.store.index import VectorIndex
+
+FloatMatrix = npt.NDArray[np.float32]
+FloatVector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Rows written after ``base_version`` and the index keys they hide, as of ``version``."""
+
+    base_version: int
+    version: int
+    keys: KeyArray
+    vectors: FloatMatrix
+    # Index keys not to return: rewritten since (their new vector is here) or deleted.
+    hidden: frozenset[int] = field(default_factory=frozenset)
+    _row_of: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def empty(cls, base_version: int, dimension: int) -> Overlay:
+        return cls(
+            base_version,
+            base_version,
+            np.zeros(0, dtype=np.int64),
+            np.zeros((0, dimension), dtype=np.float32),
+        )
+
+    @classmethod
+    def of(cls, base_version: int, changes: Changes) -> Overlay:
+        keys = np.ascontiguousarray(changes.keys, dtype=np.int64)
+        hidden = frozenset(int(key) for key in keys) | frozenset(
+            int(key) for key in changes.deleted
+        )
+        rows = {int(key): row for row, key in enumerate(keys)}
+        vectors = np.ascontiguousarray(changes.vectors, dtype=np.float32)
+        return cls(base_version, changes.version, keys, vectors, hidden, rows)
+
+    @property
+    def size(self) -> int:
+        """How much the next rebuild would fold in: rows written plus keys hidden."""
+        return len(self.hidden)
+
+    def vector(self, key: int) -> FloatVector | None:
+        row = self._row_of.get(key)
+        return None if row is None else self.vectors[row]
+
+
+def search_with_overlay(
+    index: VectorIndex | None, overlay: Overlay, query: FloatVector, k: int
+) -> list[tuple[int, float]]:
+    """Top-``k`` (key, inner product) over the index minus hidden keys, plus the overlay rows."""
+    found: list[tuple[int, float]] = []
+    if index is not None and index.count:
+        # Ask for enough that k survive the hidden ones.
+        depth = min(index.count, k + len(overlay.hidden))
+        found = [
+            (key, score)
+            for key, score in index.search(query.reshape(1, -1), depth)[0]
+            if key not in overlay.hidden
+        ]
+    if overlay.keys.shape[0]:
+        scores = overlay.vectors @ query
+        take = min(k, scores.shape[0])
+        best = np.argpartition(-scores, take - 1)[:take]
+        found.extend((int(overlay.keys[i]), float(scores[i])) for i in best)
+    found.sort(key=lambda pair: (-pair[1], pair[0]))
+    return found[:k]
