@@ -14,7 +14,7 @@ import pytest
 
 from silobridge.core.config import TlsFiles
 from silobridge.core.documents import Document, WriteReceipt
-from silobridge.core.errors import PermissionDenied
+from silobridge.core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 from silobridge.core.hits import Hit
 from silobridge.evaluation.corpus import load_records
 from silobridge.rpc.silo_client import SiloClient
@@ -172,3 +172,28 @@ def test_acknowledged_live_writes_survive_kill_9(
     )
     assert "1 new, 0 updated, 9 unchanged" in again.stdout, again.stdout + again.stderr
     assert second.terminate() == 0
+
+
+def test_a_bad_batch_is_refused_whole_with_the_document_named(
+    pki: Pki, tmp_path: Path, serve_silo: type[ServerThread]
+) -> None:
+    config = write_silo_config(tmp_path / "silo", pki.silo, extra=ADMINS)
+    ingest_kjv(config, 20)
+    server = serve_silo(config)
+    good = Document("fine", "a perfectly good document")
+
+    async def run() -> None:
+        async with SiloClient(server.target, pki.home_client) as silo:
+            with pytest.raises(InvalidArgument, match=r"document #1 \('blank'\).*text"):
+                await _write(silo, [good, Document("blank", "   ")])
+            with pytest.raises(InvalidArgument, match="appears twice"):
+                await _write(silo, [good, good])
+            too_many = [Document(f"d{i}", f"text {i}") for i in range(65)]  # max_embed_texts=64
+            with pytest.raises(ResourceExhausted, match="at most 64"):
+                await _write(silo, too_many)
+            with pytest.raises(InvalidArgument, match="no document ids"):
+                await silo.delete_documents([])
+
+    asyncio.run(run())
+    assert server.service.data.count() == 20
+    assert server.service.data.texts(["fine", "blank", "d0"]) == {}

@@ -18,7 +18,7 @@ from silobridge.core.errors import InvalidArgument, ResourceExhausted
 from silobridge.core.offload import off_loop
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.security.identity import PeerIdentity
-from silobridge.silo_agent.ingest import checked_document, store_documents
+from silobridge.silo_agent.ingest import MAX_ID_CHARS, checked_document, store_documents
 from silobridge.silo_agent.service import SiloService
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,18 @@ class SiloAdmin:
         )
         return WriteReceipt(counts.inserted, counts.updated, counts.unchanged, data.count())
 
+    def _check_count(self, count: int, what: str) -> None:
+        limit = self.service.config.limits.max_embed_texts
+        if not count:
+            raise InvalidArgument(f"no {what} given; send at least one")
+        if count > limit:
+            raise ResourceExhausted(
+                f"{count} {what} in one request; this silo accepts at most {limit}: split it"
+            )
+
     def _checked(self, batch: Sequence[Document]) -> list[Document]:
         limits = self.service.config.limits
-        if not batch:
-            raise InvalidArgument("an empty batch of documents; send at least one")
-        if len(batch) > limits.max_embed_texts:
-            raise ResourceExhausted(
-                f"{len(batch)} documents in one batch; this silo accepts at most "
-                f"{limits.max_embed_texts}: split the batch"
-            )
+        self._check_count(len(batch), "documents")
         documents: list[Document] = []
         seen: set[str] = set()
         for position, doc in enumerate(batch):
@@ -107,16 +110,9 @@ class SiloAdmin:
         return documents
 
     def _checked_ids(self, doc_ids: Sequence[str]) -> list[str]:
-        limits = self.service.config.limits
-        if not doc_ids:
-            raise InvalidArgument("no document ids given; send at least one")
-        if len(doc_ids) > limits.max_embed_texts:
-            raise ResourceExhausted(
-                f"{len(doc_ids)} ids in one delete; this silo accepts at most "
-                f"{limits.max_embed_texts}: split it"
-            )
+        self._check_count(len(doc_ids), "document ids")
         for doc_id in doc_ids:
-            if not doc_id.strip() or len(doc_id) > 512:
+            if not doc_id.strip() or len(doc_id) > MAX_ID_CHARS:
                 raise InvalidArgument(f"document id {doc_id!r:.80} is empty or too long")
         return list(doc_ids)
 
