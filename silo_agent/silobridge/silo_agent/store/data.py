@@ -76,6 +76,7 @@ class SiloData:
         self._swap_lock = threading.Lock()
         # One writer of the overlay at a time (writes, deletes, refreshes, rebuilds).
         self._write_lock = threading.RLock()
+        self._rebuild_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -196,7 +197,7 @@ class SiloData:
         # write swaps them as a pair but cannot mix two states into one answer.
         with self._swap_lock:
             index, overlay = self._index, self._overlay
-        if index is None and not overlay.keys.shape[0]:
+        if index is None and overlay.version == 0:
             raise FailedPrecondition("index not built yet: run `silobridge silo ingest` first")
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self._space.dimension,):
@@ -218,9 +219,13 @@ class SiloData:
     def rebuild_index(self) -> IndexManifest:
         """Rebuild the index from every vector in the docstore, save it, and serve it.
 
-        One writer at a time: an upsert from another process during a rebuild is kept in the
-        docstore but may miss this index until the next rebuild.
+        One rebuild at a time in this process; a write during the rebuild is kept in the
+        docstore and served beside the new index (it is after the version read first).
         """
+        with self._rebuild_lock:
+            return self._rebuild_index()
+
+    def _rebuild_index(self) -> IndexManifest:
         # Read before the vectors: an upsert racing this rebuild leaves the index marked stale.
         version = self.docstore.data_version()
         keys, vectors = self.docstore.all_vectors()
@@ -253,13 +258,16 @@ class SiloData:
     def _load_index_if_present(self) -> None:
         if read_manifest(self.index_dir) is None:
             return
+        # Read before the index: a rebuild saves its index before it records the version, so
+        # a version read first is never newer than the index, and the overlay then serves a
+        # superset of what the index lacks (never a gap).
+        base_version = int(self.docstore.get_meta(_INDEXED_VERSION) or 0)
         index = VectorIndex.load(
             self.index_dir,
             expected_fingerprint=self._space.fingerprint,
             expected_model_id=self._space.model_id,
             settings=self.settings,
         )
-        base_version = int(self.docstore.get_meta(_INDEXED_VERSION) or 0)
         with self._swap_lock:
             self._index, self._manifest = index, index.manifest
             # Everything after the index's version is served beside it (``refresh`` fills it).
