@@ -74,10 +74,12 @@ def search_with_overlay(
             for key, score in index.search(query.reshape(1, -1), depth)[0]
             if key not in overlay.hidden
         ]
-    if overlay.keys.shape[0]:
-        scores = overlay.vectors @ query
-        take = min(k, scores.shape[0])
-        best = np.argpartition(-scores, take - 1)[:take]
-        found.extend((int(overlay.keys[i]), float(scores[i])) for i in best)
-    found.sort(key=lambda pair: (-pair[1], pair[0]))
+    if not overlay.keys.shape[0]:
+        return found[:k]  # the index's own order, ties included
+    scores = overlay.vectors @ query
+    take = min(k, scores.shape[0])
+    best = np.argpartition(-scores, take - 1)[:take]
+    found.extend((int(overlay.keys[i]), float(scores[i])) for i in best)
+    # Stable: equal scores keep the index's order, then the overlay's.
+    found.sort(key=lambda pair: -pair[1])
     return found[:k]
