@@ -204,6 +204,12 @@ async def delete_documents(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> obj
     return await _admin(ch).DeleteDocuments(request, timeout=10)
 
 
+async def plan_migration(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    # The silo's own model: refused as nothing to migrate, but only once the caller is admitted.
+    request = silo_pb2.PlanMigrationRequest(to_model="static-64", sample_size=4)
+    return await _admin(ch).PlanMigration(request, timeout=60)
+
+
 def _admin(ch: grpc.aio.Channel) -> silo_pb2_grpc.SiloAdminServiceAsyncStub:
     return silo_pb2_grpc.SiloAdminServiceStub(ch)
 
@@ -239,6 +245,11 @@ TABLE: dict[tuple[str, str], list[tuple[str, str, Call]]] = {
         ("home_client", ALLOWED, delete_documents),
         ("other_client", DENIED, delete_documents),
         ("coordinator", DENIED, delete_documents),
+    ],
+    ("SiloAdminService", "PlanMigration"): [
+        ("home_client", ALLOWED, plan_migration),
+        ("other_client", DENIED, plan_migration),
+        ("coordinator", DENIED, plan_migration),
     ],
     ("CoordinatorService", "RegisterSilo"): [
         ("silo", ALLOWED, register),

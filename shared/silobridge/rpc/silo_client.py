@@ -17,6 +17,7 @@ from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
+from silobridge.core.migration import MigrationPlan
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import FloatVector, WireVector
@@ -149,3 +150,11 @@ class SiloClient:
         request = silo_pb2.DeleteDocumentsRequest(doc_ids=list(doc_ids))
         reply = await unary(self._peer, self.admin_stub.DeleteDocuments(request, timeout=timeout))
         return convert.delete_receipt_from_proto(reply)
+
+    async def plan_migration(
+        self, to_model: str, *, sample_size: int = 0, timeout: float | None = None
+    ) -> MigrationPlan:
+        """What moving the silo to ``to_model`` would take (the silo's admins only)."""
+        request = silo_pb2.PlanMigrationRequest(to_model=to_model, sample_size=sample_size)
+        reply = await unary(self._peer, self.admin_stub.PlanMigration(request, timeout=timeout))
+        return convert.migration_plan_from_proto(reply)

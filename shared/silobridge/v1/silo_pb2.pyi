@@ -371,3 +371,70 @@ class DeleteDocumentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteDocumentsResponse: _TypeAlias = DeleteDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class PlanMigrationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_MODEL_FIELD_NUMBER: _builtins.int
+    SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    to_model: _builtins.str
+    """The new model's spec, as in silo.toml (e.g. "minilm-l6")."""
+    sample_size: _builtins.int
+    """Documents embedded to measure throughput (0: the silo's default)."""
+    def __init__(
+        self,
+        *,
+        to_model: _builtins.str = ...,
+        sample_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sample_size", b"sample_size", "to_model", b"to_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanMigrationRequest: _TypeAlias = PlanMigrationRequest  # noqa: Y015
+
+@_typing.final
+class PlanMigrationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    SAMPLE_DOCUMENTS_FIELD_NUMBER: _builtins.int
+    SAMPLE_SECONDS_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ESTIMATED_SECONDS_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
+    documents: _builtins.int
+    sample_documents: _builtins.int
+    sample_seconds: _builtins.float
+    documents_per_second: _builtins.float
+    estimated_seconds: _builtins.float
+    disk_bytes: _builtins.int
+    """New vectors in the docstore plus the new index, estimated from the target dimension."""
+    @_builtins.property
+    def current(self) -> _common_pb2.SpaceDescriptor: ...
+    @_builtins.property
+    def target(self) -> _common_pb2.SpaceDescriptor: ...
+    def __init__(
+        self,
+        *,
+        current: _common_pb2.SpaceDescriptor | None = ...,
+        target: _common_pb2.SpaceDescriptor | None = ...,
+        documents: _builtins.int = ...,
+        sample_documents: _builtins.int = ...,
+        sample_seconds: _builtins.float = ...,
+        documents_per_second: _builtins.float = ...,
+        estimated_seconds: _builtins.float = ...,
+        disk_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "disk_bytes", b"disk_bytes", "documents", b"documents", "documents_per_second", b"documents_per_second", "estimated_seconds", b"estimated_seconds", "sample_documents", b"sample_documents", "sample_seconds", b"sample_seconds", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanMigrationResponse: _TypeAlias = PlanMigrationResponse  # noqa: Y015

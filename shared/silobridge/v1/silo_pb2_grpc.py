@@ -252,6 +252,11 @@ class SiloAdminServiceStub:
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsResponse.FromString,
                 _registered_method=True)
+        self.PlanMigration = channel.unary_unary(
+                '/silobridge.v1.SiloAdminService/PlanMigration',
+                request_serializer=silobridge_dot_v1_dot_silo__pb2.PlanMigrationRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_silo__pb2.PlanMigrationResponse.FromString,
+                _registered_method=True)
 
 
 class SiloAdminServiceServicer:
@@ -275,6 +280,15 @@ class SiloAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanMigration(self, request, context):
+        """What moving the silo to another embedding model would take: documents to re-encode, the new
+        model's measured throughput on a sample of this silo's own texts, time and disk. Changes
+        nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SiloAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -287,6 +301,11 @@ def add_SiloAdminServiceServicer_to_server(servicer, server):
                     servicer.DeleteDocuments,
                     request_deserializer=silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsResponse.SerializeToString,
+            ),
+            'PlanMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanMigration,
+                    request_deserializer=silobridge_dot_v1_dot_silo__pb2.PlanMigrationRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_silo__pb2.PlanMigrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +364,33 @@ class SiloAdminService:
             '/silobridge.v1.SiloAdminService/DeleteDocuments',
             silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsRequest.SerializeToString,
             silobridge_dot_v1_dot_silo__pb2.DeleteDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.SiloAdminService/PlanMigration',
+            silobridge_dot_v1_dot_silo__pb2.PlanMigrationRequest.SerializeToString,
+            silobridge_dot_v1_dot_silo__pb2.PlanMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -109,6 +109,11 @@ class SiloAdminServiceStub:
     """
     DeleteDocuments: _grpc.UnaryUnaryMultiCallable[_silo_pb2.DeleteDocumentsRequest, _silo_pb2.DeleteDocumentsResponse]
     """Remove documents by id; ids the silo does not hold are reported, not an error."""
+    PlanMigration: _grpc.UnaryUnaryMultiCallable[_silo_pb2.PlanMigrationRequest, _silo_pb2.PlanMigrationResponse]
+    """What moving the silo to another embedding model would take: documents to re-encode, the new
+    model's measured throughput on a sample of this silo's own texts, time and disk. Changes
+    nothing.
+    """
 
 @_typing.type_check_only
 class SiloAdminServiceAsyncStub(SiloAdminServiceStub):
@@ -124,6 +129,11 @@ class SiloAdminServiceAsyncStub(SiloAdminServiceStub):
     """
     DeleteDocuments: _aio.UnaryUnaryMultiCallable[_silo_pb2.DeleteDocumentsRequest, _silo_pb2.DeleteDocumentsResponse]  # type: ignore[assignment]
     """Remove documents by id; ids the silo does not hold are reported, not an error."""
+    PlanMigration: _aio.UnaryUnaryMultiCallable[_silo_pb2.PlanMigrationRequest, _silo_pb2.PlanMigrationResponse]  # type: ignore[assignment]
+    """What moving the silo to another embedding model would take: documents to re-encode, the new
+    model's measured throughput on a sample of this silo's own texts, time and disk. Changes
+    nothing.
+    """
 
 class SiloAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Live changes to a serving silo, for its own organization's admins ([access] admin), on the
@@ -148,5 +158,16 @@ class SiloAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_silo_pb2.DeleteDocumentsResponse, _abc.Awaitable[_silo_pb2.DeleteDocumentsResponse]]:
         """Remove documents by id; ids the silo does not hold are reported, not an error."""
+
+    @_abc_1.abstractmethod
+    def PlanMigration(
+        self,
+        request: _silo_pb2.PlanMigrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_silo_pb2.PlanMigrationResponse, _abc.Awaitable[_silo_pb2.PlanMigrationResponse]]:
+        """What moving the silo to another embedding model would take: documents to re-encode, the new
+        model's measured throughput on a sample of this silo's own texts, time and disk. Changes
+        nothing.
+        """
 
 def add_SiloAdminServiceServicer_to_server(servicer: SiloAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

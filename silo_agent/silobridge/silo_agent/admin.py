@@ -15,10 +15,12 @@ from concurrent.futures import Executor
 
 from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
 from silobridge.core.errors import InvalidArgument, ResourceExhausted
+from silobridge.core.migration import MigrationPlan
 from silobridge.core.offload import off_loop
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.security.identity import PeerIdentity
 from silobridge.silo_agent.ingest import MAX_ID_CHARS, checked_document, store_documents
+from silobridge.silo_agent.migration.plan import plan_migration
 from silobridge.silo_agent.service import SiloService
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,19 @@ class SiloAdmin:
         self.gatekeeper.record(caller, "DeleteDocuments", allowed=True, results=len(counts.deleted))
         self._compact_if_needed()
         return DeleteReceipt(len(counts.deleted), counts.missing, data.count())
+
+    async def plan_migration(
+        self, caller: PeerIdentity, to_model: str, sample_size: int
+    ) -> MigrationPlan:
+        """What moving to ``to_model`` would take (loads and times the model; changes nothing)."""
+        caller = self._admit(caller)
+        plan = await off_loop(
+            self.executor, functools.partial(plan_migration, self.service, to_model, sample_size)
+        )
+        self.gatekeeper.record(
+            caller, "PlanMigration", allowed=True, results=plan.documents, to_model=to_model
+        )
+        return plan
 
     def _store(self, documents: Sequence[Document]) -> WriteReceipt:
         data = self.service.data

@@ -19,6 +19,7 @@ from silobridge.core.cli_support import (
     stderr_console,
     stdout_console,
 )
+from silobridge.silo_agent.migrate_cli import migrate_app
 
 if TYPE_CHECKING:
     from silobridge.client.config import ClientConfig
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from silobridge.silo_agent.ingest import IngestSummary
 
 silo_app = typer.Typer(no_args_is_help=True, help="Run one organization's silo agent.")
+silo_app.add_typer(migrate_app, name="migrate")
 out = stdout_console()
 err = stderr_console()
 
@@ -55,9 +57,10 @@ def ingest(
 ) -> None:
     """Embed documents with the silo's model and upsert them into its docstore and index.
 
-    Offline (--config silo.toml): the silo's own process, while it is stopped or beside it.
-    Live (--live --client client.toml): to a running silo, as one of its organization's admins
-    ([access] admin); each batch is durable when acknowledged and the next search sees it.
+    Offline (--config silo.toml): in this process, while the silo is stopped or beside it.
+
+    Live (--live --client client.toml): to a running silo, as one of its admins (access rule
+    admin in silo.toml); each batch is durable when acknowledged, and the next search sees it.
     """
     if live:
         result, target = _ingest_live(files, client, silo, batch_size, config)
@@ -127,14 +130,11 @@ def _ingest_offline(files: list[Path], config: Path, batch_size: int) -> IngestS
 
 
 def _admin_target(client: Path | None, silo: str | None) -> tuple[ClientConfig, str]:
-    from silobridge.client.config import load_client_config
-    from silobridge.core.endpoints import validate_endpoint
+    from silobridge.silo_agent.migrate_cli import admin_target
 
     if client is None:
         fail("--live needs --client client.toml: the certificate of one of the silo's admins")
-    cfg = run_or_exit(lambda: load_client_config(client))
-    target = run_or_exit(lambda: validate_endpoint(silo)) if silo else cfg.home_silo
-    return cfg, target
+    return admin_target(client, silo)
 
 
 def _ingest_live(
@@ -167,7 +167,7 @@ def delete(
     client: ClientOption = None,
     silo: SiloOption = None,
 ) -> None:
-    """Remove documents from a running silo (its organization's admins only: [access] admin)."""
+    """Remove documents from a running silo (its admins only: access rule admin in silo.toml)."""
     from silobridge.rpc.silo_client import SiloClient
     from silobridge.silo_agent.live_ingest import delete_live
 

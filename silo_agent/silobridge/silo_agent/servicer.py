@@ -117,3 +117,12 @@ class SiloAdminServicer(silo_pb2_grpc.SiloAdminServiceServicer):
     ) -> silo_pb2.DeleteDocumentsResponse:
         receipt = await self.admin.delete(peer_identity(context), list(request.doc_ids))
         return convert.delete_receipt_to_proto(receipt)
+
+    @unary_boundary
+    async def PlanMigration(
+        self, request: silo_pb2.PlanMigrationRequest, context: Context
+    ) -> silo_pb2.PlanMigrationResponse:
+        plan = await self.admin.plan_migration(
+            peer_identity(context), request.to_model, request.sample_size
+        )
+        return convert.migration_plan_to_proto(plan)

@@ -12,6 +12,8 @@ from silobridge.rpc.convert.documents import (
     delete_receipt_to_proto,
     documents_from_proto,
     documents_to_proto,
+    migration_plan_from_proto,
+    migration_plan_to_proto,
     write_receipt_from_proto,
     write_receipt_to_proto,
 )
@@ -79,6 +81,8 @@ __all__ = [
     "hit_from_proto",
     "hit_to_proto",
     "matrix_from_protos",
+    "migration_plan_from_proto",
+    "migration_plan_to_proto",
     "progress_from_proto",
     "progress_to_proto",
     "signed_query_from_proto",

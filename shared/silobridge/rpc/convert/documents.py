@@ -1,10 +1,12 @@
-"""Protobuf <-> domain for live writes to a silo: documents, write and delete receipts."""
+"""Protobuf <-> domain for a silo's admin surface: documents, receipts, migration plans."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
+from silobridge.core.migration import MigrationPlan
+from silobridge.rpc.convert.queries import space_from_proto, space_to_proto
 from silobridge.v1 import silo_pb2
 
 
@@ -56,4 +58,30 @@ def delete_receipt_from_proto(message: silo_pb2.DeleteDocumentsResponse) -> Dele
         deleted=message.deleted,
         missing=tuple(message.missing),
         document_count=message.document_count,
+    )
+
+
+def migration_plan_to_proto(plan: MigrationPlan) -> silo_pb2.PlanMigrationResponse:
+    return silo_pb2.PlanMigrationResponse(
+        current=space_to_proto(plan.current),
+        target=space_to_proto(plan.target),
+        documents=plan.documents,
+        sample_documents=plan.sample_documents,
+        sample_seconds=plan.sample_seconds,
+        documents_per_second=plan.documents_per_second,
+        estimated_seconds=plan.estimated_seconds,
+        disk_bytes=plan.disk_bytes,
+    )
+
+
+def migration_plan_from_proto(message: silo_pb2.PlanMigrationResponse) -> MigrationPlan:
+    return MigrationPlan(
+        current=space_from_proto(message.current),
+        target=space_from_proto(message.target),
+        documents=message.documents,
+        sample_documents=message.sample_documents,
+        sample_seconds=message.sample_seconds,
+        documents_per_second=message.documents_per_second,
+        estimated_seconds=message.estimated_seconds,
+        disk_bytes=message.disk_bytes,
     )

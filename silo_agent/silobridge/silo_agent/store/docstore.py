@@ -320,6 +320,22 @@ class DocStore:
                     )
         return found
 
+    def sample_texts(self, count: int) -> list[str]:
+        """Up to ``count`` texts spread evenly over the store (every n-th by key), in key order."""
+        with self._lock:
+            total, low, high = self._conn.execute(
+                "SELECT COUNT(*), MIN(key), MAX(key) FROM documents"
+            ).fetchone()
+            if not total:
+                return []
+            # Rounded up, so the sample reaches the last documents instead of stopping early.
+            step = max(1, -(-(int(high) - int(low) + 1) // max(count, 1)))
+            rows = self._conn.execute(
+                "SELECT text FROM documents WHERE (key - ?) % ? = 0 ORDER BY key LIMIT ?",
+                (int(low), step, count),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
     def texts(self, doc_ids: Iterable[str]) -> dict[str, str]:
         """The text of each given doc id that is stored (absent ids are left out)."""
         return self._column_by_id(doc_ids, "text")
