@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 
 from silobridge.core.documents import Document
-from silobridge.core.errors import FailedPrecondition
+from silobridge.core.errors import FailedPrecondition, ResourceExhausted
 from silobridge.core.hits import Hit
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.silo_agent.store import data as data_module
@@ -115,8 +115,10 @@ class LiveStoreMachine(RuleBasedStateMachine):
         self.model: dict[str, Stored] = {}
         self.rng = np.random.default_rng(0)
         self.generation = 0
-        # Model of the overlay: incarnations written or deleted since the last rebuild.
+        # Model of the overlay: incarnations written since the last rebuild, and indexed ones
+        # deleted since (a document both written and deleted after it leaves nothing behind).
         self.pending: set[int] = set()
+        self.indexed: set[int] = set()
         self.changed_since_build = False
         self.built = False
         # Vectors worth querying with: the old vector of a rewritten document, the vector of a
@@ -213,6 +215,7 @@ class LiveStoreMachine(RuleBasedStateMachine):
         assert self.data.refresh() is bool(expected[0] or expected[1])
         if self.data.reload_index():
             self.pending.clear()
+            self.indexed = {row.incarnation for row in self.model.values()}
         # else: the same index bytes as the one served, which keeps its own (older) base.
         self.changed_since_build = False
         self.built = True
@@ -224,7 +227,10 @@ class LiveStoreMachine(RuleBasedStateMachine):
         missing = tuple(doc_id for doc_id in wanted if doc_id not in self.model)
         for doc_id in gone:
             row = self.model.pop(doc_id)
-            self.pending.add(row.incarnation)
+            if row.incarnation in self.indexed:
+                self.pending.add(row.incarnation)
+            else:
+                self.pending.discard(row.incarnation)
             self.deleted.add(doc_id)
             self._probe(row.vector)
         if gone:
@@ -239,6 +245,7 @@ class LiveStoreMachine(RuleBasedStateMachine):
         assert manifest.count == len(self.model)
         assert manifest.factory == EXACT_FACTORY
         self.pending.clear()
+        self.indexed = {row.incarnation for row in self.model.values()}
         self.changed_since_build = False
         self.built = True
 
@@ -506,3 +513,25 @@ def test_a_server_opening_while_an_ingest_finishes_still_serves_everything(
     finally:
         server.close()
         ingest.close()
+
+
+def test_live_writes_wait_for_the_rebuild_once_too_much_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlay is bounded: past the cap a write is refused until a rebuild folds it in."""
+    monkeypatch.setattr(data_module, "MAX_PENDING_ROWS", 3)
+    space = SpaceDescriptor("s", "m", 4, "0123456789abcdef")
+    data = SiloData.open(tmp_path / "silo", space)
+    eye = np.eye(4, dtype=np.float32)
+    try:
+        data.write([Document(f"d{i}", f"text {i}") for i in range(3)], eye[:3])
+        with pytest.raises(ResourceExhausted, match="background rebuild"):
+            data.write([Document("d3", "text 3")], eye[3:4])
+        assert data.count() == 3
+        data.rebuild_index()
+        data.write([Document("d3", "text 3")], eye[3:4])
+        assert [hit.doc_id for hit in data.search(eye[3], 1)] == ["d3"]
+        # New keys are above the index's: they are served beside it, nothing of it is hidden.
+        assert data.pending_changes == 1
+    finally:
+        data.close()

@@ -191,9 +191,12 @@ def test_a_bad_batch_is_refused_whole_with_the_document_named(
             too_many = [Document(f"d{i}", f"text {i}") for i in range(65)]  # max_embed_texts=64
             with pytest.raises(ResourceExhausted, match="at most 64"):
                 await _write(silo, too_many)
+            bulky = Document("bulky", "short text", {"k": "v" * 3_000})  # max_text_chars=2000
+            with pytest.raises(ResourceExhausted, match="of metadata"):
+                await _write(silo, [bulky])
             with pytest.raises(InvalidArgument, match="no document ids"):
                 await silo.delete_documents([])
 
     asyncio.run(run())
     assert server.service.data.count() == 20
-    assert server.service.data.texts(["fine", "blank", "d0"]) == {}
+    assert server.service.data.texts(["fine", "blank", "d0", "bulky"]) == {}

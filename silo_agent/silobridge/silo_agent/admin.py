@@ -22,6 +22,7 @@ from silobridge.security.identity import PeerIdentity
 from silobridge.silo_agent.ingest import MAX_ID_CHARS, checked_document, store_documents
 from silobridge.silo_agent.migration.plan import plan_migration
 from silobridge.silo_agent.service import SiloService
+from silobridge.silo_agent.store.data import SiloData
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,17 @@ log = logging.getLogger(__name__)
 class SiloAdmin:
     """``write`` and ``delete`` as the silo's admins call them (``[access] admin``)."""
 
-    def __init__(self, service: SiloService, executor: Executor, gatekeeper: Gatekeeper) -> None:
+    def __init__(
+        self,
+        service: SiloService,
+        executor: Executor,
+        gatekeeper: Gatekeeper,
+        compactor: IndexCompactor,
+    ) -> None:
         self.service = service
         self.executor = executor
         self.gatekeeper = gatekeeper
-        self._compacting = threading.Lock()
+        self.compactor = compactor
 
     def _admit(self, caller: PeerIdentity) -> PeerIdentity:
         caller = self.gatekeeper.admit(caller)
@@ -46,24 +53,25 @@ class SiloAdmin:
     ) -> AsyncGenerator[WriteReceipt, None]:
         """Store each batch as it arrives; one receipt per batch, once it is durable."""
         caller = self._admit(caller)  # before reading any document
-        inserted = updated = unchanged = 0
+        first = True
         async for batch in batches:
+            if not first:
+                self.gatekeeper.limit(caller)  # every batch spends from the admin's budget
+            first = False
             documents = self._checked(batch)
             receipt = await off_loop(self.executor, functools.partial(self._store, documents))
-            inserted += receipt.inserted
-            updated += receipt.updated
-            unchanged += receipt.unchanged
+            # One line per durable batch: a stream cut off later still leaves its record.
+            self.gatekeeper.record(
+                caller,
+                "WriteDocuments",
+                allowed=True,
+                results=len(documents),
+                inserted=receipt.inserted,
+                updated=receipt.updated,
+                unchanged=receipt.unchanged,
+            )
+            self.compactor.maybe_start()
             yield receipt
-        self.gatekeeper.record(
-            caller,
-            "WriteDocuments",
-            allowed=True,
-            results=inserted + updated + unchanged,
-            inserted=inserted,
-            updated=updated,
-            unchanged=unchanged,
-        )
-        self._compact_if_needed()
 
     async def delete(self, caller: PeerIdentity, doc_ids: Sequence[str]) -> DeleteReceipt:
         caller = self._admit(caller)
@@ -71,7 +79,7 @@ class SiloAdmin:
         data = self.service.data
         counts = await off_loop(self.executor, lambda: data.delete(ids))
         self.gatekeeper.record(caller, "DeleteDocuments", allowed=True, results=len(counts.deleted))
-        self._compact_if_needed()
+        self.compactor.maybe_start()
         return DeleteReceipt(len(counts.deleted), counts.missing, data.count())
 
     async def plan_migration(
@@ -113,6 +121,12 @@ class SiloAdmin:
             checked = checked_document(doc.doc_id, doc.text, doc.metadata)
             if isinstance(checked, str):
                 raise InvalidArgument(f"document #{position} ({doc.doc_id!r:.80}): {checked}")
+            metadata_chars = sum(len(k) + len(v) for k, v in checked.metadata.items())
+            if metadata_chars > limits.max_text_chars:
+                raise ResourceExhausted(
+                    f"document #{position} ({doc.doc_id!r:.80}) has {metadata_chars} characters "
+                    f"of metadata; the limit is {limits.max_text_chars}"
+                )
             if len(checked.text) > limits.max_text_chars:
                 raise ResourceExhausted(
                     f"document #{position} ({doc.doc_id!r:.80}) has {len(checked.text)} "
@@ -131,19 +145,34 @@ class SiloAdmin:
                 raise InvalidArgument(f"document id {doc_id!r:.80} is empty or too long")
         return list(doc_ids)
 
-    def _compact_if_needed(self) -> None:
-        """Fold the served changes into a new index in the background, one rebuild at a time."""
-        data = self.service.data
-        if not data.needs_compaction or not self._compacting.acquire(blocking=False):
-            return
 
-        def rebuild() -> None:
-            try:
-                manifest = data.rebuild_index()
-                log.info("index rebuilt with the live changes: %d documents", manifest.count)
-            except Exception:
-                log.exception("rebuilding the index with the live changes failed")
-            finally:
-                self._compacting.release()
+class IndexCompactor:
+    """Folds the changes served beside the index into a new one, in its own thread, one at a
+    time: a rebuild of a large index takes minutes and must not hold a query worker."""
 
-        self.executor.submit(rebuild)
+    def __init__(self, data: SiloData) -> None:
+        self.data = data
+        self._running = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def maybe_start(self) -> bool:
+        """Start a rebuild if the overlay is large enough and none runs; True if one started."""
+        if not self.data.needs_compaction or not self._running.acquire(blocking=False):
+            return False
+        self._thread = threading.Thread(target=self._rebuild, name="silo-rebuild", daemon=True)
+        self._thread.start()
+        return True
+
+    def _rebuild(self) -> None:
+        try:
+            manifest = self.data.rebuild_index()
+            log.info("index rebuilt with the live changes: %d documents", manifest.count)
+        except Exception:
+            log.exception("rebuilding the index with the live changes failed")
+        finally:
+            self._running.release()
+
+    def join(self, timeout: float) -> None:
+        """Wait for a running rebuild (at shutdown, before the data directory is closed)."""
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -14,7 +14,7 @@ from silobridge.embedding.embedders import load_embedder
 from silobridge.rpc.server_kit import RunningServer, serve_until_stopped, start_server
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher
-from silobridge.silo_agent.admin import SiloAdmin
+from silobridge.silo_agent.admin import IndexCompactor, SiloAdmin
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.handlers import SiloHandlers
 from silobridge.silo_agent.registration import start_registration, stop_registration
@@ -29,6 +29,8 @@ SERVICE_NAME = silo_pb2.DESCRIPTOR.services_by_name["SiloService"].full_name
 ADMIN_SERVICE_NAME = silo_pb2.DESCRIPTOR.services_by_name["SiloAdminService"].full_name
 # How often a serving silo looks for documents another process (`silo ingest`) wrote.
 REFRESH_SECONDS = 1.0
+# How long shutdown waits for a background index rebuild before closing the data directory.
+REBUILD_JOIN_SECONDS = 120.0
 
 
 def open_service(config: SiloConfig) -> SiloService:
@@ -67,9 +69,11 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
     )
     adapters = AdapterFetcher(config, service.space)
     servicer = SiloServicer(SiloHandlers(service, executor, gatekeeper, adapters))
-    admin = SiloAdminServicer(SiloAdmin(service, executor, gatekeeper))
+    compactor = IndexCompactor(service.data)
+    admin = SiloAdminServicer(SiloAdmin(service, executor, gatekeeper, compactor))
     refresher = asyncio.get_running_loop().create_task(
-        _follow_other_writers(service.data, executor), name=f"silo-{config.name}-refresh"
+        _follow_other_writers(service.data, executor, compactor),
+        name=f"silo-{config.name}-refresh",
     )
 
     def add_servicers(server: grpc.aio.Server) -> None:
@@ -80,6 +84,7 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         refresher.cancel()
         await asyncio.wait({refresher})
         executor.shutdown(wait=True)
+        await asyncio.to_thread(compactor.join, REBUILD_JOIN_SECONDS)
         service.data.close()
         gatekeeper.close()
         log.info("silo %r stopped", config.name)
@@ -96,13 +101,17 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
     return RunningSilo(running, servicer)
 
 
-async def _follow_other_writers(data: SiloData, executor: ThreadPoolExecutor) -> None:
-    """Serve what another process writes into the data directory, within a second."""
+async def _follow_other_writers(
+    data: SiloData, executor: ThreadPoolExecutor, compactor: IndexCompactor
+) -> None:
+    """Serve what another process writes into the data directory, within a second, and fold
+    it into the index once there is enough of it."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(REFRESH_SECONDS)
         try:
             await loop.run_in_executor(executor, data.refresh)
+            compactor.maybe_start()
         except Exception:  # a background task: log and keep following
             log.exception("could not pick up changes to the data directory")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from silobridge.core.documents import Document
-from silobridge.core.errors import FailedPrecondition, InvalidArgument
+from silobridge.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from silobridge.core.hits import Hit
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder
@@ -29,6 +32,7 @@ FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
 
 DOCSTORE_NAME = "docstore.sqlite"
+REBUILD_LOCK_NAME = "index.lock"
 INDEX_DIR_NAME = "index"
 # Docstore meta: the docstore data version the saved index was built from. Compared with the
 # current version it survives a crash between an upsert and the rebuild, so the next ingest
@@ -38,6 +42,9 @@ _INDEXED_VERSION = "indexed_data_version"
 # exact search over the changes and hiding rewritten keys both grow with them.
 COMPACT_MIN_ROWS = 2_000
 COMPACT_SHARE = 0.05
+# Beyond this many changes beside the index, live writes wait (ResourceExhausted) for the
+# rebuild to fold them in: it bounds the overlay's memory and every search's exact part.
+MAX_PENDING_ROWS = 50_000
 
 
 # What the storage layer needs from an embedder: the embedders' own structural protocol, so a
@@ -143,6 +150,11 @@ class SiloData:
     def write(self, docs: Sequence[Document], vectors: FloatMatrix) -> UpsertCounts:
         """Store documents now, in a serving silo: durable on return, seen by the next search."""
         with self._write_lock:
+            if self._overlay.size >= MAX_PENDING_ROWS:
+                raise ResourceExhausted(
+                    f"{self._overlay.size} changes are waiting to be folded into the index; "
+                    "retry once the silo's background rebuild is done"
+                )
             counts = self.upsert(docs, vectors)
             self.refresh()
         return counts
@@ -166,8 +178,11 @@ class SiloData:
                 return False
             changes = self.docstore.changes_since(overlay.base_version)
             with self._swap_lock:
-                self._overlay = Overlay.of(overlay.base_version, changes)
+                self._overlay = Overlay.of(overlay.base_version, changes, self._index_max_key())
         return True
+
+    def _index_max_key(self) -> int | None:
+        return self._index.max_key if self._index is not None else -1
 
     @property
     def pending_changes(self) -> int:
@@ -222,7 +237,9 @@ class SiloData:
         One rebuild at a time in this process; a write during the rebuild is kept in the
         docstore and served beside the new index (it is after the version read first).
         """
-        with self._rebuild_lock:
+        # The file lock: `silo ingest` in another process may rebuild the same directory; two
+        # interleaved saves could leave a manifest naming a file the other one cleaned up.
+        with self._rebuild_lock, _directory_lock(self.data_dir / REBUILD_LOCK_NAME):
             return self._rebuild_index()
 
     def _rebuild_index(self) -> IndexManifest:
@@ -238,7 +255,7 @@ class SiloData:
         self.docstore.set_meta(_INDEXED_VERSION, str(version))
         with self._write_lock:
             # Rows written while this index was being built are still after ``version``.
-            overlay = Overlay.of(version, self.docstore.changes_since(version))
+            overlay = Overlay.of(version, self.docstore.changes_since(version), index.max_key)
             with self._swap_lock:
                 self._index, self._manifest, self._overlay = index, manifest, overlay
         return manifest
@@ -272,6 +289,17 @@ class SiloData:
             self._index, self._manifest = index, index.manifest
             # Everything after the index's version is served beside it (``refresh`` fills it).
             self._overlay = Overlay.empty(base_version, self._space.dimension)
+
+
+@contextlib.contextmanager
+def _directory_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed), held across processes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _vectors_of(

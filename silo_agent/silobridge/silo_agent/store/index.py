@@ -145,12 +145,27 @@ class VectorIndex:
     def __init__(self, index: Any, factory: str, manifest: IndexManifest | None = None) -> None:
         self._index = index
         self.factory = factory
+        self._max_key: int | None = None
         # The manifest this index was loaded from or last saved with; None while only in memory.
         self.manifest = manifest
 
     @property
     def dimension(self) -> int:
         return int(self._index.d)
+
+    @property
+    def max_key(self) -> int | None:
+        """The largest docstore key this index holds (-1 when empty; None when unknown).
+
+        Keys only grow (the docstore never reuses one), so a key above it is not in the index.
+        """
+        if self._max_key is None:
+            try:
+                ids = faiss.vector_to_array(self._index.id_map)
+            except AttributeError:
+                return None
+            self._max_key = int(ids.max()) if ids.shape[0] else -1
+        return self._max_key
 
     @property
     def count(self) -> int:

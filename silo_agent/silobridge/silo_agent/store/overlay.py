@@ -42,19 +42,24 @@ class Overlay:
         )
 
     @classmethod
-    def of(cls, base_version: int, changes: Changes) -> Overlay:
+    def of(cls, base_version: int, changes: Changes, index_max_key: int | None = None) -> Overlay:
+        """The overlay of ``changes``; keys above ``index_max_key`` are new, so nothing to hide.
+
+        Hiding only keys the index may hold keeps a search's over-fetch to the rewritten and
+        deleted documents, not every new one (``None``: unknown, hide every changed key).
+        """
         keys = np.ascontiguousarray(changes.keys, dtype=np.int64)
-        hidden = frozenset(int(key) for key in keys) | frozenset(
-            int(key) for key in changes.deleted
-        )
+        limit = np.iinfo(np.int64).max if index_max_key is None else index_max_key
+        changed = (int(key) for key in (*keys.tolist(), *changes.deleted.tolist()))
+        hidden = frozenset(key for key in changed if key <= limit)
         rows = {int(key): row for row, key in enumerate(keys)}
         vectors = np.ascontiguousarray(changes.vectors, dtype=np.float32)
         return cls(base_version, changes.version, keys, vectors, hidden, rows)
 
     @property
     def size(self) -> int:
-        """How much the next rebuild would fold in: rows written plus keys hidden."""
-        return len(self.hidden)
+        """How much the next rebuild would fold in: rows written plus index keys hidden."""
+        return len(self._row_of) + len(self.hidden - self._row_of.keys())
 
     def vector(self, key: int) -> FloatVector | None:
         row = self._row_of.get(key)
