@@ -68,8 +68,8 @@ def ingest(
     else:
         if config is None:
             fail("give --config silo.toml (offline ingest) or --live --client client.toml")
-        result = _ingest_offline(files, config, batch_size)
-        where = str(run_or_exit(lambda: _data_dir(config)))
+        result, data_dir = _ingest_offline(files, config, batch_size)
+        where = str(data_dir)
     for bad in result.bad_lines:
         err.print(
             f"[yellow]skipped[/yellow] {bad.path}:{bad.line_number}: {bad.reason}", highlight=False
@@ -79,12 +79,6 @@ def ingest(
         f"{result.inserted} new, {result.updated} updated, {result.unchanged} unchanged, "
         f"{len(result.bad_lines)} bad line(s) skipped"
     )
-
-
-def _data_dir(config: Path) -> Path:
-    from silobridge.silo_agent.config import load_silo_config
-
-    return load_silo_config(config).data_dir
 
 
 def _progress_bar() -> Progress:
@@ -99,7 +93,7 @@ def _progress_bar() -> Progress:
     )
 
 
-def _ingest_offline(files: list[Path], config: Path, batch_size: int) -> IngestSummary:
+def _ingest_offline(files: list[Path], config: Path, batch_size: int) -> tuple[IngestSummary, Path]:
     from silobridge.embedding.embedders import load_embedder
     from silobridge.silo_agent.config import load_silo_config
     from silobridge.silo_agent.ingest import ingest as run_ingest
@@ -126,7 +120,7 @@ def _ingest_offline(files: list[Path], config: Path, batch_size: int) -> IngestS
         finally:
             data.close()
 
-    return run_or_exit(run)
+    return run_or_exit(run), cfg.data_dir
 
 
 def _admin_target(client: Path | None, silo: str | None) -> tuple[ClientConfig, str]:
