@@ -184,7 +184,7 @@ def serve(
     config: ConfigOption,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
-    """Serve SiloService over mutual TLS until SIGTERM/SIGINT."""
+    """Serve SiloService (and SiloAdminService, for its admins) over mTLS until SIGTERM/SIGINT."""
     from silobridge.silo_agent.config import load_silo_config
     from silobridge.silo_agent.server import serve as run_server
 
