@@ -15,7 +15,8 @@ import pytest
 from silobridge.core.documents import Document
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.spaces import FloatMatrix
-from silobridge.silo_agent.store.docstore import DocStore, content_hash
+from silobridge.silo_agent.store.docstore import DocStore
+from silobridge.silo_agent.store.rows import content_hash
 
 DIM = 8
 

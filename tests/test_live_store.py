@@ -31,6 +31,7 @@ from silobridge.core.errors import FailedPrecondition, ResourceExhausted
 from silobridge.core.hits import Hit
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.silo_agent.store import data as data_module
+from silobridge.silo_agent.store import generation as generation_module
 from silobridge.silo_agent.store.data import DOCSTORE_NAME, SiloData
 from silobridge.silo_agent.store.docstore import DocStore
 from silobridge.silo_agent.store.index import EXACT_FACTORY, IndexSettings, VectorIndex
@@ -384,7 +385,7 @@ def _answers(data: SiloData, queries: FloatMatrix, k: int) -> list[list[tuple[st
 def test_needs_compaction_past_the_threshold_and_a_rebuild_keeps_the_results(
     serving: SiloData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data_module, "COMPACT_MIN_ROWS", 5)
+    monkeypatch.setattr(generation_module, "COMPACT_MIN_ROWS", 5)
     rng = np.random.default_rng(5)
     docs, vectors = corpus(40, rng)  # 5% of 40 is 2: the five rows are the threshold
     serving.write(docs, vectors)
@@ -416,7 +417,7 @@ def test_needs_compaction_past_the_threshold_and_a_rebuild_keeps_the_results(
 def test_the_share_of_the_index_also_triggers_compaction(
     serving: SiloData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data_module, "COMPACT_MIN_ROWS", 1)
+    monkeypatch.setattr(generation_module, "COMPACT_MIN_ROWS", 1)
     rng = np.random.default_rng(6)
     docs, vectors = corpus(100, rng)  # 5% of 100 is 5
     serving.write(docs, vectors)

@@ -4,6 +4,7 @@ adapters are listed with their staleness and handed out as signed artifacts."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import Executor
@@ -18,6 +19,7 @@ from silobridge.core.endpoints import validate_endpoint
 from silobridge.core.errors import FailedPrecondition, NotFound, PermissionDenied
 from silobridge.core.listings import AdapterFiles, AdapterListing, SiloDescription, SiloListing
 from silobridge.core.offload import off_loop
+from silobridge.core.spaces import SpaceDescriptor
 from silobridge.security.identity import PeerIdentity, Role
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class SiloRegistry:
             space=info.space,
             document_count=info.document_count,
             registered_at=time.time(),
+            also_serves=_besides(info.space, info) or (),
         )
         await off_loop(self.executor, lambda: self.state.upsert_silo(record))
         log.info("registered silo %s at %s (space %s)", info.name, endpoint, info.space.space_id)
@@ -104,12 +107,36 @@ class SiloRegistry:
         except Exception as error:
             state, why = outcome_of(error)
             return _listing(record, False, record.document_count, f"{state.value}: {why}")
+        # What the silo serves besides its registered space, as it says now (None: it no longer
+        # serves the registered space at all).
+        besides = _besides(record.space, info)
         message = ""
         if info.space.fingerprint != record.space.fingerprint:
             message = (
                 f"space changed since registration: fingerprint {record.space.fingerprint} "
                 f"registered, {info.space.fingerprint} now; the silo must re-register"
             )
+            if besides is not None:
+                message = (
+                    f"space changed since registration: fingerprint {record.space.fingerprint} "
+                    f"registered, {info.space.fingerprint} now; it still answers in the "
+                    "registered space while it migrates, but the silo should re-register"
+                )
+        if besides is not None and besides != record.also_serves:
+            # A silo starts (or ends) serving another space while it migrates, without
+            # re-registering: routing follows from the next probe on.
+            spaces = besides
+            updated = await off_loop(
+                self.executor,
+                lambda: self.state.update_also_serves(record.name, record.space, spaces),
+            )
+            if updated:
+                log.info(
+                    "silo %s now also serves %s",
+                    record.name,
+                    ", ".join(s.space_id for s in spaces) or "no other space",
+                )
+                record = dataclasses.replace(record, also_serves=spaces)
         return _listing(record, True, info.document_count, message, info)
 
     async def list_adapters(self) -> list[AdapterListing]:
@@ -125,6 +152,17 @@ class SiloRegistry:
         if record is None:
             raise NotFound(f"no adapter {adapter_id!r} at this coordinator")
         return await off_loop(self.executor, lambda: read_artifact_files(record.path))
+
+
+def _besides(space: SpaceDescriptor, info: SiloDescription) -> tuple[SpaceDescriptor, ...] | None:
+    """The spaces a silo described by ``info`` answers in besides ``space``, each once and in its
+    order (its own first); ``None`` when it does not answer in ``space`` at all."""
+    served: dict[str, SpaceDescriptor] = {}
+    for candidate in (info.space, *info.also_serves):
+        served.setdefault(candidate.fingerprint, candidate)
+    if space.fingerprint not in served:
+        return None
+    return tuple(s for fingerprint, s in served.items() if fingerprint != space.fingerprint)
 
 
 def _listing(
@@ -144,4 +182,5 @@ def _listing(
         message=message,
         registered_unix=int(record.registered_at),
         policy=described.policy if described is not None else None,
+        also_serves=record.also_serves,
     )

@@ -121,9 +121,18 @@ def silos_table(silos: Sequence[SiloListing]) -> Table:
             Text(silo.space.space_id if silo.space else "?"),
             str(silo.document_count),
             Text("ok", style="green") if silo.healthy else Text("down", style="red"),
-            Text(silo.message),
+            Text(silo_message(silo)),
         )
     return table
+
+
+def silo_message(silo: SiloListing) -> str:
+    """The message column: the coordinator's message, then the spaces a migrating silo also
+    answers in itself (``also serves: <space ids>``)."""
+    parts = [silo.message] if silo.message else []
+    if silo.also_serves:
+        parts.append("also serves: " + ", ".join(space.space_id for space in silo.also_serves))
+    return "; ".join(parts)
 
 
 def adapters_table(adapters: Sequence[AdapterListing], now: float) -> Table:
@@ -194,7 +203,8 @@ def query_command(
 
 
 def _silo_json(silo: SiloListing) -> dict[str, Any]:
-    # The keys this command has always printed; the disclosure policy is the boundary report's.
+    # The keys this command has always printed, and ``also_serves``; the disclosure policy is
+    # the boundary report's.
     return {key: value for key, value in asdict(silo).items() if key != "policy"}
 
 

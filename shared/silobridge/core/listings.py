@@ -19,6 +19,8 @@ class SiloDescription:
     max_k: int
     # None from a silo too old to say.
     policy: DisclosurePolicy | None = None
+    # Other spaces it answers in without a coordinator's adapter (while migrating).
+    also_serves: tuple[SpaceDescriptor, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class SiloListing:
     registered_unix: int
     # What the silo's own policy discloses, as its Describe said (None: it did not answer).
     policy: DisclosurePolicy | None = None
+    # Other spaces it answers in without a coordinator's adapter (while migrating), as the
+    # coordinator knows them; not on the wire yet (SiloInfo has no field for them), so () at
+    # a client.
+    also_serves: tuple[SpaceDescriptor, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
-from silobridge.core.migration import MigrationPlan
+from silobridge.core.migration import MigrationCommand, MigrationPlan, MigrationStatus
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import FloatVector, WireVector
@@ -158,3 +158,22 @@ class SiloClient:
         request = silo_pb2.PlanMigrationRequest(to_model=to_model, sample_size=sample_size)
         reply = await unary(self._peer, self.admin_stub.PlanMigration(request, timeout=timeout))
         return convert.migration_plan_from_proto(reply)
+
+    async def control_migration(
+        self,
+        command: MigrationCommand,
+        *,
+        to_model: str = "",
+        sample_size: int = 0,
+        cpu_share: float = 0.0,
+        timeout: float | None = None,
+    ) -> MigrationStatus:
+        """One migration command (the silo's admins only); every command returns the status."""
+        request = silo_pb2.ControlMigrationRequest(
+            command=convert.migration_command_to_proto(command),
+            to_model=to_model,
+            sample_size=sample_size,
+            cpu_share=cpu_share,
+        )
+        reply = await unary(self._peer, self.admin_stub.ControlMigration(request, timeout=timeout))
+        return convert.migration_status_from_proto(reply)

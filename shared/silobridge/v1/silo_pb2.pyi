@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from silobridge.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -43,6 +44,7 @@ class DescribeResponse(_message.Message):
     DOCUMENT_COUNT_FIELD_NUMBER: _builtins.int
     MAX_K_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    ALSO_SERVES_FIELD_NUMBER: _builtins.int
     silo: _builtins.str
     document_count: _builtins.int
     max_k: _builtins.int
@@ -50,6 +52,12 @@ class DescribeResponse(_message.Message):
     def space(self) -> _common_pb2.SpaceDescriptor: ...
     @_builtins.property
     def policy(self) -> _common_pb2.DisclosurePolicy: ...
+    @_builtins.property
+    def also_serves(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SpaceDescriptor]:
+        """Other spaces the silo answers queries in without an adapter from the coordinator: while it
+        migrates, the space it moves to (before cut-over) or the one it moved from (after).
+        """
+
     def __init__(
         self,
         *,
@@ -58,10 +66,11 @@ class DescribeResponse(_message.Message):
         document_count: _builtins.int = ...,
         max_k: _builtins.int = ...,
         policy: _common_pb2.DisclosurePolicy | None = ...,
+        also_serves: _abc.Iterable[_common_pb2.SpaceDescriptor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "space", b"space"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_count", b"document_count", "max_k", b"max_k", "policy", b"policy", "silo", b"silo", "space", b"space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_serves", b"also_serves", "document_count", b"document_count", "max_k", b"max_k", "policy", b"policy", "silo", b"silo", "space", b"space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,3 +447,126 @@ class PlanMigrationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlanMigrationResponse: _TypeAlias = PlanMigrationResponse  # noqa: Y015
+
+@_typing.final
+class ControlMigrationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Command:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _CommandEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ControlMigrationRequest._Command.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATUS: ControlMigrationRequest._Command.ValueType  # 0
+        START: ControlMigrationRequest._Command.ValueType  # 1
+        PAUSE: ControlMigrationRequest._Command.ValueType  # 2
+        RESUME: ControlMigrationRequest._Command.ValueType  # 3
+        CUTOVER: ControlMigrationRequest._Command.ValueType  # 4
+        ROLLBACK: ControlMigrationRequest._Command.ValueType  # 5
+        FINISH: ControlMigrationRequest._Command.ValueType  # 6
+
+    class Command(_Command, metaclass=_CommandEnumTypeWrapper): ...
+    STATUS: ControlMigrationRequest.Command.ValueType  # 0
+    START: ControlMigrationRequest.Command.ValueType  # 1
+    PAUSE: ControlMigrationRequest.Command.ValueType  # 2
+    RESUME: ControlMigrationRequest.Command.ValueType  # 3
+    CUTOVER: ControlMigrationRequest.Command.ValueType  # 4
+    ROLLBACK: ControlMigrationRequest.Command.ValueType  # 5
+    FINISH: ControlMigrationRequest.Command.ValueType  # 6
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    TO_MODEL_FIELD_NUMBER: _builtins.int
+    SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    CPU_SHARE_FIELD_NUMBER: _builtins.int
+    command: Global___ControlMigrationRequest.Command.ValueType
+    to_model: _builtins.str
+    """START: the new model's spec, as in silo.toml (e.g. "minilm-l6")."""
+    sample_size: _builtins.int
+    """START: documents embedded with the new model to fit the in-domain adapters (0: default)."""
+    cpu_share: _builtins.float
+    """START, RESUME: the share of one CPU the background re-encode may use, in (0, 1]
+    (0: the default on START, unchanged on RESUME).
+    """
+    def __init__(
+        self,
+        *,
+        command: Global___ControlMigrationRequest.Command.ValueType = ...,
+        to_model: _builtins.str = ...,
+        sample_size: _builtins.int = ...,
+        cpu_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "cpu_share", b"cpu_share", "sample_size", b"sample_size", "to_model", b"to_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlMigrationRequest: _TypeAlias = ControlMigrationRequest  # noqa: Y015
+
+@_typing.final
+class MigrationStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    PRIMARY_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    REENCODED_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ETA_SECONDS_FIELD_NUMBER: _builtins.int
+    CPU_SHARE_FIELD_NUMBER: _builtins.int
+    ANCHORS_FIELD_NUMBER: _builtins.int
+    FORWARD_NDCG_FIELD_NUMBER: _builtins.int
+    BACKWARD_NDCG_FIELD_NUMBER: _builtins.int
+    ADAPTER_AGREEMENT_FIELD_NUMBER: _builtins.int
+    RETENTION_ESTIMATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """"none", "reencoding", "paused", "ready" or "cut_over"."""
+    documents: _builtins.int
+    reencoded: _builtins.int
+    documents_per_second: _builtins.float
+    eta_seconds: _builtins.float
+    cpu_share: _builtins.float
+    anchors: _builtins.int
+    forward_ndcg: _builtins.float
+    backward_ndcg: _builtins.float
+    adapter_agreement: _builtins.float
+    retention_estimate: _builtins.float
+    message: _builtins.str
+    @_builtins.property
+    def source(self) -> _common_pb2.SpaceDescriptor: ...
+    @_builtins.property
+    def target(self) -> _common_pb2.SpaceDescriptor:
+        """Unset when no migration runs."""
+
+    @_builtins.property
+    def primary(self) -> _common_pb2.SpaceDescriptor: ...
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        source: _common_pb2.SpaceDescriptor | None = ...,
+        target: _common_pb2.SpaceDescriptor | None = ...,
+        primary: _common_pb2.SpaceDescriptor | None = ...,
+        documents: _builtins.int = ...,
+        reencoded: _builtins.int = ...,
+        documents_per_second: _builtins.float = ...,
+        eta_seconds: _builtins.float = ...,
+        cpu_share: _builtins.float = ...,
+        anchors: _builtins.int = ...,
+        forward_ndcg: _builtins.float = ...,
+        backward_ndcg: _builtins.float = ...,
+        adapter_agreement: _builtins.float = ...,
+        retention_estimate: _builtins.float = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["primary", b"primary", "source", b"source", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_agreement", b"adapter_agreement", "anchors", b"anchors", "backward_ndcg", b"backward_ndcg", "cpu_share", b"cpu_share", "documents", b"documents", "documents_per_second", b"documents_per_second", "eta_seconds", b"eta_seconds", "forward_ndcg", b"forward_ndcg", "message", b"message", "primary", b"primary", "reencoded", b"reencoded", "retention_estimate", b"retention_estimate", "source", b"source", "state", b"state", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrationStatus: _TypeAlias = MigrationStatus  # noqa: Y015

@@ -257,6 +257,11 @@ class SiloAdminServiceStub:
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.PlanMigrationRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_silo__pb2.PlanMigrationResponse.FromString,
                 _registered_method=True)
+        self.ControlMigration = channel.unary_unary(
+                '/silobridge.v1.SiloAdminService/ControlMigration',
+                request_serializer=silobridge_dot_v1_dot_silo__pb2.ControlMigrationRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_silo__pb2.MigrationStatus.FromString,
+                _registered_method=True)
 
 
 class SiloAdminServiceServicer:
@@ -289,6 +294,14 @@ class SiloAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ControlMigration(self, request, context):
+        """Move the silo to another embedding model while it serves (docs/MIGRATION.md): start,
+        pause, resume, cut over, roll back, finish, or only report where the migration stands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SiloAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +319,11 @@ def add_SiloAdminServiceServicer_to_server(servicer, server):
                     servicer.PlanMigration,
                     request_deserializer=silobridge_dot_v1_dot_silo__pb2.PlanMigrationRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_silo__pb2.PlanMigrationResponse.SerializeToString,
+            ),
+            'ControlMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlMigration,
+                    request_deserializer=silobridge_dot_v1_dot_silo__pb2.ControlMigrationRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_silo__pb2.MigrationStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +409,33 @@ class SiloAdminService:
             '/silobridge.v1.SiloAdminService/PlanMigration',
             silobridge_dot_v1_dot_silo__pb2.PlanMigrationRequest.SerializeToString,
             silobridge_dot_v1_dot_silo__pb2.PlanMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.SiloAdminService/ControlMigration',
+            silobridge_dot_v1_dot_silo__pb2.ControlMigrationRequest.SerializeToString,
+            silobridge_dot_v1_dot_silo__pb2.MigrationStatus.FromString,
             options,
             channel_credentials,
             insecure,

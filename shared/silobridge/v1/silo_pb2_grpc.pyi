@@ -114,6 +114,10 @@ class SiloAdminServiceStub:
     model's measured throughput on a sample of this silo's own texts, time and disk. Changes
     nothing.
     """
+    ControlMigration: _grpc.UnaryUnaryMultiCallable[_silo_pb2.ControlMigrationRequest, _silo_pb2.MigrationStatus]
+    """Move the silo to another embedding model while it serves (docs/MIGRATION.md): start,
+    pause, resume, cut over, roll back, finish, or only report where the migration stands.
+    """
 
 @_typing.type_check_only
 class SiloAdminServiceAsyncStub(SiloAdminServiceStub):
@@ -133,6 +137,10 @@ class SiloAdminServiceAsyncStub(SiloAdminServiceStub):
     """What moving the silo to another embedding model would take: documents to re-encode, the new
     model's measured throughput on a sample of this silo's own texts, time and disk. Changes
     nothing.
+    """
+    ControlMigration: _aio.UnaryUnaryMultiCallable[_silo_pb2.ControlMigrationRequest, _silo_pb2.MigrationStatus]  # type: ignore[assignment]
+    """Move the silo to another embedding model while it serves (docs/MIGRATION.md): start,
+    pause, resume, cut over, roll back, finish, or only report where the migration stands.
     """
 
 class SiloAdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -168,6 +176,16 @@ class SiloAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """What moving the silo to another embedding model would take: documents to re-encode, the new
         model's measured throughput on a sample of this silo's own texts, time and disk. Changes
         nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ControlMigration(
+        self,
+        request: _silo_pb2.ControlMigrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_silo_pb2.MigrationStatus, _abc.Awaitable[_silo_pb2.MigrationStatus]]:
+        """Move the silo to another embedding model while it serves (docs/MIGRATION.md): start,
+        pause, resume, cut over, roll back, finish, or only report where the migration stands.
         """
 
 def add_SiloAdminServiceServicer_to_server(servicer: SiloAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,8 +1,9 @@
 """Adapters a silo uses to translate forwarded queries itself, fetched from the coordinator.
 
 Each artifact must verify with the coordinator's adapter key pinned in ``silo.toml`` and map
-into this silo's own space (fingerprint checked), so a coordinator that sends a wrong or forged
-adapter is refused. Verified artifacts are kept under ``<data_dir>/adapters/`` and in memory.
+into a space this silo answers in (fingerprint checked: its own, or while it migrates the other
+one), so a coordinator that sends a wrong or forged adapter is refused. Verified artifacts
+are kept under ``<data_dir>/adapters/`` and in memory.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from silobridge.adapters import Adapter
@@ -18,6 +20,7 @@ from silobridge.adapters.artifact import (
     MANIFEST_FILE,
     SIGNATURE_FILE,
     WEIGHTS_FILE,
+    SpaceMismatch,
     load_adapter,
 )
 from silobridge.adapters.signing import load_verify_key
@@ -36,23 +39,32 @@ _ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FETCH_TIMEOUT_S = 10.0
 
 
+@dataclass(frozen=True)
+class Translation:
+    """A verified adapter and the space id its manifest says it maps into."""
+
+    adapter: Adapter
+    source_space: str
+    target_space: str
+
+
 class AdapterFetcher:
     """``await fetcher.get(adapter_id, source_space)`` -> a verified adapter into our space."""
 
-    def __init__(self, config: SiloConfig, space: SpaceDescriptor) -> None:
+    def __init__(self, config: SiloConfig, accepts: Callable[[SpaceDescriptor], bool]) -> None:
         self.config = config
-        self.space = space
+        # Whether the silo answers in a space (the adapter's target must be one of them).
+        self.accepts = accepts
         self.cache_dir = config.data_dir / "adapters"
-        # adapter id -> (adapter, the source space id its manifest names)
-        self._adapters: dict[str, tuple[Adapter, str]] = {}
+        self._adapters: dict[str, Translation] = {}
         self._lock = asyncio.Lock()
 
-    def cached(self, adapter_id: str, source_space: str) -> Adapter | None:
+    def cached(self, adapter_id: str, source_space: str) -> Translation | None:
         """The adapter if it is already verified and loaded for ``source_space``, else None."""
         hit = self._adapters.get(adapter_id)
-        return hit[0] if hit is not None and hit[1] == source_space else None
+        return hit if hit is not None and hit.source_space == source_space else None
 
-    async def get(self, adapter_id: str, source_space: str) -> Adapter:
+    async def get(self, adapter_id: str, source_space: str) -> Translation:
         if not _ADAPTER_ID.match(adapter_id):
             raise InvalidArgument(f"adapter id {adapter_id!r} is not a valid adapter id")
         async with self._lock:
@@ -60,15 +72,14 @@ class AdapterFetcher:
             if hit is None:
                 hit = await self._load(adapter_id)
                 self._adapters[adapter_id] = hit
-        adapter, source = hit
-        if source != source_space:
+        if hit.source_space != source_space:
             raise PermissionDenied(
-                f"adapter {adapter_id} translates from {source}, not from the query's space "
-                f"{source_space}"
+                f"adapter {adapter_id} translates from {hit.source_space}, not from the query's "
+                f"space {source_space}"
             )
-        return adapter
+        return hit
 
-    async def _load(self, adapter_id: str) -> tuple[Adapter, str]:
+    async def _load(self, adapter_id: str) -> Translation:
         link = self.config.coordinator
         if link is None or link.adapter_key is None:
             raise FailedPrecondition(
@@ -80,14 +91,19 @@ class AdapterFetcher:
         if not (directory / SIGNATURE_FILE).exists():
             await self._download(adapter_id, directory)
         try:
-            loaded = await asyncio.to_thread(
-                load_adapter, directory, verify_key=verify_key, expected_target=self.space
-            )
+            loaded = await asyncio.to_thread(load_adapter, directory, verify_key=verify_key)
+            target = loaded.manifest.target
+            if not self.accepts(target):
+                raise SpaceMismatch(
+                    f"adapter {adapter_id} maps into {target.space_id} (fingerprint "
+                    f"{target.fingerprint}), a space silo {self.config.name!r} does not answer in"
+                )
         except Exception:
             # A bad artifact is not kept: the next query fetches afresh.
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
-        return loaded.adapter, loaded.manifest.source.space_id
+        manifest = loaded.manifest
+        return Translation(loaded.adapter, manifest.source.space_id, manifest.target.space_id)
 
     async def _download(self, adapter_id: str, directory: Path) -> None:
         link = self.config.coordinator

@@ -15,11 +15,12 @@ from concurrent.futures import Executor
 
 from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
 from silobridge.core.errors import InvalidArgument, ResourceExhausted
-from silobridge.core.migration import MigrationPlan
+from silobridge.core.migration import MigrationCommand, MigrationPlan, MigrationStatus
 from silobridge.core.offload import off_loop
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.security.identity import PeerIdentity
-from silobridge.silo_agent.ingest import MAX_ID_CHARS, checked_document, store_documents
+from silobridge.silo_agent.ingest import MAX_ID_CHARS, checked_document
+from silobridge.silo_agent.migration.engine import MigrationEngine
 from silobridge.silo_agent.migration.plan import plan_migration
 from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.store.data import SiloData
@@ -36,11 +37,13 @@ class SiloAdmin:
         executor: Executor,
         gatekeeper: Gatekeeper,
         compactor: IndexCompactor,
+        migration: MigrationEngine,
     ) -> None:
         self.service = service
         self.executor = executor
         self.gatekeeper = gatekeeper
         self.compactor = compactor
+        self.migration = migration
 
     def _admit(self, caller: PeerIdentity) -> PeerIdentity:
         caller = self.gatekeeper.admit(caller)
@@ -95,12 +98,33 @@ class SiloAdmin:
         )
         return plan
 
-    def _store(self, documents: Sequence[Document]) -> WriteReceipt:
-        data = self.service.data
-        limits = self.service.config.limits
-        counts = store_documents(
-            documents, data, self.service.embedder, batch_size=limits.batch_size, live=True
+    async def control_migration(
+        self,
+        caller: PeerIdentity,
+        command: MigrationCommand,
+        to_model: str,
+        sample_size: int,
+        cpu_share: float,
+    ) -> MigrationStatus:
+        """One migration command (``migration/engine``); a status is a read, the rest change."""
+        caller = self._admit(caller)
+        status = await off_loop(
+            self.executor,
+            functools.partial(self.migration.control, command, to_model, sample_size, cpu_share),
         )
+        self.gatekeeper.record(
+            caller,
+            "ControlMigration",
+            allowed=True,
+            command=command.value,
+            to_model=to_model or None,
+            state=status.state.value,
+        )
+        return status
+
+    def _store(self, documents: Sequence[Document]) -> WriteReceipt:
+        counts = self.migration.store(documents)
+        data = self.service.data
         return WriteReceipt(counts.inserted, counts.updated, counts.unchanged, data.count())
 
     def _check_count(self, count: int, what: str) -> None:
@@ -165,8 +189,8 @@ class IndexCompactor:
 
     def _rebuild(self) -> None:
         try:
-            manifest = self.data.rebuild_index()
-            log.info("index rebuilt with the live changes: %d documents", manifest.count)
+            for manifest in self.data.compact():
+                log.info("index rebuilt with the live changes: %d documents", manifest.count)
         except Exception:
             log.exception("rebuilding the index with the live changes failed")
         finally:

@@ -13,7 +13,6 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from silobridge.adapters import Adapter
 from silobridge.core.errors import ResourceExhausted
 from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
@@ -22,7 +21,7 @@ from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.security.identity import PeerIdentity
-from silobridge.silo_agent.adapter_fetch import AdapterFetcher
+from silobridge.silo_agent.adapter_fetch import AdapterFetcher, Translation
 from silobridge.silo_agent.service import SiloService
 
 T = TypeVar("T")
@@ -105,8 +104,8 @@ class SiloHandlers:
             self.gatekeeper.limit(asker)
             return asker
 
-        def answer(adapter: Adapter | None) -> list[Hit]:
-            return self.service.answer(query, adapter)
+        def answer(translation: Translation | None) -> list[Hit]:
+            return self.service.answer(query, translation)
 
         if translate and adapter is None:
             # Verified before anything is fetched: an unverified request triggers no download.

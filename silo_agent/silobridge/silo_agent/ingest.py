@@ -14,8 +14,8 @@ from typing import IO, Any, cast
 from silobridge.core.documents import Document
 from silobridge.core.errors import ConfigError, FailedPrecondition
 from silobridge.silo_agent.store.data import EmbedderLike, SiloData
-from silobridge.silo_agent.store.docstore import UpsertCounts, content_hash
 from silobridge.silo_agent.store.index import space_mismatch_message
+from silobridge.silo_agent.store.rows import UpsertCounts, content_hash
 
 MAX_LINE_BYTES = 1 << 20
 MAX_ID_CHARS = 512

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from silobridge.core.endpoints import endpoint_host
+from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import load_embedder
 from silobridge.rpc.server_kit import RunningServer, serve_until_stopped, start_server
 from silobridge.security.gatekeeper import Gatekeeper
@@ -17,6 +18,9 @@ from silobridge.silo_agent.adapter_fetch import AdapterFetcher
 from silobridge.silo_agent.admin import IndexCompactor, SiloAdmin
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.handlers import SiloHandlers
+from silobridge.silo_agent.migration.announce import announce_primary
+from silobridge.silo_agent.migration.engine import MigrationEngine
+from silobridge.silo_agent.migration.startup import models_for
 from silobridge.silo_agent.registration import start_registration, stop_registration
 from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.servicer import SiloAdminServicer, SiloServicer
@@ -34,11 +38,17 @@ REBUILD_JOIN_SECONDS = 120.0
 
 
 def open_service(config: SiloConfig) -> SiloService:
-    """Load the model and open the data directory (refusing a mismatched index)."""
+    """Load the model(s) and open the data directory (refusing a mismatched index).
+
+    A data directory in the middle of a migration names both models (``migration/startup``).
+    """
     pin_faiss_threads(config.server.threads)
-    embedder = load_embedder(config.model, threads=config.server.threads)
+    source_model, target_model = models_for(config)
+    embedder = load_embedder(source_model, threads=config.server.threads)
     data = SiloData.open(config.data_dir, embedder.space, config.index)
-    return SiloService(config, embedder, data)
+    service = SiloService(config, embedder, data)
+    service.model_spec, service.migrating_to = source_model, target_model
+    return service
 
 
 @dataclass
@@ -67,10 +77,25 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         burst=config.limits.burst,
         audit=config.audit,
     )
-    adapters = AdapterFetcher(config, service.space)
+    # A lambda, not the bound method: a migration swaps ``service.routes`` whole.
+    adapters = AdapterFetcher(config, lambda space: service.routes.serves(space))  # noqa: PLW0108
     servicer = SiloServicer(SiloHandlers(service, executor, gatekeeper, adapters))
     compactor = IndexCompactor(service.data)
-    admin = SiloAdminServicer(SiloAdmin(service, executor, gatekeeper, compactor))
+    loop = asyncio.get_running_loop()
+    announcer = _Announcer(service, loop)
+    migration = MigrationEngine(
+        service,
+        service.model_spec,
+        after_batch=compactor.maybe_start,
+        primary_changed=announcer.primary_changed,
+    )
+    target = service.migrating_to
+    threads = config.server.threads
+    target_model = (
+        await asyncio.to_thread(load_embedder, target, threads=threads) if target else None
+    )
+    await asyncio.to_thread(migration.recover, target_model)
+    admin = SiloAdminServicer(SiloAdmin(service, executor, gatekeeper, compactor, migration))
     refresher = asyncio.get_running_loop().create_task(
         _follow_other_writers(service.data, executor, compactor),
         name=f"silo-{config.name}-refresh",
@@ -83,6 +108,8 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
     async def close_resources() -> None:
         refresher.cancel()
         await asyncio.wait({refresher})
+        await asyncio.to_thread(migration.close)
+        await announcer.close()
         executor.shutdown(wait=True)
         await asyncio.to_thread(compactor.join, REBUILD_JOIN_SECONDS)
         service.data.close()
@@ -98,7 +125,44 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         close_resources=close_resources,
         listen=listen,
     )
+    announcer.port = running.port
     return RunningSilo(running, servicer)
+
+
+class _Announcer:
+    """Re-registers with the coordinator when a cut-over changes the primary space (the engine
+    calls from a worker thread; the calls run on the server's event loop)."""
+
+    def __init__(self, service: SiloService, loop: asyncio.AbstractEventLoop) -> None:
+        self.service = service
+        self.loop = loop
+        self.port = 0
+        self.previous = service.space
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def primary_changed(self) -> None:
+        self.loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        old, self.previous = self.previous, self.service.space
+        task = self.loop.create_task(self._announce(old), name="silo-reannounce")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _announce(self, old: SpaceDescriptor) -> None:
+        try:
+            pushed = await announce_primary(
+                self.service.config, self.port, old, self.service.embedder
+            )
+            log.info("re-registered in %s; anchors pushed: %s", self.service.space.space_id, pushed)
+        except Exception:  # a background task: log, the status names what to do
+            log.exception("re-registering after the primary space changed failed")
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks))
 
 
 async def _follow_other_writers(

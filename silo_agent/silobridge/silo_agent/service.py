@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from silobridge.adapters import Adapter
 from silobridge.core.config import TrustedCa
 from silobridge.core.disclosure import DisclosurePolicy
 from silobridge.core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
@@ -26,8 +25,11 @@ from silobridge.embedding.embedders import Embedder
 from silobridge.security.identity import PeerIdentity, Role
 from silobridge.security.signed_query.replay import ReplayCache
 from silobridge.security.signed_query.verify import verify_signed_query
+from silobridge.silo_agent.adapter_fetch import Translation
 from silobridge.silo_agent.config import SiloConfig
+from silobridge.silo_agent.routes import Route, RouteTable
 from silobridge.silo_agent.store.data import SiloData
+from silobridge.silo_agent.store.generation import Generation
 
 log = logging.getLogger(__name__)
 # First-stage candidates re-scored when the caller names no rerank_depth (at least k).
@@ -46,6 +48,11 @@ class SiloService:
         self.trusted_ca = TrustedCa(
             config.tls, f"silo {config.name!r} runs without TLS and cannot verify signed queries"
         )
+        # The spaces queries are answered in; a migration swaps in new tables (migration/).
+        self.routes = RouteTable.native(data.source, primary=data.source)
+        # The model specs it runs: its source model, and the one it migrates to if it does.
+        self.model_spec = config.model
+        self.migrating_to: str | None = None
 
     @property
     def space(self) -> SpaceDescriptor:
@@ -97,8 +104,9 @@ class SiloService:
         return asker
 
     def translates(self, query: SiloQuery) -> bool:
-        """Whether ``query`` comes from another space, so this silo translates it itself."""
-        return bool(query.source_space) and query.source_space != self.space.space_id
+        """Whether ``query`` comes from a space this silo does not answer in, so it needs the
+        coordinator's adapter (a migrating silo answers in its old and new spaces itself)."""
+        return bool(query.source_space) and self.routes.of(query.source_space) is None
 
     def authorize(self, rpc: str, caller: PeerIdentity) -> None:
         """Refuse (PermissionDenied) unless the silo's access rules allow ``caller`` this RPC."""
@@ -129,6 +137,7 @@ class SiloService:
         return SiloDescription(
             name=self.config.name,
             space=self.space,
+            also_serves=self.routes.also_serves,
             document_count=self.data.count(),
             max_k=limits.max_k,
             policy=DisclosurePolicy(
@@ -149,15 +158,38 @@ class SiloService:
         self._check_texts(texts, self.config.limits.max_anchor_texts)
         return self.embedder.embed(texts, batch_size=self.config.limits.batch_size)
 
-    def answer(self, query: SiloQuery, adapter: Adapter | None) -> list[Hit]:
-        """Search with an admitted query, translated first by ``adapter`` if it has one."""
+    def answer(self, query: SiloQuery, translation: Translation | None) -> list[Hit]:
+        """Search with an admitted query, translated first by the coordinator's adapter if it
+        has one (into a space this silo answers in)."""
         vector = query.vector.decode()
-        if adapter is not None:
+        space_id = query.source_space
+        if translation is not None:
+            adapter = translation.adapter
             vector = adapter.apply_one(validate_query_vector(vector, adapter.source_dim))
-        return self.search(vector, query.k, query.rerank_text, query.rerank_depth)
+            space_id = translation.target_space
+        return self.search(
+            vector, query.k, query.rerank_text, query.rerank_depth, space_id=space_id
+        )
+
+    def route(self, space_id: str) -> Route:
+        """How a vector in ``space_id`` (empty: the primary space) is searched here."""
+        routes = self.routes
+        route = routes.of(space_id or routes.primary.space_id)
+        if route is None:
+            raise InvalidArgument(
+                f"silo {self.config.name!r} answers in {routes.primary.space_id}, not in "
+                f"{space_id}; send the query through the coordinator to have it translated"
+            )
+        return route
 
     def search(
-        self, vector: FloatVector, k: int, rerank_text: str = "", rerank_depth: int = 0
+        self,
+        vector: FloatVector,
+        k: int,
+        rerank_text: str = "",
+        rerank_depth: int = 0,
+        *,
+        space_id: str = "",
     ) -> list[Hit]:
         """Nearest documents to a vector in this silo's space; only disclosed fields leave.
 
@@ -171,11 +203,14 @@ class SiloService:
                 "resend without it"
             )
         validate_k(k, self.config.limits.max_k)
-        query = validate_query_vector(vector, self.embedder.dimension)
+        route = self.route(space_id)
+        query = validate_query_vector(vector, route.space.dimension)
+        if route.adapter is not None:
+            query = route.adapter.apply_one(query)
         if rerank_text:
-            hits = self._rerank(query, k, rerank_text, rerank_depth)
+            hits = self._rerank(route.generation, query, k, rerank_text, rerank_depth)
         else:
-            hits = self.data.search(query, k)
+            hits = self.data.search_in(route.generation, query, k)
         disclosed = self.config.access.disclose_fields
         return [
             dataclasses.replace(
@@ -197,7 +232,9 @@ class SiloService:
         # Never fewer candidates than hits asked for, even where max_rerank_depth < max_k.
         return max(k, min(depth, limit))
 
-    def _rerank(self, query: FloatVector, k: int, text: str, requested_depth: int) -> list[Hit]:
+    def _rerank(
+        self, generation: Generation, query: FloatVector, k: int, text: str, requested_depth: int
+    ) -> list[Hit]:
         # The text is the caller's query: validated, embedded, never logged.
         max_chars = self.config.limits.max_text_chars
         if len(text) > max_chars:
@@ -208,7 +245,7 @@ class SiloService:
             raise InvalidArgument("rerank_text is blank; send the query text or leave it empty")
         depth = self.rerank_depth(k, requested_depth)
         native = self.embedder.embed([text])[0]
-        candidates = self.data.search_candidates(query, depth)
+        candidates = self.data.candidates_in(generation, query, depth)
         if not candidates.hits:
             return []
         vectors = candidates.vectors

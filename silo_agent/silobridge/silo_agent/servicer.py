@@ -126,3 +126,16 @@ class SiloAdminServicer(silo_pb2_grpc.SiloAdminServiceServicer):
             peer_identity(context), request.to_model, request.sample_size
         )
         return convert.migration_plan_to_proto(plan)
+
+    @unary_boundary
+    async def ControlMigration(
+        self, request: silo_pb2.ControlMigrationRequest, context: Context
+    ) -> silo_pb2.MigrationStatus:
+        status = await self.admin.control_migration(
+            peer_identity(context),
+            convert.migration_command_from_proto(request.command),
+            request.to_model,
+            request.sample_size,
+            request.cpu_share,
+        )
+        return convert.migration_status_to_proto(status)

@@ -168,4 +168,6 @@ def _silo_query(route: Route, query: FederatedQuery, normalised: FloatVector) ->
         query.k,
         rerank_text=query.rerank_text,
         rerank_depth=query.rerank_depth,
+        # Empty: the silo's own space. A migrating silo is told which other space it is in.
+        source_space="" if route.target == route.silo.space else route.target.space_id,
     )

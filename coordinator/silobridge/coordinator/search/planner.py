@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from silobridge.coordinator.config import CoordinatorPolicy
 from silobridge.coordinator.search.translation import Route, Translator
@@ -64,10 +64,18 @@ class SearchPlanner:
         return SearchPlan(source, targets, routes, denied)
 
     def source_space(self, space_id: str) -> SpaceDescriptor:
-        """A space some registered silo or stored adapter knows, by its id."""
-        spaces = {s.space.space_id: s.space for s in self.state.silos()}
+        """A space some registered silo or stored adapter knows, by its id.
+
+        A silo's own space comes first, then stored adapters' sources, then the spaces migrating
+        silos also serve (a client's home silo may embed in the new space before re-registering).
+        """
+        silos = self.state.silos()
+        spaces = {s.space.space_id: s.space for s in silos}
         for record in self.state.adapters():
             spaces.setdefault(record.source.space_id, record.source)
+        for silo in silos:
+            for space in silo.also_serves:
+                spaces.setdefault(space.space_id, space)
         if space_id not in spaces:
             known = ", ".join(sorted(spaces)) or "none"
             raise NotFound(f"unknown source space {space_id!r}; known spaces: {known}")
@@ -80,8 +88,9 @@ class SearchPlanner:
             route = self.translator.route(source, silo)
         except SiloBridgeError as error:
             return SiloStatus(silo.name, SiloOutcome.ERROR, error.message)
-        if reranked and route.adapter is not None:
-            # A re-ranking silo returns native scores of its own space, not adapter scores.
+        if reranked and (route.adapter is not None or route.target != silo.space):
+            # A re-ranking silo returns native scores of its own space (its own model's), not
+            # adapter scores nor those of a space it also serves while it migrates.
             calibration = self.translator.identity_calibration(silo.space)
-            route = Route(route.silo, route.adapter, route.adapter_id, calibration)
+            route = replace(route, calibration=calibration)
         return route

@@ -2,7 +2,9 @@
 
 Adapters are found by (source space, target model) and then checked against the silo's current
 fingerprint, so a silo whose model changed since training gets a refusal that names both
-fingerprints instead of a silently wrong translation.
+fingerprints instead of a silently wrong translation. A silo that migrates to another model
+answers in more than one space (``SiloRecord.also_serves``): queries in any of them need no
+adapter, and an adapter into any of them is current.
 """
 
 from __future__ import annotations
@@ -24,40 +26,60 @@ from silobridge.core.spaces import SpaceDescriptor
 
 @dataclass(frozen=True)
 class Route:
-    """How to reach one silo: the adapter to apply (None: same space) and its calibration."""
+    """How to reach one silo: the adapter to apply (None: a space the silo answers in itself),
+    its calibration, and ``target``, the space the silo searches: its own, or one it also serves
+    while it migrates."""
 
     silo: SiloRecord
     adapter: Adapter | None
     adapter_id: str
     calibration: Calibration | None
+    target: SpaceDescriptor
 
 
 def staleness(record: AdapterRecord, silos: Sequence[SiloRecord]) -> str:
-    """Why ``record`` no longer fits the registered silos ("" while it still does)."""
+    """Why ``record`` no longer fits the registered silos ("" while it still does).
+
+    Every space a silo answers in natively counts: its own, and while it migrates the one it
+    moves to or from (``also_serves``), so an adapter into a migrating silo's old space stays
+    current until the silo stops serving that space.
+    """
     problems = []
     for role, space in (("source", record.source), ("target", record.target)):
-        same_model = [s for s in silos if s.space.model_id == space.model_id]
-        if same_model and all(s.space.fingerprint != space.fingerprint for s in same_model):
-            now = same_model[0]
+        same_model = [
+            (silo, served)
+            for silo in silos
+            for served in silo.served_spaces()
+            if served.model_id == space.model_id
+        ]
+        if same_model and all(served.fingerprint != space.fingerprint for _, served in same_model):
+            now, served = same_model[0]
             problems.append(
                 f"{role} model {space.model_id} was trained at fingerprint {space.fingerprint} "
-                f"but silo {now.name} now has fingerprint {now.space.fingerprint}"
+                f"but silo {now.name} now has fingerprint {served.fingerprint}"
             )
     return "; ".join(problems)
 
 
 def adapter_refusal(record: AdapterRecord, source: SpaceDescriptor, silo: SiloRecord) -> str:
-    """The refusal for an adapter whose fingerprints do not match the spaces in use, or ""."""
+    """The refusal for an adapter whose fingerprints do not match the spaces in use, or "".
+
+    The target may be any space ``silo`` answers in natively (its own or an ``also_serves`` one).
+    """
     problems = []
     if record.source.fingerprint != source.fingerprint:
         problems.append(
             f"source fingerprint {record.source.fingerprint} (trained) vs {source.fingerprint} "
             "(query)"
         )
-    if record.target.fingerprint != silo.space.fingerprint:
+    if silo.serves(record.target.fingerprint) is None:
+        # Name the served space of the adapter's target model: that is the one that changed.
+        now = next(
+            (s for s in silo.served_spaces() if s.model_id == record.target.model_id), silo.space
+        )
         problems.append(
             f"target fingerprint {record.target.fingerprint} (trained) vs "
-            f"{silo.space.fingerprint} (silo {silo.name} now)"
+            f"{now.fingerprint} (silo {silo.name} now)"
         )
     if not problems:
         return ""
@@ -78,25 +100,40 @@ class Translator:
         self._identity: dict[str, Calibration | None] = {}
 
     def route(self, source: SpaceDescriptor, silo: SiloRecord) -> Route:
-        """The route to ``silo`` for vectors of ``source``; raises when none may be used."""
-        if silo.space.fingerprint == source.fingerprint:
-            return Route(silo, None, "", self.identity_calibration(source))
-        record = self.newest_adapter(source, silo.space)
-        if record is None:
+        """The route to ``silo`` for vectors of ``source``; raises when none may be used.
+
+        A silo answers in its own space and, while it migrates, in its ``also_serves`` spaces
+        itself: a query in any of them goes without an adapter. Otherwise the adapter may lead
+        into any of them; one into the silo's own space is preferred.
+        """
+        native = silo.serves(source.fingerprint)
+        if native is not None:
+            return Route(silo, None, "", self.identity_calibration(source), native)
+        found: list[AdapterRecord] = []
+        for served in silo.served_spaces():
+            record = self.newest_adapter(source, served)
+            if record is not None and all(r.adapter_id != record.adapter_id for r in found):
+                found.append(record)
+        if not found:
+            targets = " or ".join(s.space_id for s in silo.served_spaces())
             raise NotFound(
-                f"no adapter from {source.space_id} to {silo.space.space_id} (silo {silo.name}); "
+                f"no adapter from {source.space_id} to {targets} (silo {silo.name}); "
                 "an admin must train one (silobridge train)"
             )
-        refusal = adapter_refusal(record, source, silo)
-        if refusal:
-            raise FailedPrecondition(refusal)
-        adapter, calibration = self._load(record, source, silo.space)
-        return Route(silo, adapter, record.adapter_id, calibration)
+        for record in found:
+            target = silo.serves(record.target.fingerprint)
+            # Current: trained at the query's fingerprint, into a space the silo answers in.
+            if target is not None and not adapter_refusal(record, source, silo):
+                adapter, calibration = self._load(record, source, target)
+                return Route(silo, adapter, record.adapter_id, calibration, target)
+        # Every candidate is stale: the refusal names the one into the silo's own space first.
+        raise FailedPrecondition(adapter_refusal(found[0], source, silo))
 
     def newest_adapter(
         self, source: SpaceDescriptor, target: SpaceDescriptor
     ) -> AdapterRecord | None:
-        """Newest adapter from ``source``'s space to ``target``'s model (any fingerprint)."""
+        """Newest adapter from ``source``'s space to ``target``'s model (any fingerprint; one at
+        ``target``'s own fingerprint first)."""
         matches = [
             r
             for r in self.state.adapters()

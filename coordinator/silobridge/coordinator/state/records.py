@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,8 @@ from silobridge.core.spaces import SpaceDescriptor
 # Statements are spelled out in full (no string assembly), so no value can reach SQL text. Their
 # column order is what ``silo_from_row`` and ``adapter_from_row`` unpack.
 SELECT_SILOS = (
-    "SELECT name, endpoint, spiffe_id, org, space, document_count, registered_at FROM silos"
+    "SELECT name, endpoint, spiffe_id, org, space, document_count, registered_at, also_serves "
+    "FROM silos"
 )
 SELECT_ADAPTERS = (
     "SELECT adapter_id, kind, source, target, anchor_set, anchor_set_version, "
@@ -24,7 +25,12 @@ SELECT_ADAPTERS = (
 
 @dataclass(frozen=True)
 class SiloRecord:
-    """A registered silo: where to reach it, who it is, and the space its index lives in."""
+    """A registered silo: where to reach it, who it is, and the space its index lives in.
+
+    ``also_serves``: the other spaces the silo answers in natively, without an adapter from the
+    coordinator (while it migrates to another model: the new space before cut-over, the old one
+    after), as its Describe said at registration or at the latest ListSilos probe.
+    """
 
     name: str
     endpoint: str
@@ -33,6 +39,18 @@ class SiloRecord:
     space: SpaceDescriptor
     document_count: int
     registered_at: float  # unix seconds
+    also_serves: tuple[SpaceDescriptor, ...] = ()
+
+    def served_spaces(self) -> tuple[SpaceDescriptor, ...]:
+        """Every space the silo answers in natively: its own first, then ``also_serves``."""
+        return (self.space, *self.also_serves)
+
+    def serves(self, fingerprint: str) -> SpaceDescriptor | None:
+        """The space of ``fingerprint`` that the silo answers in natively, if it does."""
+        for space in self.served_spaces():
+            if space.fingerprint == fingerprint:
+                return space
+        return None
 
 
 @dataclass(frozen=True)
@@ -51,34 +69,53 @@ class AdapterRecord:
     path: Path  # the artifact directory
 
 
+def _space_dict(space: SpaceDescriptor) -> dict[str, Any]:
+    return {
+        "space_id": space.space_id,
+        "model_id": space.model_id,
+        "dimension": space.dimension,
+        "fingerprint": space.fingerprint,
+        "metric": space.metric,
+    }
+
+
+def _space_from_dict(raw: Mapping[str, Any]) -> SpaceDescriptor:
+    return SpaceDescriptor(
+        space_id=_typed(raw, "space_id", str),
+        model_id=_typed(raw, "model_id", str),
+        dimension=_typed(raw, "dimension", int),
+        fingerprint=_typed(raw, "fingerprint", str),
+        metric=_typed(raw, "metric", str),
+    )
+
+
 def space_to_json(space: SpaceDescriptor) -> str:
     """A space descriptor as canonical JSON."""
-    return json.dumps(
-        {
-            "space_id": space.space_id,
-            "model_id": space.model_id,
-            "dimension": space.dimension,
-            "fingerprint": space.fingerprint,
-            "metric": space.metric,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    return json.dumps(_space_dict(space), sort_keys=True, separators=(",", ":"))
 
 
 def space_from_json(text: str) -> SpaceDescriptor:
     """Parse ``space_to_json``'s output; anything else is a corrupt state file."""
     try:
-        raw = json.loads(text)
-        return SpaceDescriptor(
-            space_id=_typed(raw, "space_id", str),
-            model_id=_typed(raw, "model_id", str),
-            dimension=_typed(raw, "dimension", int),
-            fingerprint=_typed(raw, "fingerprint", str),
-            metric=_typed(raw, "metric", str),
-        )
+        return _space_from_dict(json.loads(text))
     except (ValueError, TypeError, KeyError) as err:
         raise FailedPrecondition(f"coordinator state holds a malformed space: {err}") from None
+
+
+def spaces_to_json(spaces: Sequence[SpaceDescriptor]) -> str:
+    """Space descriptors, in order, as a canonical JSON list (``[]`` for none)."""
+    return json.dumps([_space_dict(s) for s in spaces], sort_keys=True, separators=(",", ":"))
+
+
+def spaces_from_json(text: str) -> tuple[SpaceDescriptor, ...]:
+    """Parse ``spaces_to_json``'s output; anything else is a corrupt state file."""
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, list):
+            raise TypeError(f"a space list is {type(raw).__name__}, expected list")
+        return tuple(_space_from_dict(item) for item in raw)
+    except (ValueError, TypeError, KeyError) as err:
+        raise FailedPrecondition(f"coordinator state holds a malformed space list: {err}") from None
 
 
 def _typed(raw: Mapping[str, Any], key: str, kind: type[Any]) -> Any:
@@ -98,12 +135,13 @@ def silo_to_row(record: SiloRecord) -> tuple[Any, ...]:
         space_to_json(record.space),
         record.document_count,
         record.registered_at,
+        spaces_to_json(record.also_serves),
     )
 
 
 def silo_from_row(row: tuple[Any, ...]) -> SiloRecord:
     """A silo record from a ``SELECT_SILOS`` row."""
-    name, endpoint, spiffe_id, org, space, document_count, registered_at = row
+    name, endpoint, spiffe_id, org, space, document_count, registered_at, also_serves = row
     return SiloRecord(
         name=name,
         endpoint=endpoint,
@@ -112,6 +150,7 @@ def silo_from_row(row: tuple[Any, ...]) -> SiloRecord:
         space=space_from_json(space),
         document_count=int(document_count),
         registered_at=float(registered_at),
+        also_serves=spaces_from_json(also_serves),
     )
 
 

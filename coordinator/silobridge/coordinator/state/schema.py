@@ -1,4 +1,5 @@
-"""The coordinator's SQLite schema: its pragmas, its tables, and refusing a newer file."""
+"""The coordinator's SQLite schema: its pragmas, its tables, upgrading an older file in place,
+and refusing a newer one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 from silobridge.core.errors import FailedPrecondition
 
 # Bumped whenever the tables change; an older coordinator refuses a newer file instead of
-# misreading it (PRAGMA user_version, stored in the database header).
-SCHEMA_VERSION = 1
+# misreading it (PRAGMA user_version, stored in the database header). A file of an older version
+# is brought up to this one by the steps in ``_UPGRADES``, in the same transaction as the check.
+#   1: the first schema.
+#   2: silos.also_serves (the spaces a migrating silo answers in besides its own; JSON list).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE silos (
@@ -19,7 +23,8 @@ CREATE TABLE silos (
     org            TEXT NOT NULL,
     space          TEXT NOT NULL,
     document_count INTEGER NOT NULL,
-    registered_at  REAL NOT NULL
+    registered_at  REAL NOT NULL,
+    also_serves    TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE anchor_embeddings (
     silo        TEXT NOT NULL REFERENCES silos(name) ON DELETE CASCADE,
@@ -48,6 +53,12 @@ CREATE TABLE adapters (
     path               TEXT NOT NULL
 );
 """
+
+# The statements that take a file of version ``v`` to ``v + 1``, keyed by ``v``. Each only adds
+# (columns with defaults), so every row an older coordinator wrote reads the same afterwards.
+_UPGRADES: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE silos ADD COLUMN also_serves TEXT NOT NULL DEFAULT '[]'",),
+}
 
 
 def prepare(conn: sqlite3.Connection, path: Path) -> None:
@@ -84,4 +95,10 @@ def _create_or_check(conn: sqlite3.Connection, path: Path) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return
+    for step in range(version, SCHEMA_VERSION):
+        for statement in _UPGRADES[step]:
+            conn.execute(statement)
+    if version < SCHEMA_VERSION:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,7 @@ from silobridge.coordinator.state.records import (
     silo_from_row,
     silo_to_row,
     space_to_json,
+    spaces_to_json,
 )
 from silobridge.coordinator.state.schema import prepare
 from silobridge.core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -110,12 +111,28 @@ class CoordinatorState:
             # and the cascade would drop the silo's stored anchor embeddings with it.
             conn.execute(
                 "INSERT INTO silos (name, endpoint, spiffe_id, org, space, document_count, "
-                "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "registered_at, also_serves) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET endpoint=excluded.endpoint, "
                 "spiffe_id=excluded.spiffe_id, org=excluded.org, space=excluded.space, "
-                "document_count=excluded.document_count, registered_at=excluded.registered_at",
+                "document_count=excluded.document_count, registered_at=excluded.registered_at, "
+                "also_serves=excluded.also_serves",
                 silo_to_row(record),
             )
+
+    def update_also_serves(
+        self, name: str, space: SpaceDescriptor, also_serves: Sequence[SpaceDescriptor]
+    ) -> bool:
+        """Set the spaces silo ``name`` also serves, if it is still registered in ``space``.
+
+        A probe's answer must not undo a registration that happened while it was in flight, so
+        nothing changes (and ``False`` comes back) unless the stored space is still ``space``.
+        """
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE silos SET also_serves = ? WHERE name = ? AND space = ?",
+                (spaces_to_json(also_serves), name, space_to_json(space)),
+            )
+            return cursor.rowcount > 0
 
     def silos(self) -> list[SiloRecord]:
         """Every registered silo, sorted by name."""

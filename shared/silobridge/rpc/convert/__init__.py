@@ -1,8 +1,8 @@
 """All protobuf <-> domain conversion, in one place: protobuf lives only at the wire.
 
 ``queries`` (what travels with each query), ``listings`` (what servers say about what they
-hold) and ``documents`` (live writes to a silo); every name is importable from here, so
-callers write ``convert.hit_to_proto``.
+hold), ``documents`` (live writes to a silo) and ``migration`` (moving a silo to another
+model); every name is importable from here, so callers write ``convert.hit_to_proto``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ from silobridge.rpc.convert.listings import (
     progress_to_proto,
     silo_listing_from_proto,
     silo_listing_to_proto,
+)
+from silobridge.rpc.convert.migration import (
+    migration_command_from_proto,
+    migration_command_to_proto,
+    migration_status_from_proto,
+    migration_status_to_proto,
 )
 from silobridge.rpc.convert.queries import (
     answer_from_proto,
@@ -81,8 +87,12 @@ __all__ = [
     "hit_from_proto",
     "hit_to_proto",
     "matrix_from_protos",
+    "migration_command_from_proto",
+    "migration_command_to_proto",
     "migration_plan_from_proto",
     "migration_plan_to_proto",
+    "migration_status_from_proto",
+    "migration_status_to_proto",
     "progress_from_proto",
     "progress_to_proto",
     "signed_query_from_proto",

@@ -56,6 +56,7 @@ def description_to_proto(description: SiloDescription) -> silo_pb2.DescribeRespo
         document_count=description.document_count,
         max_k=description.max_k,
         policy=disclosure_to_proto(policy) if policy is not None else None,
+        also_serves=[space_to_proto(space) for space in description.also_serves],
     )
 
 
@@ -66,6 +67,7 @@ def description_from_proto(message: silo_pb2.DescribeResponse) -> SiloDescriptio
         document_count=message.document_count,
         max_k=message.max_k,
         policy=disclosure_from_proto(message.policy) if message.HasField("policy") else None,
+        also_serves=tuple(space_from_proto(space) for space in message.also_serves),
     )
 
 

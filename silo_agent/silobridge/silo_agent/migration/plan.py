@@ -32,7 +32,7 @@ def plan_migration(service: SiloService, to_model: str, sample_size: int = 0) ->
     size = sample_size or DEFAULT_SAMPLE
     if not 1 <= size <= MAX_SAMPLE:
         raise InvalidArgument(f"sample_size must be between 1 and {MAX_SAMPLE}, got {size}")
-    embedder = _load(to_model, service.config.server.threads)
+    embedder = load_model(to_model, service.config.server.threads)
     current = service.space
     if embedder.space.fingerprint == current.fingerprint:
         raise FailedPrecondition(
@@ -60,7 +60,8 @@ def plan_migration(service: SiloService, to_model: str, sample_size: int = 0) ->
     )
 
 
-def _load(spec: str, threads: int) -> Embedder:
+def load_model(spec: str, threads: int) -> Embedder:
+    """The model an admin named, or InvalidArgument saying why it does not load."""
     try:
         return load_embedder(spec, threads=threads)
     except ConfigError as error:

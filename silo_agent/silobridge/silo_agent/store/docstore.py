@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,17 @@ import numpy.typing as npt
 
 from silobridge.core.documents import Document
 from silobridge.core.errors import FailedPrecondition, InvalidArgument
+from silobridge.silo_agent.store.rows import (
+    Changes,
+    DeleteCounts,
+    KeyArray,
+    StoredDocument,
+    UpsertCounts,
+    canonical_metadata,
+    content_hash,
+)
 
 FloatMatrix = npt.NDArray[np.float32]
-KeyArray = npt.NDArray[np.int64]
 
 # SQLite limits the number of bound parameters per statement; stay well below the old 999 default.
 _IN_CHUNK = 500
@@ -44,63 +51,22 @@ CREATE TABLE IF NOT EXISTS deletions (
     key     INTEGER PRIMARY KEY,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS migration_vectors (
+    key          INTEGER PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    vector       BLOB NOT NULL,
+    version      INTEGER NOT NULL,
+    native       INTEGER NOT NULL DEFAULT 1  -- 0: provisional, the source vector adapted
+);
+CREATE INDEX IF NOT EXISTS migration_vectors_by_version ON migration_vectors (version);
 """
+# The tables a generation's vectors live in (store/generation.py): spliced into SQL, so fixed.
+VECTOR_TABLES = frozenset({"documents", "migration_vectors"})
 # Every document row records the data version that last wrote it, and every deletion the version
 # that made it: a serving silo applies exactly the changes since the version its index was built
 # from, whoever wrote them (a live write, or `silo ingest` in another process).
 _VERSION_COLUMN = "ALTER TABLE documents ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
 _VERSION_INDEX = "CREATE INDEX IF NOT EXISTS documents_by_version ON documents (version)"
-
-
-@dataclass(frozen=True)
-class StoredDocument:
-    """A document as held in the docstore, with the integer key the vector index uses."""
-
-    key: int
-    doc_id: str
-    text: str
-    metadata: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What changed after a data version: rows written since (key, vector) and keys deleted."""
-
-    version: int
-    keys: KeyArray
-    vectors: FloatMatrix
-    deleted: KeyArray
-
-
-@dataclass(frozen=True)
-class DeleteCounts:
-    """What one delete did: the ids removed and the requested ids that were not stored."""
-
-    deleted: tuple[str, ...]
-    missing: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class UpsertCounts:
-    """What one upsert did: new documents, changed documents, documents already identical."""
-
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-
-
-def canonical_metadata(metadata: Mapping[str, str]) -> str:
-    """Metadata as canonical JSON (sorted keys, no spaces), so equal metadata hashes equally."""
-    return json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def content_hash(doc: Document) -> str:
-    """sha256 over the text and canonical metadata; unchanged documents are not re-embedded."""
-    # One JSON array keeps the text/metadata boundary unambiguous.
-    payload = json.dumps(
-        [doc.text, canonical_metadata(doc.metadata)], ensure_ascii=False, separators=(",", ":")
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 class DocStore:
@@ -152,11 +118,15 @@ class DocStore:
         """Content hash of each given doc id that is already stored (absent ids are left out)."""
         return self._column_by_id(doc_ids, "content_hash")
 
-    def upsert(self, docs: Sequence[Document], vectors: FloatMatrix) -> UpsertCounts:
+    def upsert(
+        self, docs: Sequence[Document], vectors: FloatMatrix, target: FloatMatrix | None = None
+    ) -> UpsertCounts:
         """Insert new documents and update changed ones, in one durable transaction.
 
         An updated document keeps its integer key, so an index built earlier still points at it.
         A document whose content hash is unchanged is left as it is (its vector is not rewritten).
+        ``target`` (one row per document), while the silo migrates, is each document's vector
+        in the new space, written in the same transaction (dual write).
         """
         matrix = np.asarray(vectors)
         if matrix.ndim != 2 or matrix.shape[0] != len(docs):
@@ -173,12 +143,13 @@ class DocStore:
                 f"{stored_dim}-dimensional vectors"
             )
         rows = np.ascontiguousarray(matrix, dtype="<f4")
+        second = _target_rows(target, len(docs))
         inserted = updated = unchanged = 0
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 version = self._version_locked() + 1
-                for doc, row in zip(docs, rows, strict=True):
+                for position, (doc, row) in enumerate(zip(docs, rows, strict=True)):
                     digest = content_hash(doc)
                     current = self._conn.execute(
                         "SELECT content_hash FROM documents WHERE doc_id = ?", (doc.doc_id,)
@@ -208,6 +179,13 @@ class DocStore:
                             (*values, doc.doc_id),
                         )
                         updated += 1
+                    if second is not None:
+                        self._conn.execute(
+                            "INSERT OR REPLACE INTO migration_vectors"
+                            " (key, content_hash, vector, version)"
+                            " SELECT key, ?, ?, ? FROM documents WHERE doc_id = ?",
+                            (digest, second[position].tobytes(), version, doc.doc_id),
+                        )
                 if inserted or updated:
                     self._set_version_locked(version)
                 self._conn.execute("COMMIT")
@@ -232,6 +210,7 @@ class DocStore:
                     if row is None:
                         continue
                     self._conn.execute("DELETE FROM documents WHERE key = ?", (row[0],))
+                    self._conn.execute("DELETE FROM migration_vectors WHERE key = ?", (row[0],))
                     self._conn.execute(
                         "INSERT OR REPLACE INTO deletions (key, version) VALUES (?, ?)",
                         (row[0], version),
@@ -251,14 +230,16 @@ class DocStore:
         """Incremented by every write that inserted, updated or deleted a document."""
         return int(self.get_meta(_DATA_VERSION) or 0)
 
-    def changes_since(self, version: int) -> Changes:
-        """Rows written and keys deleted after ``version``, read as one consistent snapshot."""
+    def changes_since(self, version: int, table: str = "documents") -> Changes:
+        """Rows of ``table`` written and keys deleted after ``version``, as one snapshot."""
+        _check_table(table)
         with self._lock:
             self._conn.execute("BEGIN")
             try:
                 now = self._version_locked()
                 rows = self._conn.execute(
-                    "SELECT key, vector FROM documents WHERE version > ? ORDER BY key", (version,)
+                    f"SELECT key, vector FROM {table} WHERE version > ? ORDER BY key",  # noqa: S608
+                    (version,),
                 ).fetchall()
                 gone = self._conn.execute(
                     "SELECT key FROM deletions WHERE version > ? ORDER BY key", (version,)
@@ -279,10 +260,13 @@ class DocStore:
             (_DATA_VERSION, str(version)),
         )
 
-    def all_vectors(self) -> tuple[KeyArray, FloatMatrix]:
-        """Every stored key and vector, ordered by key: what the index is rebuilt from."""
+    def all_vectors(self, table: str = "documents") -> tuple[KeyArray, FloatMatrix]:
+        """Every key and vector of ``table``, ordered by key: what an index is rebuilt from."""
+        _check_table(table)
         with self._lock:
-            rows = self._conn.execute("SELECT key, vector FROM documents ORDER BY key").fetchall()
+            rows = self._conn.execute(
+                f"SELECT key, vector FROM {table} ORDER BY key"  # noqa: S608
+            ).fetchall()
         return self._keyed_vectors(rows)
 
     def _keyed_vectors(self, rows: Sequence[tuple[Any, ...]]) -> tuple[KeyArray, FloatMatrix]:
@@ -370,7 +354,45 @@ class DocStore:
                 (key, value),
             )
 
+    def delete_meta(self, key: str) -> None:
+        """Remove one meta value (durably)."""
+        with self._lock:
+            self._conn.execute("DELETE FROM meta WHERE k = ?", (key,))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside one durable write transaction (for the migration's tables)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def bump_version_locked(self, conn: sqlite3.Connection) -> int:
+        """Inside ``transaction``: the next data version, recorded (every reader refreshes)."""
+        version = self._version_locked() + 1
+        self._set_version_locked(version)
+        return version
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
             self._conn.close()
+
+
+def _check_table(table: str) -> None:
+    if table not in VECTOR_TABLES:  # the table name is spliced into SQL
+        raise ValueError(f"unexpected table {table!r}")
+
+
+def _target_rows(target: FloatMatrix | None, count: int) -> npt.NDArray[np.float32] | None:
+    if target is None:
+        return None
+    matrix = np.asarray(target)
+    if matrix.ndim != 2 or matrix.shape[0] != count or not np.all(np.isfinite(matrix)):
+        raise InvalidArgument(f"dual write needs {count} finite target vectors, got {matrix.shape}")
+    return np.ascontiguousarray(matrix, dtype="<f4")

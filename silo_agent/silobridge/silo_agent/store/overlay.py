@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from silobridge.silo_agent.store.docstore import Changes, KeyArray
 from silobridge.silo_agent.store.index import VectorIndex
+from silobridge.silo_agent.store.rows import Changes, KeyArray
 
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]

@@ -1,0 +1,181 @@
+"""One embedding space's vectors in the data directory: its docstore column, index and overlay.
+
+A silo serves one generation, or two while it migrates to another model: the *source* slot
+(the ``documents`` table's own vectors, ``index/``) and the *target* slot (the
+``migration_vectors`` table, ``index-next/``). Each keeps its saved index and an exact
+``Overlay`` of what was written after that index, swapped as a pair so a concurrent search
+never mixes two states.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from silobridge.core.spaces import SpaceDescriptor
+from silobridge.silo_agent.store.docstore import DocStore
+from silobridge.silo_agent.store.index import (
+    IndexManifest,
+    IndexSettings,
+    VectorIndex,
+    read_manifest,
+)
+from silobridge.silo_agent.store.overlay import Overlay, search_with_overlay
+from silobridge.silo_agent.store.rows import KeyArray
+
+FloatMatrix = npt.NDArray[np.float32]
+FloatVector = npt.NDArray[np.float32]
+
+# Rebuild the index once the changes served beside it pass this many rows or this share of it:
+# exact search over the changes and hiding rewritten keys both grow with them.
+COMPACT_MIN_ROWS = 2_000
+COMPACT_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one generation lives: its docstore table, index directory and indexed-version key."""
+
+    table: str
+    index_dir: str
+    # Docstore meta: the data version the saved index was built from. Compared with the current
+    # version it survives a crash between a write and the rebuild.
+    indexed_meta: str
+    # Rebuild once the overlay passes this share of the index. The target's is larger: the
+    # re-encode rewrites every row once, and each rebuild costs CPU the re-encode needs.
+    compact_share: float = COMPACT_SHARE
+
+
+SOURCE = Slot("documents", "index", "indexed_data_version")
+TARGET = Slot("migration_vectors", "index-next", "migration_indexed_version", compact_share=0.25)
+
+
+class Generation:
+    """The vectors of one space: saved index plus overlay, refreshed from the docstore."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        slot: Slot,
+        space: SpaceDescriptor,
+        settings: IndexSettings,
+        docstore: DocStore,
+    ) -> None:
+        self.slot = slot
+        self.space = space
+        self.settings = settings
+        self.docstore = docstore
+        self.index_dir = data_dir / slot.index_dir
+        self.index: VectorIndex | None = None
+        self.manifest: IndexManifest | None = None
+        self.overlay = Overlay.empty(0, space.dimension)
+        self._covered: tuple[int, KeyArray] | None = None  # (overlay version, sorted keys)
+        self._swap_lock = threading.Lock()
+        self.write_lock = threading.RLock()
+
+    def state(self) -> tuple[VectorIndex | None, Overlay]:
+        """The index and overlay to search, as one consistent pair."""
+        with self._swap_lock:
+            return self.index, self.overlay
+
+    @property
+    def indexed_version(self) -> str | None:
+        return self.docstore.get_meta(self.slot.indexed_meta)
+
+    def load_index_if_present(self) -> None:
+        if read_manifest(self.index_dir) is None:
+            return
+        # Read before the index: a rebuild saves its index before it records the version, so
+        # a version read first is never newer than the index, and the overlay then serves a
+        # superset of what the index lacks (never a gap).
+        base_version = int(self.indexed_version or 0)
+        index = VectorIndex.load(
+            self.index_dir,
+            expected_fingerprint=self.space.fingerprint,
+            expected_model_id=self.space.model_id,
+            settings=self.settings,
+        )
+        with self._swap_lock:
+            self.index, self.manifest = index, index.manifest
+            self.overlay = Overlay.empty(base_version, self.space.dimension)
+            self._covered = None
+
+    def refresh(self) -> bool:
+        """Serve every change made after the index was built; True if there was a new one."""
+        with self.write_lock:
+            overlay = self.overlay
+            if self.docstore.data_version() == overlay.version:
+                return False
+            changes = self.docstore.changes_since(overlay.base_version, self.slot.table)
+            max_key = self.index.max_key if self.index is not None else -1
+            with self._swap_lock:
+                self.overlay = Overlay.of(overlay.base_version, changes, max_key)
+        return True
+
+    def rebuild(self) -> IndexManifest:
+        """Build the index from every vector of this slot, save it, and serve it."""
+        # Read before the vectors: a write racing this rebuild leaves the index marked stale.
+        version = self.docstore.data_version()
+        keys, vectors = self.docstore.all_vectors(self.slot.table)
+        if vectors.shape[0] == 0:
+            vectors = np.zeros((0, self.space.dimension), dtype=np.float32)
+        index = VectorIndex.build(keys, vectors, self.settings)
+        manifest = index.save(
+            self.index_dir, fingerprint=self.space.fingerprint, model_id=self.space.model_id
+        )
+        self.docstore.set_meta(self.slot.indexed_meta, str(version))
+        with self.write_lock:
+            # Rows written while this index was being built are still after ``version``.
+            changes = self.docstore.changes_since(version, self.slot.table)
+            overlay = Overlay.of(version, changes, index.max_key)
+            with self._swap_lock:
+                self.index, self.manifest, self.overlay = index, manifest, overlay
+                self._covered = None
+        return manifest
+
+    @property
+    def needs_compaction(self) -> bool:
+        """True once the overlay is large enough that a rebuild should fold it into the index."""
+        indexed = self.index.count if self.index is not None else 0
+        share = self.slot.compact_share
+        return self.overlay.size > max(COMPACT_MIN_ROWS, share * indexed)
+
+    def search(self, query: FloatVector, k: int) -> list[tuple[int, float]]:
+        """Top-``k`` (key, inner product) of this generation, best first."""
+        index, overlay = self.state()
+        return search_with_overlay(index, overlay, query, k)
+
+    def covered_keys(self) -> KeyArray:
+        """Sorted keys that have a vector here (deleted ones may linger until a rebuild)."""
+        index, overlay = self.state()
+        cached = self._covered
+        if cached is not None and cached[0] == overlay.version:
+            return cached[1]
+        listed = index.keys() if index is not None else None
+        from_index = listed if listed is not None else np.zeros(0, dtype=np.int64)
+        keys = np.union1d(from_index, overlay.keys).astype(np.int64)
+        self._covered = (overlay.version, keys)
+        return keys
+
+    def vectors_of(self, keys: list[int]) -> FloatMatrix | None:
+        """Stored vectors of ``keys``, from the overlay where it holds them, else the index."""
+        index, overlay = self.state()
+        if not keys:
+            return np.zeros((0, self.space.dimension), dtype=np.float32)
+        found = [overlay.vector(key) for key in keys]
+        missing = [key for key, row in zip(keys, found, strict=True) if row is None]
+        from_index: list[FloatVector] = []
+        if missing:
+            if index is None:
+                return None
+            rebuilt = index.reconstruct(np.asarray(missing, dtype=np.int64))
+            if rebuilt is None:
+                return None
+            from_index = list(rebuilt)
+        rest = iter(from_index)
+        rows = [row if row is not None else next(rest) for row in found]
+        return np.stack(rows).astype(np.float32)
