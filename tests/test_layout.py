@@ -106,7 +106,7 @@ def test_declared_services_have_the_promised_rpcs() -> None:
     silo = {m.name for m in silo_pb2.DESCRIPTOR.services_by_name["SiloService"].methods}
     assert silo == {"Describe", "Embed", "EmbedAnchors", "Search"}
     admin = {m.name for m in silo_pb2.DESCRIPTOR.services_by_name["SiloAdminService"].methods}
-    assert admin == {"WriteDocuments", "DeleteDocuments", "PlanMigration"}
+    assert admin == {"WriteDocuments", "DeleteDocuments", "PlanMigration", "ControlMigration"}
     coordinator = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"]
     assert {m.name for m in coordinator.methods} == {
         "RegisterSilo",

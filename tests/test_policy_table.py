@@ -210,6 +210,12 @@ async def plan_migration(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> objec
     return await _admin(ch).PlanMigration(request, timeout=60)
 
 
+async def control_migration(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    # A status read: it changes nothing, but only an admitted admin may read it.
+    request = silo_pb2.ControlMigrationRequest(command=silo_pb2.ControlMigrationRequest.STATUS)
+    return await _admin(ch).ControlMigration(request, timeout=30)
+
+
 def _admin(ch: grpc.aio.Channel) -> silo_pb2_grpc.SiloAdminServiceAsyncStub:
     return silo_pb2_grpc.SiloAdminServiceStub(ch)
 
@@ -250,6 +256,11 @@ TABLE: dict[tuple[str, str], list[tuple[str, str, Call]]] = {
         ("home_client", ALLOWED, plan_migration),
         ("other_client", DENIED, plan_migration),
         ("coordinator", DENIED, plan_migration),
+    ],
+    ("SiloAdminService", "ControlMigration"): [
+        ("home_client", ALLOWED, control_migration),
+        ("other_client", DENIED, control_migration),
+        ("coordinator", DENIED, control_migration),
     ],
     ("CoordinatorService", "RegisterSilo"): [
         ("silo", ALLOWED, register),

@@ -90,7 +90,7 @@ class SiloRegistry:
             space=info.space,
             document_count=info.document_count,
             registered_at=time.time(),
-            also_serves=_besides(info.space, info) or (),
+            also_serves=_besides(info.space, info) or (),  # never None for its own space
         )
         await off_loop(self.executor, lambda: self.state.upsert_silo(record))
         log.info("registered silo %s at %s (space %s)", info.name, endpoint, info.space.space_id)
@@ -112,16 +112,16 @@ class SiloRegistry:
         besides = _besides(record.space, info)
         message = ""
         if info.space.fingerprint != record.space.fingerprint:
+            then = (
+                "the silo must re-register"
+                if besides is None
+                else "it still answers in the registered space while it migrates, but the silo "
+                "should re-register"
+            )
             message = (
                 f"space changed since registration: fingerprint {record.space.fingerprint} "
-                f"registered, {info.space.fingerprint} now; the silo must re-register"
+                f"registered, {info.space.fingerprint} now; {then}"
             )
-            if besides is not None:
-                message = (
-                    f"space changed since registration: fingerprint {record.space.fingerprint} "
-                    f"registered, {info.space.fingerprint} now; it still answers in the "
-                    "registered space while it migrates, but the silo should re-register"
-                )
         if besides is not None and besides != record.also_serves:
             # A silo starts (or ends) serving another space while it migrates, without
             # re-registering: routing follows from the next probe on.

@@ -38,8 +38,7 @@ class SiloListing:
     # What the silo's own policy discloses, as its Describe said (None: it did not answer).
     policy: DisclosurePolicy | None = None
     # Other spaces it answers in without a coordinator's adapter (while migrating), as the
-    # coordinator knows them; not on the wire yet (SiloInfo has no field for them), so () at
-    # a client.
+    # coordinator knows them.
     also_serves: tuple[SpaceDescriptor, ...] = ()
 
 

@@ -176,4 +176,4 @@ class SiloClient:
             cpu_share=cpu_share,
         )
         reply = await unary(self._peer, self.admin_stub.ControlMigration(request, timeout=timeout))
-        return convert.migration_status_from_proto(reply)
+        return convert.migration_status_from_proto(reply.status)

@@ -108,6 +108,7 @@ class SiloInfo(_message.Message):
     REGISTERED_UNIX_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    ALSO_SERVES_FIELD_NUMBER: _builtins.int
     silo: _builtins.str
     endpoint: _builtins.str
     healthy: _builtins.bool
@@ -124,6 +125,10 @@ class SiloInfo(_message.Message):
     def policy(self) -> _common_pb2.DisclosurePolicy:
         """What the silo's own policy discloses, as its Describe said just now."""
 
+    @_builtins.property
+    def also_serves(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SpaceDescriptor]:
+        """Other spaces the silo answers in without an adapter (while it migrates), besides `space`."""
+
     def __init__(
         self,
         *,
@@ -136,10 +141,11 @@ class SiloInfo(_message.Message):
         registered_unix: _builtins.int = ...,
         message: _builtins.str = ...,
         policy: _common_pb2.DisclosurePolicy | None = ...,
+        also_serves: _abc.Iterable[_common_pb2.SpaceDescriptor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "space", b"space"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_count", b"document_count", "endpoint", b"endpoint", "healthy", b"healthy", "message", b"message", "org", b"org", "policy", b"policy", "registered_unix", b"registered_unix", "silo", b"silo", "space", b"space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_serves", b"also_serves", "document_count", b"document_count", "endpoint", b"endpoint", "healthy", b"healthy", "message", b"message", "org", b"org", "policy", b"policy", "registered_unix", b"registered_unix", "silo", b"silo", "space", b"space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -505,6 +505,28 @@ class ControlMigrationRequest(_message.Message):
 Global___ControlMigrationRequest: _TypeAlias = ControlMigrationRequest  # noqa: Y015
 
 @_typing.final
+class ControlMigrationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___MigrationStatus:
+        """Where the migration stands after the command."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___MigrationStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlMigrationResponse: _TypeAlias = ControlMigrationResponse  # noqa: Y015
+
+@_typing.final
 class MigrationStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -260,7 +260,7 @@ class SiloAdminServiceStub:
         self.ControlMigration = channel.unary_unary(
                 '/silobridge.v1.SiloAdminService/ControlMigration',
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.ControlMigrationRequest.SerializeToString,
-                response_deserializer=silobridge_dot_v1_dot_silo__pb2.MigrationStatus.FromString,
+                response_deserializer=silobridge_dot_v1_dot_silo__pb2.ControlMigrationResponse.FromString,
                 _registered_method=True)
 
 
@@ -323,7 +323,7 @@ def add_SiloAdminServiceServicer_to_server(servicer, server):
             'ControlMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.ControlMigration,
                     request_deserializer=silobridge_dot_v1_dot_silo__pb2.ControlMigrationRequest.FromString,
-                    response_serializer=silobridge_dot_v1_dot_silo__pb2.MigrationStatus.SerializeToString,
+                    response_serializer=silobridge_dot_v1_dot_silo__pb2.ControlMigrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -435,7 +435,7 @@ class SiloAdminService:
             target,
             '/silobridge.v1.SiloAdminService/ControlMigration',
             silobridge_dot_v1_dot_silo__pb2.ControlMigrationRequest.SerializeToString,
-            silobridge_dot_v1_dot_silo__pb2.MigrationStatus.FromString,
+            silobridge_dot_v1_dot_silo__pb2.ControlMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,7 +114,7 @@ class SiloAdminServiceStub:
     model's measured throughput on a sample of this silo's own texts, time and disk. Changes
     nothing.
     """
-    ControlMigration: _grpc.UnaryUnaryMultiCallable[_silo_pb2.ControlMigrationRequest, _silo_pb2.MigrationStatus]
+    ControlMigration: _grpc.UnaryUnaryMultiCallable[_silo_pb2.ControlMigrationRequest, _silo_pb2.ControlMigrationResponse]
     """Move the silo to another embedding model while it serves (docs/MIGRATION.md): start,
     pause, resume, cut over, roll back, finish, or only report where the migration stands.
     """
@@ -138,7 +138,7 @@ class SiloAdminServiceAsyncStub(SiloAdminServiceStub):
     model's measured throughput on a sample of this silo's own texts, time and disk. Changes
     nothing.
     """
-    ControlMigration: _aio.UnaryUnaryMultiCallable[_silo_pb2.ControlMigrationRequest, _silo_pb2.MigrationStatus]  # type: ignore[assignment]
+    ControlMigration: _aio.UnaryUnaryMultiCallable[_silo_pb2.ControlMigrationRequest, _silo_pb2.ControlMigrationResponse]  # type: ignore[assignment]
     """Move the silo to another embedding model while it serves (docs/MIGRATION.md): start,
     pause, resume, cut over, roll back, finish, or only report where the migration stands.
     """
@@ -183,7 +183,7 @@ class SiloAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _silo_pb2.ControlMigrationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_silo_pb2.MigrationStatus, _abc.Awaitable[_silo_pb2.MigrationStatus]]:
+    ) -> _typing.Union[_silo_pb2.ControlMigrationResponse, _abc.Awaitable[_silo_pb2.ControlMigrationResponse]]:
         """Move the silo to another embedding model while it serves (docs/MIGRATION.md): start,
         pause, resume, cut over, roll back, finish, or only report where the migration stands.
         """

@@ -130,7 +130,7 @@ class SiloAdminServicer(silo_pb2_grpc.SiloAdminServiceServicer):
     @unary_boundary
     async def ControlMigration(
         self, request: silo_pb2.ControlMigrationRequest, context: Context
-    ) -> silo_pb2.MigrationStatus:
+    ) -> silo_pb2.ControlMigrationResponse:
         status = await self.admin.control_migration(
             peer_identity(context),
             convert.migration_command_from_proto(request.command),
@@ -138,4 +138,4 @@ class SiloAdminServicer(silo_pb2_grpc.SiloAdminServiceServicer):
             request.sample_size,
             request.cpu_share,
         )
-        return convert.migration_status_to_proto(status)
+        return silo_pb2.ControlMigrationResponse(status=convert.migration_status_to_proto(status))

@@ -82,6 +82,7 @@ def silo_listing_to_proto(listing: SiloListing) -> coordinator_pb2.SiloInfo:
         registered_unix=listing.registered_unix,
         message=listing.message,
         policy=disclosure_to_proto(listing.policy) if listing.policy is not None else None,
+        also_serves=[space_to_proto(space) for space in listing.also_serves],
     )
 
 
@@ -96,6 +97,7 @@ def silo_listing_from_proto(message: coordinator_pb2.SiloInfo) -> SiloListing:
         message=message.message,
         registered_unix=message.registered_unix,
         policy=disclosure_from_proto(message.policy) if message.HasField("policy") else None,
+        also_serves=tuple(space_from_proto(space) for space in message.also_serves),
     )
 
 

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from silobridge.adapters import Adapter, FitConfig, fit
 from silobridge.adapters.artifact import load_adapter, save_adapter
-from silobridge.core.errors import FailedPrecondition
+from silobridge.core.errors import FailedPrecondition, InvalidArgument
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder
 from silobridge.silo_agent.store.docstore import DocStore
@@ -70,18 +70,23 @@ class LocalAdapters:
 
 
 def sample(docstore: DocStore, count: int) -> tuple[list[str], FloatMatrix]:
-    """Texts and source vectors of up to ``count`` documents spread evenly over the store."""
+    """Texts and source vectors of ``count`` documents (or all) spread evenly over the keys."""
     with docstore.transaction() as conn:
-        total, low, high = conn.execute(
-            "SELECT COUNT(*), MIN(key), MAX(key) FROM documents"
-        ).fetchone()
-        if not total:
+        keys = [int(row[0]) for row in conn.execute("SELECT key FROM documents ORDER BY key")]
+        if not keys:
             return [], np.zeros((0, 0), dtype=np.float32)
-        step = max(1, -(-(int(high) - int(low) + 1) // max(count, 1)))
-        rows = conn.execute(
-            "SELECT text, vector FROM documents WHERE (key - ?) % ? = 0 ORDER BY key LIMIT ?",
-            (int(low), step, count),
-        ).fetchall()
+        picks = np.unique(np.linspace(0, len(keys) - 1, num=min(count, len(keys))).round())
+        chosen = [keys[int(i)] for i in picks]
+        rows = []
+        for start in range(0, len(chosen), 500):
+            part = chosen[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows.extend(
+                conn.execute(
+                    f"SELECT text, vector FROM documents WHERE key IN ({marks}) ORDER BY key",  # noqa: S608
+                    part,
+                ).fetchall()
+            )
     flat = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4")
     return [str(row[0]) for row in rows], flat.reshape(len(rows), -1).astype(np.float32)
 
@@ -90,11 +95,13 @@ def fit_local(
     docstore: DocStore, target_model: Embedder, sample_size: int, batch_size: int
 ) -> LocalAdapters:
     """Embed the sample with the new model and fit both maps; measures the held-out agreement."""
+    if sample_size < MIN_SAMPLE:
+        raise InvalidArgument(f"sample_size must be at least {MIN_SAMPLE}, got {sample_size}")
     texts, source = sample(docstore, sample_size)
     if len(texts) < MIN_SAMPLE:
         raise FailedPrecondition(
             f"the silo holds {len(texts)} documents; a migration fits its adapters on at least "
-            f"{MIN_SAMPLE} (re-ingest the corpus with the new model instead)"
+            f"{MIN_SAMPLE} of them (re-ingest the corpus with the new model instead)"
         )
     target = target_model.embed(texts, batch_size=batch_size)
     config = FitConfig(kind=KIND)

@@ -19,7 +19,6 @@ from silobridge.silo_agent.store import journal
 from silobridge.silo_agent.store.data import SiloData
 
 log = logging.getLogger(__name__)
-BATCH = 256
 # The rate is averaged over this many seconds of recent wall time (throttle sleeps included).
 RATE_WINDOW_S = 30.0
 RETRY_S = 5.0
@@ -71,7 +70,7 @@ class Reencoder:
         after = -1
         while not self._stop.is_set():
             try:
-                batch = journal.pending(self.data.docstore, after, BATCH)
+                batch = journal.pending(self.data.docstore, after, self.batch_size)
                 if not batch:
                     if after == -1:  # a whole pass found nothing: done
                         self.progress.finished = True
