@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint protos protos-check demo silo-demo bench clean-demo
+.PHONY: install test lint protos protos-check demo silo-demo migration-demo bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: install lint protos-check
 # Three organizations, a coordinator and federated search on loopback (deploy/local/README.md).
 demo: install
 	$(BIN)/python deploy/local/consortium_demo.py
+
+# The KJV silo moves to another embedding model while a client queries it (README, Migration).
+migration-demo: install
+	$(BIN)/python deploy/local/migration_demo.py
 
 # One silo alone: PKI, ingest, serve over mTLS, query.
 silo-demo: install

@@ -37,6 +37,8 @@ class SiloSpec:
     corpus: Path
     disclose: tuple[str, ...] = ()
     accept_query_text: bool = False
+    # Who may write documents and migrate the silo while it serves ([access] admin).
+    admins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,7 @@ query = ["{spiffe}/client/*"]         # on whose behalf: clients of any member o
 accept_spaces = ["*"]                # translate queries from any space with a signed adapter
 disclose_fields = {_toml_list(spec.disclose)}
 accept_query_text = {"true" if spec.accept_query_text else "false"}
+admin = {_toml_list(spec.admins)}                 # live writes and migrations
 """
         )
         return path
