@@ -236,8 +236,9 @@ def test_an_unsigned_query_tells_the_silo_which_of_its_spaces_it_is_in(
     query = FederatedQuery(WireVector.of(vector), NEW.space_id, 3)
     migrating = silo(OLD, [NEW])
     assert _silo_query(tr.route(NEW, migrating), query, vector).source_space == NEW.space_id
-    # In the silo's own space nothing changes: no source space, as before.
-    assert _silo_query(tr.route(OLD, migrating), query, vector).source_space == ""
+    # Its own space is named too: a silo that cut over before re-registering reads "" as its
+    # new primary space.
+    assert _silo_query(tr.route(OLD, migrating), query, vector).source_space == OLD.space_id
 
 
 # --- what the coordinator keeps -------------------------------------------------------------

@@ -45,7 +45,11 @@ class Translation:
 
     adapter: Adapter
     source_space: str
-    target_space: str
+    target: SpaceDescriptor
+
+    @property
+    def target_space(self) -> str:
+        return self.target.space_id
 
 
 class AdapterFetcher:
@@ -62,13 +66,19 @@ class AdapterFetcher:
     def cached(self, adapter_id: str, source_space: str) -> Translation | None:
         """The adapter if it is already verified and loaded for ``source_space``, else None."""
         hit = self._adapters.get(adapter_id)
-        return hit if hit is not None and hit.source_space == source_space else None
+        if hit is None or hit.source_space != source_space or not self.accepts(hit.target):
+            return None  # a migration may have dropped the space it maps into since
+        return hit
 
     async def get(self, adapter_id: str, source_space: str) -> Translation:
         if not _ADAPTER_ID.match(adapter_id):
             raise InvalidArgument(f"adapter id {adapter_id!r} is not a valid adapter id")
         async with self._lock:
             hit = self._adapters.get(adapter_id)
+            if hit is not None and not self.accepts(hit.target):
+                del self._adapters[adapter_id]
+                shutil.rmtree(self.cache_dir / adapter_id, ignore_errors=True)
+                hit = None
             if hit is None:
                 hit = await self._load(adapter_id)
                 self._adapters[adapter_id] = hit
@@ -103,7 +113,7 @@ class AdapterFetcher:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
         manifest = loaded.manifest
-        return Translation(loaded.adapter, manifest.source.space_id, manifest.target.space_id)
+        return Translation(loaded.adapter, manifest.source.space_id, manifest.target)
 
     async def _download(self, adapter_id: str, directory: Path) -> None:
         link = self.config.coordinator

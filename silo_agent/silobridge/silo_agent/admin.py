@@ -11,7 +11,7 @@ import functools
 import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
 from silobridge.core.errors import InvalidArgument, ResourceExhausted
@@ -44,6 +44,9 @@ class SiloAdmin:
         self.gatekeeper = gatekeeper
         self.compactor = compactor
         self.migration = migration
+        # Migration commands run for minutes (a start fits adapters, a cut-over builds an
+        # index): on threads of their own, never on the query workers.
+        self.commands = ThreadPoolExecutor(max_workers=2, thread_name_prefix="silo-migration")
 
     def _admit(self, caller: PeerIdentity) -> PeerIdentity:
         caller = self.gatekeeper.admit(caller)
@@ -80,7 +83,7 @@ class SiloAdmin:
         caller = self._admit(caller)
         ids = self._checked_ids(doc_ids)
         data = self.service.data
-        counts = await off_loop(self.executor, lambda: data.delete(ids))
+        counts = await off_loop(self.executor, lambda: self.migration.delete(ids))
         self.gatekeeper.record(caller, "DeleteDocuments", allowed=True, results=len(counts.deleted))
         self.compactor.maybe_start()
         return DeleteReceipt(len(counts.deleted), counts.missing, data.count())
@@ -109,7 +112,7 @@ class SiloAdmin:
         """One migration command (``migration/engine``); a status is a read, the rest change."""
         caller = self._admit(caller)
         status = await off_loop(
-            self.executor,
+            self.commands,
             functools.partial(self.migration.control, command, to_model, sample_size, cpu_share),
         )
         self.gatekeeper.record(

@@ -19,6 +19,8 @@ from silobridge.silo_agent.store.rows import UpsertCounts, content_hash
 
 MAX_LINE_BYTES = 1 << 20
 MAX_ID_CHARS = 512
+# The docstore meta key of a migration's record (silo_agent/migration/record.py).
+MIGRATION_RECORD = "migration"
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 _DRAIN_CHUNK = 1 << 16
@@ -267,6 +269,12 @@ def ingest(
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if data.docstore.get_meta(MIGRATION_RECORD) is not None:
+        raise FailedPrecondition(
+            f"the silo in {data.data_dir} is migrating to another model: an offline ingest "
+            "would store documents in one space only. Send them to the running silo with "
+            "`silobridge silo ingest --live`, which writes both"
+        )
     if embedder.space.fingerprint != data.space.fingerprint:
         raise FailedPrecondition(
             space_mismatch_message(

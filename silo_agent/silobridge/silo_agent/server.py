@@ -21,7 +21,12 @@ from silobridge.silo_agent.handlers import SiloHandlers
 from silobridge.silo_agent.migration.announce import announce_primary
 from silobridge.silo_agent.migration.engine import MigrationEngine
 from silobridge.silo_agent.migration.startup import models_for
-from silobridge.silo_agent.registration import start_registration, stop_registration
+from silobridge.silo_agent.registration import (
+    advertise_address,
+    register_with_coordinator,
+    start_registration,
+    stop_registration,
+)
 from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.servicer import SiloAdminServicer, SiloServicer
 from silobridge.silo_agent.store.data import SiloData
@@ -95,6 +100,7 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         await asyncio.to_thread(load_embedder, target, threads=threads) if target else None
     )
     await asyncio.to_thread(migration.recover, target_model)
+    announcer.previous = service.space  # as recovered (a restart in cut_over serves the new)
     admin = SiloAdminServicer(SiloAdmin(service, executor, gatekeeper, compactor, migration))
     refresher = asyncio.get_running_loop().create_task(
         _follow_other_writers(service.data, executor, compactor),
@@ -109,6 +115,7 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         refresher.cancel()
         await asyncio.wait({refresher})
         await asyncio.to_thread(migration.close)
+        admin.admin.commands.shutdown(wait=False, cancel_futures=True)
         await announcer.close()
         executor.shutdown(wait=True)
         await asyncio.to_thread(compactor.join, REBUILD_JOIN_SECONDS)
@@ -146,11 +153,15 @@ class _Announcer:
     def _schedule(self) -> None:
         old, self.previous = self.previous, self.service.space
         task = self.loop.create_task(self._announce(old), name="silo-reannounce")
-        self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     async def _announce(self, old: SpaceDescriptor) -> None:
         try:
+            if old == self.service.space:  # the spaces served changed, not the primary one
+                config = self.service.config
+                await register_with_coordinator(config, advertise_address(config, self.port))
+                return
             pushed = await announce_primary(
                 self.service.config, self.port, old, self.service.embedder
             )

@@ -168,6 +168,7 @@ def _silo_query(route: Route, query: FederatedQuery, normalised: FloatVector) ->
         query.k,
         rerank_text=query.rerank_text,
         rerank_depth=query.rerank_depth,
-        # Empty: the silo's own space. A migrating silo is told which other space it is in.
-        source_space="" if route.target == route.silo.space else route.target.space_id,
+        # Always named: a silo that just cut over reads "" as its new primary space, while
+        # this route was planned from what the coordinator has on record.
+        source_space=route.target.space_id,
     )

@@ -28,7 +28,7 @@ from silobridge.silo_agent.migration.reencode import Reencoder
 from silobridge.silo_agent.routes import Route, RouteTable
 from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.store import journal
-from silobridge.silo_agent.store.rows import UpsertCounts, content_hash
+from silobridge.silo_agent.store.rows import DeleteCounts, UpsertCounts, content_hash
 
 log = logging.getLogger(__name__)
 DEFAULT_CPU_SHARE = 0.5
@@ -65,6 +65,8 @@ class MigrationEngine:
     ) -> MigrationStatus:
         if share and not 0.0 < share <= 1.0:
             raise InvalidArgument(f"cpu_share must be in (0, 1], got {share}")
+        if command is MigrationCommand.STATUS:
+            return self.status()  # a read: never waits behind a running command
         with self._commands:
             message = {
                 MigrationCommand.STATUS: lambda: "",
@@ -113,7 +115,11 @@ class MigrationEngine:
         with self._writes:
             record.save(self.data.docstore, new)  # from here a restart resumes the migration
             self.record, self.target_embedder, self.adapters = new, embedder, adapters
-        self._serve(new)
+        try:
+            self._serve(new)
+        except Exception:
+            self._rollback()  # a start that cannot serve both spaces leaves none of itself
+            raise
         return (
             f"answering in {embedder.space.space_id} now; re-encoding "
             f"{self.data.count()} documents in the background"
@@ -136,7 +142,7 @@ class MigrationEngine:
     def _cutover(self) -> str:
         current = self._require(Stage.REENCODING, Stage.PAUSED)
         target = self.data.target
-        remaining = self.data.count() - journal.reencoded_count(self.data.docstore)
+        remaining = journal.progress(self.data.docstore).remaining
         if target is None or remaining:
             raise FailedPrecondition(
                 f"{remaining} documents are not re-encoded yet; cut over once status says ready"
@@ -157,23 +163,26 @@ class MigrationEngine:
     def _rollback(self) -> str:
         current = self._require(Stage.REENCODING, Stage.PAUSED, Stage.CUT_OVER)
         self._stop_reencoder()
-        with self._writes:
+        # No rebuild may save into index-next/ after it is removed, and no write slip between.
+        with self._writes, self.data.exclusive():
             self.data.docstore.delete_meta(record.RECORD_KEY)  # the pointer back, durably
             self.record = None
             self.data.close_target()
             self.service.embedder = self.source_embedder
             self.service.routes = RouteTable.native(self.data.source, primary=self.data.source)
-        journal.clear(self.data.docstore)
-        files.remove_target_files(self.data.data_dir)
-        self.data.refresh()
-        if current.stage is Stage.CUT_OVER:
-            self.primary_changed()
+            journal.clear(self.data.docstore)
+            files.remove_target_files(self.data.data_dir)
+            self.data.refresh()
+        # Also before a cut-over: the coordinator must stop routing the new space here.
+        self.primary_changed()
         return f"rolled back to {current.source.space_id}; the old index was never changed"
 
     def _finish(self) -> str:
         current = self._require(Stage.CUT_OVER)
         assert self.target_embedder is not None and self.adapters is not None
-        with self._writes:
+        # Nothing else writes, refreshes or rebuilds from the commit to the swap: the source
+        # generation still served meanwhile must not read the promoted rows as its own.
+        with self._writes, self.data.exclusive():
             journal.promote(self.data.docstore, current.target, Stage.FINISHING.value)
             self._complete_finish(current)
             self.source_embedder, self.source_model = self.target_embedder, current.target_model
@@ -268,15 +277,21 @@ class MigrationEngine:
         skipped = len(documents) - len(changed)
         return UpsertCounts(counts.inserted, counts.updated, counts.unchanged + skipped)
 
+    def delete(self, doc_ids: Sequence[str]) -> DeleteCounts:
+        """A live delete: from every generation, never in the middle of a state change."""
+        with self._writes:
+            return self.data.delete(doc_ids)
+
     def status(self, message: str = "") -> MigrationStatus:
         current = self.record
-        documents = self.data.count()
         primary = self.service.space
         if current is None:
+            documents = self.data.count()
             return MigrationStatus(
                 MigrationState.NONE, primary, None, primary, documents, documents, message=message
             )
-        done = journal.reencoded_count(self.data.docstore)
+        counted = journal.progress(self.data.docstore)
+        documents, done = counted.documents, counted.reencoded
         progress = self.reencoder.progress if self.reencoder is not None else None
         rate = progress.rate if progress is not None and self.reencoder_running else 0.0
         share = done / documents if documents else 1.0

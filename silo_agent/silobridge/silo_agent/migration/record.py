@@ -15,9 +15,10 @@ from typing import Any
 
 from silobridge.core.errors import FailedPrecondition
 from silobridge.core.spaces import SpaceDescriptor
+from silobridge.silo_agent.ingest import MIGRATION_RECORD
 from silobridge.silo_agent.store.docstore import DocStore
 
-RECORD_KEY = "migration"
+RECORD_KEY = MIGRATION_RECORD
 # After ``finish``: the model the silo moved from, kept so that a restart with the old
 # ``model =`` in silo.toml is understood, and old-space queries are still routed.
 RETIRED_KEY = "migrated_from"

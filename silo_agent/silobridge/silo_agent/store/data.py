@@ -19,7 +19,7 @@ from silobridge.core.hits import Hit
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder
 from silobridge.silo_agent.store.docstore import DocStore
-from silobridge.silo_agent.store.generation import SOURCE, TARGET, Generation
+from silobridge.silo_agent.store.generation import MAX_OVERLAY_ROWS, SOURCE, TARGET, Generation
 from silobridge.silo_agent.store.index import (
     IndexManifest,
     IndexSettings,
@@ -34,9 +34,9 @@ FloatVector = npt.NDArray[np.float32]
 DOCSTORE_NAME = "docstore.sqlite"
 REBUILD_LOCK_NAME = "index.lock"
 INDEX_DIR_NAME = SOURCE.index_dir
-# Beyond this many changes beside the index, live writes wait (ResourceExhausted) for the
-# rebuild to fold them in: it bounds the overlay's memory and every search's exact part.
-MAX_PENDING_ROWS = 50_000
+# Beyond this many changes beside an index, live writes wait (ResourceExhausted) for the
+# rebuild to fold them in (generations compact at half of it).
+MAX_PENDING_ROWS = MAX_OVERLAY_ROWS
 
 
 # What the storage layer needs from an embedder: the embedders' own structural protocol, so a
@@ -100,11 +100,30 @@ class SiloData:
     def primary(self) -> Generation:
         return self._primary
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No rebuild and no write of any generation meanwhile (a migration's finish and
+        rollback move and remove generations' files under it)."""
+        with (
+            self._rebuild_lock,
+            _directory_lock(self.data_dir / REBUILD_LOCK_NAME),
+            self._write_lock,
+        ):
+            yield
+
     def open_target(self, space: SpaceDescriptor) -> Generation:
-        """Serve the target slot's vectors (a migration to ``space``) beside the source."""
-        with self._write_lock:
-            target = Generation(self.data_dir, TARGET, space, self.settings, self.docstore)
+        """Serve the target slot's vectors (a migration to ``space``) beside the source.
+
+        Its index is brought up to date before it is served: the first time, every document's
+        provisional vector would otherwise sit in the overlay (and hold up every write).
+        """
+        target = Generation(self.data_dir, TARGET, space, self.settings, self.docstore)
+        with self._rebuild_lock, _directory_lock(self.data_dir / REBUILD_LOCK_NAME):
             target.load_index_if_present()
+            target.refresh()
+            if target.index is None or target.needs_compaction:
+                target.rebuild()
+        with self._write_lock:
             target.refresh()
             self.target = target
         return target
@@ -294,11 +313,14 @@ class SiloData:
     def compact(self) -> list[IndexManifest]:
         """Rebuild the generations whose overlays are large (the background compaction)."""
         with self._rebuild_lock, _directory_lock(self.data_dir / REBUILD_LOCK_NAME):
+            # Read under the lock: a generation a rollback or finish dropped is not rebuilt.
             return [g.rebuild() for g in self.generations() if g.needs_compaction]
 
     def rebuild_generation(self, generation: Generation) -> IndexManifest:
         """Rebuild one generation's index now (a migration does before its cut-over)."""
         with self._rebuild_lock, _directory_lock(self.data_dir / REBUILD_LOCK_NAME):
+            if generation not in self.generations():
+                raise FailedPrecondition("that generation is no longer served")
             return generation.rebuild()
 
     def reload_index(self) -> bool:

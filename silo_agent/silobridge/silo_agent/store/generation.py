@@ -9,6 +9,7 @@ never mixes two states.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from silobridge.silo_agent.store.index import (
     read_manifest,
 )
 from silobridge.silo_agent.store.overlay import Overlay, search_with_overlay
-from silobridge.silo_agent.store.rows import KeyArray
+from silobridge.silo_agent.store.rows import Changes, KeyArray
 
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
@@ -34,6 +35,9 @@ FloatVector = npt.NDArray[np.float32]
 # exact search over the changes and hiding rewritten keys both grow with them.
 COMPACT_MIN_ROWS = 2_000
 COMPACT_SHARE = 0.05
+# Beyond this many changes beside an index, live writes wait (ResourceExhausted) for the
+# rebuild to fold them in: it bounds the overlay's memory and every search's exact part.
+MAX_OVERLAY_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,12 @@ class Generation:
             overlay = self.overlay
             if self.docstore.data_version() == overlay.version:
                 return False
-            changes = self.docstore.changes_since(overlay.base_version, self.slot.table)
+            # Only what came after the overlay's own version: one batch, not the whole overlay.
+            changes = self._changes_since(overlay.version)
             max_key = self.index.max_key if self.index is not None else -1
+            advanced = overlay.advanced(changes, max_key)
             with self._swap_lock:
-                self.overlay = Overlay.of(overlay.base_version, changes, max_key)
+                self.overlay = advanced
         return True
 
     def rebuild(self) -> IndexManifest:
@@ -130,19 +136,28 @@ class Generation:
         self.docstore.set_meta(self.slot.indexed_meta, str(version))
         with self.write_lock:
             # Rows written while this index was being built are still after ``version``.
-            changes = self.docstore.changes_since(version, self.slot.table)
+            changes = self._changes_since(version)
             overlay = Overlay.of(version, changes, index.max_key)
             with self._swap_lock:
                 self.index, self.manifest, self.overlay = index, manifest, overlay
                 self._covered = None
         return manifest
 
+    def _changes_since(self, version: int) -> Changes:
+        changes = self.docstore.changes_since(version, self.slot.table)
+        if changes.vectors.shape[0] == 0:  # no rows: the docstore cannot know this slot's width
+            empty = np.zeros((0, self.space.dimension), dtype=np.float32)
+            changes = dataclasses.replace(changes, vectors=empty)
+        return changes
+
     @property
     def needs_compaction(self) -> bool:
         """True once the overlay is large enough that a rebuild should fold it into the index."""
         indexed = self.index.count if self.index is not None else 0
         share = self.slot.compact_share
-        return self.overlay.size > max(COMPACT_MIN_ROWS, share * indexed)
+        # Never later than half the cap at which live writes wait for a rebuild.
+        threshold = min(max(COMPACT_MIN_ROWS, share * indexed), MAX_OVERLAY_ROWS / 2)
+        return self.overlay.size > threshold
 
     def search(self, query: FloatVector, k: int) -> list[tuple[int, float]]:
         """Top-``k`` (key, inner product) of this generation, best first."""

@@ -53,10 +53,21 @@ def pending(docstore: DocStore, after_key: int, limit: int) -> list[PendingDocum
     return [PendingDocument(int(key), str(text), str(digest)) for key, text, digest in rows]
 
 
-def reencoded_count(docstore: DocStore) -> int:
-    """Documents whose new-space vector matches their current content."""
+@dataclass(frozen=True)
+class Progress:
+    documents: int
+    reencoded: int
+
+    @property
+    def remaining(self) -> int:
+        return self.documents - self.reencoded
+
+
+def progress(docstore: DocStore) -> Progress:
+    """Documents, and those whose new-space vector matches their content, in one snapshot."""
     with docstore.transaction() as conn:
-        return int(conn.execute(_DONE).fetchone()[0])
+        documents = int(conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+        return Progress(documents, int(conn.execute(_DONE).fetchone()[0]))
 
 
 def record(docstore: DocStore, documents: Sequence[PendingDocument], vectors: FloatMatrix) -> int:

@@ -18,6 +18,8 @@ from silobridge.silo_agent.store.rows import Changes, KeyArray
 
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
+# The least a search over-fetches beside k when the overlay hides index keys.
+MIN_EXTRA = 32
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,28 @@ class Overlay:
         vectors = np.ascontiguousarray(changes.vectors, dtype=np.float32)
         return cls(base_version, changes.version, keys, vectors, hidden, rows)
 
+    def advanced(self, changes: Changes, index_max_key: int | None = None) -> Overlay:
+        """This overlay with ``changes`` (everything written after ``self.version``) applied.
+
+        The cost is one pass over this overlay's rows in numpy, not a re-read of all of them
+        from the docstore: a migration's re-encode refreshes after every batch while the
+        overlay grows to thousands of rows.
+        """
+        new_keys = np.ascontiguousarray(changes.keys, dtype=np.int64)
+        gone = np.concatenate([new_keys, changes.deleted.astype(np.int64)])
+        keep = ~np.isin(self.keys, gone)
+        keys = np.concatenate([self.keys[keep], new_keys])
+        vectors = np.concatenate(
+            [
+                self.vectors[keep],
+                np.asarray(changes.vectors, dtype=np.float32).reshape(-1, self.vectors.shape[1]),
+            ]
+        )
+        limit = np.iinfo(np.int64).max if index_max_key is None else index_max_key
+        hidden = self.hidden | frozenset(int(key) for key in gone.tolist() if key <= limit)
+        rows = {int(key): row for row, key in enumerate(keys.tolist())}
+        return Overlay(self.base_version, changes.version, keys, vectors, hidden, rows)
+
     @property
     def size(self) -> int:
         """How much the next rebuild would fold in: rows written plus index keys hidden."""
@@ -72,13 +96,20 @@ def search_with_overlay(
     """Top-``k`` (key, inner product) over the index minus hidden keys, plus the overlay rows."""
     found: list[tuple[int, float]] = []
     if index is not None and index.count:
-        # Ask for enough that k survive the hidden ones.
-        depth = min(index.count, k + len(overlay.hidden))
-        found = [
-            (key, score)
-            for key, score in index.search(query.reshape(1, -1), depth)[0]
-            if key not in overlay.hidden
-        ]
+        # Deepen until k survive the hidden ones. Asking for k + every hidden key at once would
+        # make each search of a migrating silo (thousands hidden) an HNSW walk of that depth.
+        hidden = overlay.hidden
+        enough = min(index.count, k + len(hidden))
+        depth = min(enough, k + min(len(hidden), max(k, MIN_EXTRA)))
+        while True:
+            found = [
+                (key, score)
+                for key, score in index.search(query.reshape(1, -1), depth)[0]
+                if key not in hidden
+            ]
+            if len(found) >= k or depth >= enough:
+                break
+            depth = min(enough, depth * 4)
     if not overlay.keys.shape[0]:
         return found[:k]  # the index's own order, ties included
     scores = overlay.vectors @ query
