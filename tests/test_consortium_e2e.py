@@ -75,7 +75,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     queries = [(web[i].text, kjv[i].id) for i in list(kept)[:: len(kept) // QUERY_COUNT]]
     queries = queries[:QUERY_COUNT]
     specs = {
-        "kjv": SiloSpec("kjv", "bible", "minilm-l3-onnx", kjv_file, ("book",), True),
+        "kjv": SiloSpec(
+            "kjv", "bible", "minilm-l3-onnx", kjv_file, ("book",), True, ("org:bible/client",)
+        ),
         "pydocs": SiloSpec("pydocs", "pyorg", "minilm-l6", docs_file, ("source",)),
         "web": SiloSpec("web", "openbible", "static-64", web_file, ("book",)),
     }
@@ -251,3 +253,36 @@ def test_restarted_coordinator_keeps_silos_and_adapters(net: Net) -> None:
     result, _elapsed = _ask_alice(net, text, timeout=10.0)
     assert _states(result) == {"kjv": "ok", "pydocs": "unavailable", "web": "denied"}
     assert any(h.silo == "kjv" and h.doc_id == expected for h in result.hits)
+
+
+def test_a_silo_that_cut_over_to_another_model_still_answers_adapter_routed_queries(
+    net: Net,
+) -> None:
+    """Alice's minilm-l6 queries reach kjv through the coordinator's adapter into kjv's old
+    space; after kjv cuts over to static-64 they are still answered, from its old generation."""
+    consortium = net.consortium
+    bob = str(consortium.client_config("bob"))  # an admin of kjv (org bible)
+
+    def migrate(*args: str) -> dict[str, object]:
+        shown = consortium.run("silo", "migrate", *args, "--client", bob, "--json", capture=True)
+        body: dict[str, object] = json.loads(shown)
+        return body
+
+    text, expected = net.queries[2]  # one of the queries embedded up front
+    before, _ = _ask_alice(net, text, timeout=10.0)
+    kjv_before = [h.doc_id for h in before.hits if h.silo == "kjv"]
+    assert _states(before)["kjv"] == "ok" and expected in kjv_before
+    migrate("start", "--to", "static-64", "--cpu-share", "1")
+    deadline = time.monotonic() + 120
+    while migrate("status")["state"] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert migrate("cutover")["state"] == "cut_over"
+    try:
+        after, _ = _ask_alice(net, text, timeout=10.0)
+        assert _states(after)["kjv"] == "ok"
+        assert [h.doc_id for h in after.hits if h.silo == "kjv"] == kjv_before
+    finally:
+        assert migrate("rollback")["state"] == "none"
+    again, _ = _ask_alice(net, text, timeout=10.0)
+    assert [h.doc_id for h in again.hits if h.silo == "kjv"] == kjv_before

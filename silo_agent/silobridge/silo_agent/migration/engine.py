@@ -120,6 +120,7 @@ class MigrationEngine:
         except Exception:
             self._rollback()  # a start that cannot serve both spaces leaves none of itself
             raise
+        self.primary_changed()  # registers again: the coordinator learns the space also served
         return (
             f"answering in {embedder.space.space_id} now; re-encoding "
             f"{self.data.count()} documents in the background"
