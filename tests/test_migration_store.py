@@ -29,13 +29,15 @@ EXACT = IndexSettings(exact_threshold=1_000_000)
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     rows = rng.standard_normal((n, dim))
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def squash(old: np.ndarray) -> np.ndarray:
     """A stand-in old->new adapter: the first four coordinates, renormalised."""
     part = old[:, :4]
-    return (part / np.linalg.norm(part, axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (part / np.linalg.norm(part, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 @pytest.fixture
@@ -64,7 +66,8 @@ def test_provisional_vectors_cover_every_document_until_the_journal_replaces_the
     assert journal.progress(silo.docstore).reencoded == 10
     # Re-encoded documents are searched with their native vector, the rest provisional.
     hit = silo.search_in(target, native[3], 1)[0]
-    assert (hit.doc_id, hit.score) == ("doc-3", pytest.approx(1.0, abs=1e-5))
+    assert hit.doc_id == "doc-3"
+    assert hit.score == pytest.approx(1.0, abs=1e-5)
     assert [doc.key for doc in journal.pending(silo.docstore, -1, 100)][:1] == [batch[-1].key + 1]
 
 

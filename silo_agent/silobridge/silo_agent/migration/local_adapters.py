@@ -71,7 +71,7 @@ class LocalAdapters:
 
 def sample(docstore: DocStore, count: int) -> tuple[list[str], FloatMatrix]:
     """Texts and source vectors of ``count`` documents (or all) spread evenly over the keys."""
-    with docstore.transaction() as conn:
+    with docstore.reading() as conn:
         keys = [int(row[0]) for row in conn.execute("SELECT key FROM documents ORDER BY key")]
         if not keys:
             return [], np.zeros((0, 0), dtype=np.float32)

@@ -14,7 +14,7 @@ from silobridge.core.errors import ConfigError
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.migration import files, record
 from silobridge.silo_agent.migration.record import Stage
-from silobridge.silo_agent.store.data import DOCSTORE_NAME
+from silobridge.silo_agent.store.data import DOCSTORE_NAME, rebuild_lock
 from silobridge.silo_agent.store.docstore import DocStore
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,14 @@ def models_for(config: SiloConfig) -> tuple[str, str | None]:
     try:
         current = record.load(docstore)
         if current is not None and current.stage is Stage.FINISHING:
-            files.promote_files(config.data_dir)
-            record.retire(docstore, current)
-            docstore.delete_meta(record.RECORD_KEY)
-            current = None
+            # Under the lock a serving silo's own finish holds: it may be finishing right now.
+            with rebuild_lock(config.data_dir):
+                current = record.load(docstore)
+                if current is not None and current.stage is Stage.FINISHING:
+                    files.promote_files(config.data_dir)
+                    record.retire(docstore, current)
+                    docstore.delete_meta(record.RECORD_KEY)
+                current = record.load(docstore)
         if current is not None:
             if config.model not in (current.source_model, current.target_model):
                 raise ConfigError(

@@ -336,6 +336,11 @@ class SiloData:
         self.docstore.close()
 
 
+def rebuild_lock(data_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """The cross-process lock rebuilds, finish and rollback hold on a data directory."""
+    return _directory_lock(data_dir / REBUILD_LOCK_NAME)
+
+
 @contextlib.contextmanager
 def _directory_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (created if needed), held across processes."""

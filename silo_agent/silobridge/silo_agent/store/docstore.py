@@ -22,7 +22,9 @@ from silobridge.silo_agent.store.rows import (
     StoredDocument,
     UpsertCounts,
     canonical_metadata,
+    check_table,
     content_hash,
+    target_rows,
 )
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -60,8 +62,7 @@ CREATE TABLE IF NOT EXISTS migration_vectors (
 );
 CREATE INDEX IF NOT EXISTS migration_vectors_by_version ON migration_vectors (version);
 """
-# The tables a generation's vectors live in (store/generation.py): spliced into SQL, so fixed.
-VECTOR_TABLES = frozenset({"documents", "migration_vectors"})
+
 # Every document row records the data version that last wrote it, and every deletion the version
 # that made it: a serving silo applies exactly the changes since the version its index was built
 # from, whoever wrote them (a live write, or `silo ingest` in another process).
@@ -72,8 +73,8 @@ _VERSION_INDEX = "CREATE INDEX IF NOT EXISTS documents_by_version ON documents (
 class DocStore:
     """SQLite (WAL, synchronous=FULL) holding documents and vectors; the source of truth.
 
-    One connection shared by the server's thread pool, serialised by a lock. Another process
-    (``silobridge silo ingest``) may write the same file concurrently: WAL lets readers proceed.
+    A write connection serialised by a lock, and one for the search path's reads (WAL: a read
+    need not wait for a write's fsync). Another process (`silo ingest`) may write the file too.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -101,18 +102,20 @@ class DocStore:
                 f"{self.path} is not a usable SQLite docstore ({exc}); "
                 "point the silo at its own data directory"
             ) from exc
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
 
     def journal_mode(self) -> str:
         """The connection's journal mode (``wal`` once opened)."""
         with self._lock:
-            row = self._conn.execute("PRAGMA journal_mode").fetchone()
-        return str(row[0])
+            return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
 
     def count(self) -> int:
         """Number of documents stored."""
         with self._lock:
-            row = self._conn.execute("SELECT COUNT(*) FROM documents").fetchone()
-        return int(row[0])
+            return int(self._conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
 
     def stored_hashes(self, doc_ids: Iterable[str]) -> dict[str, str]:
         """Content hash of each given doc id that is already stored (absent ids are left out)."""
@@ -143,7 +146,7 @@ class DocStore:
                 f"{stored_dim}-dimensional vectors"
             )
         rows = np.ascontiguousarray(matrix, dtype="<f4")
-        second = _target_rows(target, len(docs))
+        second = target_rows(target, len(docs))
         inserted = updated = unchanged = 0
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -232,7 +235,7 @@ class DocStore:
 
     def changes_since(self, version: int, table: str = "documents") -> Changes:
         """Rows of ``table`` written and keys deleted after ``version``, as one snapshot."""
-        _check_table(table)
+        check_table(table)
         with self._lock:
             self._conn.execute("BEGIN")
             try:
@@ -262,7 +265,7 @@ class DocStore:
 
     def all_vectors(self, table: str = "documents") -> tuple[KeyArray, FloatMatrix]:
         """Every key and vector of ``table``, ordered by key: what an index is rebuilt from."""
-        _check_table(table)
+        check_table(table)
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT key, vector FROM {table} ORDER BY key"  # noqa: S608
@@ -287,11 +290,11 @@ class DocStore:
         """The documents with the given integer keys (keys not stored are left out)."""
         wanted = list(dict.fromkeys(int(key) for key in keys))
         found: dict[int, StoredDocument] = {}
-        with self._lock:
+        with self._read_lock:
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = wanted[start : start + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
+                rows = self._reader.execute(
                     f"SELECT key, doc_id, text, metadata FROM documents WHERE key IN ({marks})",  # noqa: S608
                     chunk,
                 ).fetchall()
@@ -378,21 +381,20 @@ class DocStore:
         self._set_version_locked(version)
         return version
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own inside one read transaction (one consistent snapshot): a
+        long read (a migration's progress) holds up neither writes nor the search path."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        try:
+            conn.execute("BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock:
+        """Close the connections (idempotent)."""
+        with self._lock, self._read_lock:
             self._conn.close()
-
-
-def _check_table(table: str) -> None:
-    if table not in VECTOR_TABLES:  # the table name is spliced into SQL
-        raise ValueError(f"unexpected table {table!r}")
-
-
-def _target_rows(target: FloatMatrix | None, count: int) -> npt.NDArray[np.float32] | None:
-    if target is None:
-        return None
-    matrix = np.asarray(target)
-    if matrix.ndim != 2 or matrix.shape[0] != count or not np.all(np.isfinite(matrix)):
-        raise InvalidArgument(f"dual write needs {count} finite target vectors, got {matrix.shape}")
-    return np.ascontiguousarray(matrix, dtype="<f4")
+            self._reader.close()

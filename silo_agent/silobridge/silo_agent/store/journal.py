@@ -48,7 +48,7 @@ class PendingDocument:
 
 def pending(docstore: DocStore, after_key: int, limit: int) -> list[PendingDocument]:
     """Up to ``limit`` documents after ``after_key`` (by key) that lack a current new vector."""
-    with docstore.transaction() as conn:
+    with docstore.reading() as conn:
         rows = conn.execute(_MISSING, (after_key, limit)).fetchall()
     return [PendingDocument(int(key), str(text), str(digest)) for key, text, digest in rows]
 
@@ -65,7 +65,7 @@ class Progress:
 
 def progress(docstore: DocStore) -> Progress:
     """Documents, and those whose new-space vector matches their content, in one snapshot."""
-    with docstore.transaction() as conn:
+    with docstore.reading() as conn:
         documents = int(conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
         return Progress(documents, int(conn.execute(_DONE).fetchone()[0]))
 

@@ -11,9 +11,12 @@ import numpy as np
 import numpy.typing as npt
 
 from silobridge.core.documents import Document
+from silobridge.core.errors import InvalidArgument
 
 FloatMatrix = npt.NDArray[np.float32]
 KeyArray = npt.NDArray[np.int64]
+# The tables a generation's vectors live in (store/generation.py): spliced into SQL, so fixed.
+VECTOR_TABLES = frozenset({"documents", "migration_vectors"})
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,17 @@ def content_hash(doc: Document) -> str:
         [doc.text, canonical_metadata(doc.metadata)], ensure_ascii=False, separators=(",", ":")
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def check_table(table: str) -> None:
+    if table not in VECTOR_TABLES:  # the table name is spliced into SQL
+        raise ValueError(f"unexpected table {table!r}")
+
+
+def target_rows(target: FloatMatrix | None, count: int) -> npt.NDArray[np.float32] | None:
+    if target is None:
+        return None
+    matrix = np.asarray(target)
+    if matrix.ndim != 2 or matrix.shape[0] != count or not np.all(np.isfinite(matrix)):
+        raise InvalidArgument(f"dual write needs {count} finite target vectors, got {matrix.shape}")
+    return np.ascontiguousarray(matrix, dtype="<f4")
