@@ -524,3 +524,37 @@ def test_a_damaged_checkpoint_file_is_reported_without_a_line(
     result = CliRunner().invoke(_cli(), ["audit", "verify", str(log)])
     assert result.exit_code == 1
     assert "TAMPERED: checkpoint file" in result.output
+
+
+def _with_unsigned_tail(path: Path, who: PeerIdentity) -> list[bytes]:
+    """A log whose last two events came after its last checkpoint (a crash before the next)."""
+    _write_log(path, who)
+    lines = _lines(path)
+    # Two more event lines, chained on as the writer would have (the events of lines 1 and 2).
+    extra = [json.loads(raw) for raw in lines[:2]]
+    for number, fields in enumerate(extra, start=len(lines) + 1):
+        fields["seq"] = number
+    tail = _rechain([*lines, *(_encode(f) + b"\n" for f in extra)], len(lines), KEY)
+    path.write_bytes(b"".join(tail))
+    return tail
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["edited", "edited-and-rehashed"])
+def test_a_restart_refuses_a_log_edited_after_its_last_checkpoint(
+    tmp_path: Path, alice: PeerIdentity, recompute: bool
+) -> None:
+    """Issue 11, finding 1: the restarted server's next checkpoint would sign the forgery."""
+    log = tmp_path / "audit.jsonl"
+    lines = _with_unsigned_tail(log, alice)
+    AuditLog.open(log, KEY).close()  # the intact unsigned tail reopens and is signed
+    assert verify_log(log, KEY.public_key()).ok
+
+    lines = _with_unsigned_tail(tmp_path / "second.jsonl", alice)
+    log = tmp_path / "second.jsonl"
+    fields = json.loads(lines[TOTAL_LINES])  # the first line after the last checkpoint
+    fields["allowed"] = not fields["allowed"]
+    lines[TOTAL_LINES] = _rehash(fields) if recompute else _encode(fields) + b"\n"
+    log.write_bytes(b"".join(lines))
+    with pytest.raises(FailedPrecondition, match=f"line {TOTAL_LINES + 1 + recompute}"):
+        AuditLog.open(log, KEY)
+    assert log.read_bytes() == b"".join(lines)  # refused before anything was written

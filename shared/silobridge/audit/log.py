@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from silobridge.adapters.signing import generate_signing_key, load_signing_key
 from silobridge.audit.chain import (
@@ -30,6 +30,7 @@ from silobridge.audit.chain import (
     ChainLine,
     canonical,
     check_checkpoint,
+    check_link,
     checkpoint_payload,
     line_hash,
     parse_line,
@@ -81,6 +82,36 @@ def _read_tail(fd: int, path: Path) -> ChainLine | None:
             "it are intact: cut the torn line off, or move the log aside, then start again"
         )
     return line
+
+
+def _verify_since_checkpoint(
+    path: Path, checkpoint: ChainLine | None, public_key: Ed25519PublicKey
+) -> None:
+    """Refuse a log whose lines after its last signed checkpoint (all of them if it has none)
+    do not hold: the next checkpoint would otherwise sign an edited chain."""
+    start = checkpoint.seq if checkpoint is not None else 0
+    prev = GENESIS
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number < start:
+                continue
+            try:
+                line = parse_line(raw.rstrip(b"\n"))
+                if checkpoint is not None and number == start:
+                    if line.digest != checkpoint.digest:
+                        raise BadLine("it is not the signed checkpoint the sidecar holds")
+                else:
+                    check_link(line, number, prev)
+                    if line.is_checkpoint:
+                        check_checkpoint(line, public_key)
+            except BadLine as err:
+                raise FailedPrecondition(
+                    f"audit log {path} does not verify after its last signed checkpoint (line "
+                    f"{start}): line {err.line or number}: {err.reason}. Refusing to continue "
+                    f"an edited log: run `silobridge audit verify {path}`, keep the log as "
+                    "evidence and start with a new one"
+                ) from None
+            prev = line.digest
 
 
 class AuditLog:
@@ -159,6 +190,8 @@ class AuditLog:
             tail = _read_tail(fd, path)
             if tail is None:
                 fsync_directory(path.parent)
+            # A restart must not sign what was edited since the last signature (issue 11).
+            _verify_since_checkpoint(path, sidecar, public_key)
             if sidecar is not None and (tail is None or tail.seq < sidecar.seq):
                 raise FailedPrecondition(
                     f"audit log {path} is truncated: its signed checkpoint covers line "
