@@ -558,3 +558,41 @@ def test_a_restart_refuses_a_log_edited_after_its_last_checkpoint(
     with pytest.raises(FailedPrecondition, match=f"line {TOTAL_LINES + 1 + recompute}"):
         AuditLog.open(log, KEY)
     assert log.read_bytes() == b"".join(lines)  # refused before anything was written
+
+
+def test_verify_refuses_lines_no_signature_vouches_for(tmp_path: Path, alice: PeerIdentity) -> None:
+    """Issue 11, finding 2: an invented log with no checkpoint, or a long unsigned tail."""
+    invented = tmp_path / "invented.jsonl"
+    _write_log(invented, alice)
+    lines = _lines(invented)
+    events = [raw for raw in lines if json.loads(raw).get("type") != "checkpoint"]
+    renumbered = []
+    for number, raw in enumerate(events, start=1):
+        fields = json.loads(raw)
+        fields["seq"] = number
+        renumbered.append(_encode(fields) + b"\n")
+    invented.write_bytes(b"".join(_rechain(renumbered, 0, KEY)))
+    sidecar_path(invented).unlink()
+    report = verify_log(invented, KEY.public_key())
+    assert not report.ok
+    assert report.first_bad_line == 1
+    assert report.reason.startswith(f"unverified tail of {EVENTS} lines after line 0 (no signed")
+    assert verify_log(invented, KEY.public_key(), max_tail=None).ok
+
+    tail = tmp_path / "tail.jsonl"
+    _with_unsigned_tail(tail, alice)  # two lines after the last checkpoint
+    assert verify_log(tail, KEY.public_key(), max_tail=2).ok
+    assert "unverified tail of 2 lines" in verify_log(tail, KEY.public_key()).reason
+    short = verify_log(tail, KEY.public_key(), max_tail=1)
+    assert not short.ok and short.first_bad_line == TOTAL_LINES + 1
+    assert "more than the checkpoint interval of 1" in short.reason
+
+    runner = CliRunner()
+    refused = runner.invoke(_cli(), ["audit", "verify", str(invented)])
+    assert refused.exit_code == 1
+    assert "UNVERIFIED at line 1: unverified tail of 10 lines" in refused.output
+    allowed = runner.invoke(_cli(), ["audit", "verify", str(invented), "--allow-tail"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "note: unverified tail of 10 lines" in allowed.output
+    strict = runner.invoke(_cli(), ["audit", "verify", str(tail), "--max-tail", "1"])
+    assert strict.exit_code == 1 and "UNVERIFIED" in strict.output

@@ -22,7 +22,7 @@ from silobridge.audit.boundary_report import (
     report_to_dict,
     silo_is_surprising,
 )
-from silobridge.audit.verify import verify_log
+from silobridge.audit.verify import MAX_TAIL, verify_log
 from silobridge.core.cli_support import fail, run_async_or_exit, run_or_exit, stdout_console
 from silobridge.core.listings import SiloListing
 
@@ -45,18 +45,39 @@ def verify_command(
             "--key", help="The log writer's Ed25519 public key (.pub): check the signatures."
         ),
     ] = None,
+    allow_tail: Annotated[
+        bool,
+        typer.Option(
+            "--allow-tail",
+            help="Accept any number of lines after the last signed checkpoint (say how many).",
+        ),
+    ] = False,
+    max_tail: Annotated[
+        int,
+        typer.Option(
+            "--max-tail",
+            min=1,
+            help="Most lines after the last checkpoint to accept: the writer's checkpoint_every.",
+        ),
+    ] = MAX_TAIL,
 ) -> None:
-    """Check every line's hash and link, and the signed checkpoints; name the first bad line."""
+    """Check every line's hash and link, and the signed checkpoints; name the first bad line.
+
+    Exit 1 on tampering, and on lines no signature vouches for: a log with no checkpoint, or
+    more lines after its last one than --max-tail (unless --allow-tail).
+    """
     public_key = None
     if key is not None:
         if not key.is_file():
             fail(f"no public key at {key}: pass the .pub file beside the log's signing key")
         public_key = run_or_exit(lambda: signing.load_verify_key(key))
-    report = run_or_exit(lambda: verify_log(log, public_key))
+    limit = None if allow_tail else max_tail
+    report = run_or_exit(lambda: verify_log(log, public_key, max_tail=limit))
     out = stdout_console()
     if not report.ok:
         where = f" at line {report.first_bad_line}" if report.first_bad_line is not None else ""
-        out.print(f"TAMPERED{where}: {escape(report.reason)}")
+        label = "UNVERIFIED" if report.reason.startswith("unverified tail") else "TAMPERED"
+        out.print(f"{label}{where}: {escape(report.reason)}")
         raise typer.Exit(code=1)
     out.print(f"ok: {report.lines} lines, {report.checkpoints} signed checkpoints")
     if report.reason:

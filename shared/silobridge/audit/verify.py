@@ -23,6 +23,9 @@ from silobridge.audit.chain import (
 )
 from silobridge.core.errors import ConfigError, NotFound
 
+# Lines a server writes between checkpoints by default ([audit] checkpoint_every).
+MAX_TAIL = 100
+
 
 @dataclass(frozen=True)
 class VerifyReport:
@@ -35,10 +38,15 @@ class VerifyReport:
     reason: str
 
 
-def verify_log(path: Path, public_key: Ed25519PublicKey | None = None) -> VerifyReport:
+def verify_log(
+    path: Path, public_key: Ed25519PublicKey | None = None, *, max_tail: int | None = MAX_TAIL
+) -> VerifyReport:
     """Check every hash, link and checkpoint of the log at ``path``; report the first bad line.
 
-    Without ``public_key`` the chain is still checked, but checkpoint signatures are not.
+    Without ``public_key`` the chain is still checked, but checkpoint signatures are not. Lines
+    after the last signed checkpoint are vouched for by no signature (anyone who knows the
+    format can rewrite them): more than ``max_tail`` of them, or a log with no checkpoint at
+    all, is not ok (``None``: accept any tail, and say how long it is).
     """
     sidecar_file = sidecar_path(path)
     # Read the sidecar before the log: a live writer updates the log first, then the sidecar.
@@ -53,7 +61,7 @@ def verify_log(path: Path, public_key: Ed25519PublicKey | None = None) -> Verify
         raise NotFound(f"no audit log at {path}") from None
     except OSError as err:
         raise ConfigError(f"cannot read audit log {path}: {err.strerror}") from None
-    lines = checkpoints = 0
+    lines = checkpoints = signed = 0
     prev = GENESIS
     with handle:
         for number, raw in enumerate(handle, start=1):
@@ -77,6 +85,7 @@ def verify_log(path: Path, public_key: Ed25519PublicKey | None = None) -> Verify
                 return VerifyReport(False, min(lines, bad - 1), checkpoints, bad, err.reason)
             lines += 1
             checkpoints += line.is_checkpoint
+            signed = lines if line.is_checkpoint else signed
             prev = line.digest
     if sidecar is not None and lines < sidecar.seq:
         return VerifyReport(
@@ -89,9 +98,29 @@ def verify_log(path: Path, public_key: Ed25519PublicKey | None = None) -> Verify
         )
     if sidecar_error:
         return VerifyReport(False, lines, checkpoints, None, sidecar_error)
-    notes = []
-    if public_key is None:
-        notes.append("signatures not checked (no public key given)")
-    if sidecar is None:
-        notes.append(f"no {sidecar_file.name}: a cut tail would go unnoticed")
-    return VerifyReport(True, lines, checkpoints, None, "; ".join(notes))
+    problem = _tail_problem(lines - signed, signed, checkpoints, max_tail)
+    if problem:
+        return VerifyReport(False, lines, checkpoints, signed + 1, problem)
+    notes = [
+        f"unverified tail of {lines - signed} lines after the last signed checkpoint"
+        if lines > signed
+        else "",
+        "signatures not checked (no public key given)" if public_key is None else "",
+        f"no {sidecar_file.name}: a cut tail would go unnoticed" if sidecar is None else "",
+    ]
+    return VerifyReport(True, lines, checkpoints, None, "; ".join(n for n in notes if n))
+
+
+def _tail_problem(tail: int, signed: int, checkpoints: int, max_tail: int | None) -> str:
+    """Why the lines after the last checkpoint (``tail`` of them) cannot be vouched for, or ""."""
+    if not tail or max_tail is None or (checkpoints and tail <= max_tail):
+        return ""
+    why = (
+        "no signed checkpoint: nothing in it is vouched for"
+        if not checkpoints
+        else f"more than the checkpoint interval of {max_tail}"
+    )
+    return (
+        f"unverified tail of {tail} lines after line {signed} ({why}); pass --allow-tail to "
+        "accept it, or --max-tail for a longer checkpoint interval"
+    )
