@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from localnet import ClientSpec, LocalConsortium, SiloSpec
+from localnet import ClientSpec, LocalConsortium, SiloSpec, say, step
 
 from silobridge.client.api import FederatedClient
 from silobridge.client.config import load_client_config
@@ -50,14 +50,6 @@ EVAL_QUERIES = 500
 PYDOCS = 5_000
 CONCURRENCY = 8
 LATENCY_QUERIES = 200
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-def step(text: str) -> None:
-    say(f"\n\033[1m== {text}\033[0m")
 
 
 def prepare_corpora(root: Path) -> dict[str, Path]:

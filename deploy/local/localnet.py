@@ -29,6 +29,16 @@ REGISTERED = re.compile(r"registered with coordinator")
 DEMO_PASSPHRASE = "demo-only-passphrase"  # noqa: S105 (a throwaway demo CA)
 
 
+def say(text: str) -> None:
+    """A line of a demo's narration, flushed (the demos' children write to the same terminal)."""
+    print(text, flush=True)
+
+
+def step(text: str) -> None:
+    """A demo step's heading, in bold."""
+    say(f"\n\033[1m== {text}\033[0m")
+
+
 @dataclass(frozen=True)
 class SiloSpec:
     name: str

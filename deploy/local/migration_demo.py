@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from localnet import ClientSpec, LocalConsortium, SiloSpec
+from localnet import ClientSpec, LocalConsortium, SiloSpec, say, step
 
 from silobridge.client.config import load_client_config
 from silobridge.core.config import TlsFiles
@@ -48,14 +48,6 @@ CLIENT_WORKERS = 4
 IDLE_SECONDS = 20.0
 CPU_SHARE = 0.9
 SAMPLE = 8_192
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-def step(text: str) -> None:
-    say(f"\n\033[1m== {text}\033[0m")
 
 
 @dataclass

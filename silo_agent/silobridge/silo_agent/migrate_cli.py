@@ -216,7 +216,7 @@ def _watch(client: Path, silo: str | None, as_json: bool) -> None:
                     now = await peer.control_migration(MigrationCommand.STATUS, timeout=60)
                     rate = f"{now.documents_per_second:.0f}/s" if now.documents_per_second else ""
                     bar.update(task, total=now.documents, completed=now.reencoded, rate=rate)
-                    if now.state not in (MigrationState.REENCODING,):
+                    if now.state is not MigrationState.REENCODING:
                         return now
                     await asyncio.sleep(WATCH_EVERY_S)
 

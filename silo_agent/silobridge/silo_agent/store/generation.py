@@ -26,7 +26,7 @@ from silobridge.silo_agent.store.index import (
     read_manifest,
 )
 from silobridge.silo_agent.store.overlay import Overlay, search_with_overlay
-from silobridge.silo_agent.store.rows import Changes, KeyArray
+from silobridge.silo_agent.store.rows import Changes
 
 FloatMatrix = npt.NDArray[np.float32]
 FloatVector = npt.NDArray[np.float32]
@@ -77,7 +77,6 @@ class Generation:
         self.index: VectorIndex | None = None
         self.manifest: IndexManifest | None = None
         self.overlay = Overlay.empty(0, space.dimension)
-        self._covered: tuple[int, KeyArray] | None = None  # (overlay version, sorted keys)
         self._swap_lock = threading.Lock()
         self.write_lock = threading.RLock()
 
@@ -106,7 +105,6 @@ class Generation:
         with self._swap_lock:
             self.index, self.manifest = index, index.manifest
             self.overlay = Overlay.empty(base_version, self.space.dimension)
-            self._covered = None
 
     def refresh(self) -> bool:
         """Serve every change made after the index was built; True if there was a new one."""
@@ -140,8 +138,7 @@ class Generation:
             overlay = Overlay.of(version, changes, index.max_key)
             with self._swap_lock:
                 self.index, self.manifest, self.overlay = index, manifest, overlay
-                self._covered = None
-        return manifest
+            return manifest
 
     def _changes_since(self, version: int) -> Changes:
         changes = self.docstore.changes_since(version, self.slot.table)
@@ -163,18 +160,6 @@ class Generation:
         """Top-``k`` (key, inner product) of this generation, best first."""
         index, overlay = self.state()
         return search_with_overlay(index, overlay, query, k)
-
-    def covered_keys(self) -> KeyArray:
-        """Sorted keys that have a vector here (deleted ones may linger until a rebuild)."""
-        index, overlay = self.state()
-        cached = self._covered
-        if cached is not None and cached[0] == overlay.version:
-            return cached[1]
-        listed = index.keys() if index is not None else None
-        from_index = listed if listed is not None else np.zeros(0, dtype=np.int64)
-        keys = np.union1d(from_index, overlay.keys).astype(np.int64)
-        self._covered = (overlay.version, keys)
-        return keys
 
     def vectors_of(self, keys: list[int]) -> FloatMatrix | None:
         """Stored vectors of ``keys``, from the overlay where it holds them, else the index."""

@@ -171,13 +171,6 @@ class VectorIndex:
     def count(self) -> int:
         return int(self._index.ntotal)
 
-    def keys(self) -> KeyArray | None:
-        """Every docstore key this index holds (None when the index type cannot list them)."""
-        try:
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        except AttributeError:
-            return None
-
     @classmethod
     def build(
         cls, keys: KeyArray, vectors: FloatMatrix, settings: IndexSettings | None = None
