@@ -49,7 +49,17 @@ class Pki:
 
 
 def _issue(ca: CertificateAuthority, root: Path, role: str, name: str, org: str) -> TlsFiles:
-    files = issue_certificate(ca, root / name, role=role, name=name, org=org)
+    # Servers also name loopback, for tests that dial a raw channel expecting no identity.
+    server = role != "client"
+    files = issue_certificate(
+        ca,
+        root / name,
+        role=role,
+        name=name,
+        org=org,
+        dns_names=["localhost"] if server else [],
+        ip_addresses=["127.0.0.1"] if server else [],
+    )
     return TlsFiles(cert=files.cert, key=files.key, ca=files.ca_cert)
 
 

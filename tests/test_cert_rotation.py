@@ -138,7 +138,15 @@ def test_a_renewed_server_certificate_is_presented_to_new_connections(
     port = served.server.port
     old = presented_certificate(port, pki.home_client)
     assert old == x509.load_pem_x509_certificate(pki.silo.cert.read_bytes())
-    renewed = issue_certificate(pki.ca, tmp_path / "renewed", role="silo", name="kjv", org="bible")
+    renewed = issue_certificate(
+        pki.ca,
+        tmp_path / "renewed",
+        role="silo",
+        name="kjv",
+        org="bible",
+        dns_names=["localhost"],
+        ip_addresses=["127.0.0.1"],
+    )
     new = x509.load_pem_x509_certificate(renewed.cert.read_bytes())
 
     with channel(port, pki.home_client) as existing:

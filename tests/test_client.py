@@ -45,6 +45,7 @@ GOOD = """
 [client]
 coordinator = "coordinator.example.org:50050"
 home_silo = "10.0.0.7:50051"
+home_silo_name = "kjv"
 timeout_seconds = 12
 
 [tls]
@@ -324,6 +325,8 @@ def client_config(
         "[client]",
         f'coordinator = "{coordinator}"',
         f'home_silo = "{home_silo}"',
+        'home_silo_name = "kjv"',
+        'coordinator_name = "hub"',
         "timeout_seconds = 5",
     ]
     if tls is None:

@@ -30,7 +30,7 @@ from silobridge.core.errors import (
 )
 from silobridge.core.federation import FederatedAnswer, SiloOutcome, merge_mode
 from silobridge.core.hits import Hit
-from silobridge.core.listings import SiloDescription
+from silobridge.core.listings import AnchorSetRef, SiloDescription
 from silobridge.core.queries import FederatedQuery, SiloQuery
 from silobridge.core.spaces import FloatMatrix
 from silobridge.core.vectors import WireVector
@@ -52,12 +52,15 @@ class FakeGateway:
         self.broken: set[str] = set()  # these answer with a NaN score
         self.failing: dict[str, SiloBridgeError] = {}  # these refuse or fail, as SiloClient raises
         self.searched: list[tuple[str, int]] = []
+        self.catalogue: AnchorCatalogue | None = None  # the coordinator's, where silos fetch
 
-    async def describe(self, endpoint: str, *, timeout: float) -> SiloDescription:
+    async def describe(self, endpoint: str, *, expect: str = "", timeout: float) -> SiloDescription:
         embedder = self.embedders[endpoint]
         return SiloDescription(self.names[endpoint], embedder.space, 100, 50)
 
-    async def search(self, endpoint: str, query: SiloQuery, *, timeout: float) -> list[Hit]:
+    async def search(
+        self, endpoint: str, query: SiloQuery, *, expect: str = "", timeout: float
+    ) -> list[Hit]:
         self.searched.append((endpoint, query.vector.dim))
         if endpoint in self.slow:
             await asyncio.sleep(3600)
@@ -70,9 +73,18 @@ class FakeGateway:
         return hits
 
     async def embed_anchors(
-        self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
+        self,
+        endpoint: str,
+        anchors: AnchorSetRef,
+        *,
+        expect: str = "",
+        timeout: float | None,
     ) -> FloatMatrix:
-        return self.embedders[endpoint].embed(list(texts))
+        # As a real silo does: the texts come from the coordinator's catalogue, checked by hash.
+        assert self.catalogue is not None
+        stored = self.catalogue.get(anchors.name, anchors.version)
+        assert stored.info.sha256 == anchors.sha256
+        return self.embedders[endpoint].embed(list(stored.texts))
 
     async def close(self) -> None:
         return None
@@ -113,9 +125,8 @@ def service(tmp_path: Path, embedders: dict[str, Embedder]) -> Iterator[Coordina
     config = load_coordinator_config(tmp_path / "coordinator.toml")
     gateway = FakeGateway(embedders, {e: e.split(":")[0] for e in embedders})
     service = open_coordinator(config, gateway=gateway)
-    AnchorCatalogue(config.state_dir / "anchors").build(
-        "public", random_word_strings(300, 0), source="synthetic:300:seed=0"
-    )
+    gateway.catalogue = AnchorCatalogue(config.state_dir / "anchors")
+    gateway.catalogue.build("public", random_word_strings(300, 0), source="synthetic:300:seed=0")
 
     async def setup() -> None:
         for endpoint in embedders:
@@ -233,7 +244,8 @@ def test_rrf_merging_and_bad_requests(service: CoordinatorService) -> None:
     assert answer.hits[0].merged_score == pytest.approx(1 / 61)
     with pytest.raises(InvalidArgument, match="merge"):
         search(service, ALICE, merge="best")
-    with pytest.raises(NotFound, match="registered: kjv, pydocs, web"):
+    # Only the silos ALICE may query are named: web is none of her business.
+    with pytest.raises(NotFound, match=r"silos you may query: kjv, pydocs$"):
         search(service, ALICE, silos=["nope"])
     with pytest.raises(NotFound, match="unknown source space"):
         query = FederatedQuery(WireVector.of(np.ones(4, np.float32)), "other@1", 3)

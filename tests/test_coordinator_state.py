@@ -157,14 +157,14 @@ def test_anchor_embeddings_round_trip_bit_exactly(vectors: FloatMatrix) -> None:
             state.upsert_silo(silo_record("web"))
             state.store_anchor_embeddings("web", "words", "v1", MINILM, vectors)
         with CoordinatorState.open(Path(tmp)) as state:
-            stored = state.anchor_embeddings("words", "v1", MINILM.fingerprint)
+            stored = state.anchor_embeddings("words", "v1", MINILM.fingerprint, silo="web")
     assert stored is not None
     assert stored.dtype == np.float32
     assert stored.shape == vectors.shape
     assert stored.tobytes() == np.ascontiguousarray(vectors).tobytes()
 
 
-def test_anchor_embeddings_are_found_by_space_fingerprint_newest_first(
+def test_anchor_embeddings_are_kept_per_silo_never_shared_by_fingerprint(
     state: CoordinatorState,
 ) -> None:
     rng = np.random.default_rng(0)
@@ -176,22 +176,26 @@ def test_anchor_embeddings_are_found_by_space_fingerprint_newest_first(
     state.store_anchor_embeddings("kjv", "words", "v1", MINILM, second)
     state.store_anchor_embeddings("law", "words", "v1", other_space, other)
 
-    found = state.anchor_embeddings("words", "v1", MINILM.fingerprint)
+    # The newer submission of kjv (same model) does not replace what web sent.
+    found = state.anchor_embeddings("words", "v1", MINILM.fingerprint, silo="web")
+    assert found is not None and np.array_equal(found, first)
+    found = state.anchor_embeddings("words", "v1", MINILM.fingerprint, silo="kjv")
     assert found is not None and np.array_equal(found, second)
-    found_other = state.anchor_embeddings("words", "v1", other_space.fingerprint)
+    found_other = state.anchor_embeddings("words", "v1", other_space.fingerprint, silo="law")
     assert found_other is not None and np.array_equal(found_other, other)
-    assert state.anchor_embeddings("words", "v2", MINILM.fingerprint) is None
-    assert state.anchor_embeddings("bible", "v1", MINILM.fingerprint) is None
-    assert state.anchor_embeddings("words", "v1", STATIC.fingerprint) is None
+    assert state.anchor_embeddings("words", "v1", other_space.fingerprint, silo="web") is None
+    assert state.anchor_embeddings("words", "v2", MINILM.fingerprint, silo="web") is None
+    assert state.anchor_embeddings("bible", "v1", MINILM.fingerprint, silo="web") is None
+    assert state.anchor_embeddings("words", "v1", STATIC.fingerprint, silo="web") is None
 
-    # A silo sending the same version again replaces its earlier matrix and becomes newest.
+    # A silo sending the same version again replaces its own earlier matrix.
     state.store_anchor_embeddings("web", "words", "v1", MINILM, first * 2)
-    found = state.anchor_embeddings("words", "v1", MINILM.fingerprint)
+    found = state.anchor_embeddings("words", "v1", MINILM.fingerprint, silo="web")
     assert found is not None and np.array_equal(found, first * 2)
 
     # Re-registering a silo (a restart, a new endpoint) keeps what it sent.
     state.upsert_silo(silo_record("web", endpoint="10.0.0.9:6000"))
-    found = state.anchor_embeddings("words", "v1", MINILM.fingerprint)
+    found = state.anchor_embeddings("words", "v1", MINILM.fingerprint, silo="web")
     assert found is not None and np.array_equal(found, first * 2)
 
 
@@ -206,7 +210,7 @@ def test_anchor_embeddings_are_refused_from_strangers_and_in_the_wrong_shape(
         state.store_anchor_embeddings("web", "words", "v1", MINILM, good[:, :4])
     with pytest.raises(InvalidArgument, match="non-finite"):
         state.store_anchor_embeddings("web", "words", "v1", MINILM, good * np.inf)
-    assert state.anchor_embeddings("words", "v1", MINILM.fingerprint) is None
+    assert state.anchor_embeddings("words", "v1", MINILM.fingerprint, silo="web") is None
 
 
 # --- adapters -------------------------------------------------------------------------------
@@ -363,9 +367,6 @@ def test_train_adapter_fits_calibrates_signs_and_records_the_adapter(
     assert stages == ["fit", "calibrate", "store"]
     assert events[0] == ("fit", f"fitting procrustes on {ANCHORS} anchor pairs")
     assert ("fit", f"refitting procrustes on all {ANCHORS} anchors") in events
-    assert record.adapter_id == adapter_id_for(
-        pairs.source, pairs.target, pairs.info.sha256, "procrustes"
-    )
     assert (record.kind, record.anchor_set, record.anchor_set_version) == (
         "procrustes",
         "words",
@@ -376,6 +377,9 @@ def test_train_adapter_fits_calibrates_signs_and_records_the_adapter(
     verify_key = load_verify_key(signing_key_path.with_name("adapter.key.pub"))
     loaded = load_adapter(record.path, verify_key=verify_key)
     assert loaded.verified
+    assert record.adapter_id == adapter_id_for(
+        pairs.source, pairs.target, pairs.info.sha256, "procrustes", loaded.manifest.weights_sha256
+    )
     assert 0.0 < loaded.manifest.metrics["heldout_ndcg@10"] <= 1.0
     assert loaded.manifest.metrics == record.metrics
     assert Calibration.from_metrics(loaded.manifest.metrics) is not None

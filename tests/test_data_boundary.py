@@ -118,11 +118,12 @@ class _Hub(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
 class _Silo(silo_pb2_grpc.SiloServiceServicer):
     async def EmbedAnchors(
-        self, request_iterator: AsyncIterator[silo_pb2.EmbedAnchorsRequest], context: Context
+        self, request: silo_pb2.EmbedAnchorsRequest, context: Context
     ) -> AsyncIterator[silo_pb2.EmbedAnchorsResponse]:
-        async for request in request_iterator:
-            vectors = [vector_to_proto(np.full(4, len(text), np.float32)) for text in request.texts]
-            yield silo_pb2.EmbedAnchorsResponse(vectors=vectors)
+        # The named set's three texts, in two replies, as a silo streams them back.
+        for offset, lengths in ((0, (1, 2)), (2, (3,))):
+            vectors = [vector_to_proto(np.full(4, n, np.float32)) for n in lengths]
+            yield silo_pb2.EmbedAnchorsResponse(vectors=vectors, offset=offset, total=3)
 
 
 async def _exchange(pki: Pki, name: str) -> list[Message]:
@@ -152,11 +153,8 @@ async def _exchange(pki: Pki, name: str) -> list[Message]:
 
         received.append(await hub.SubmitAnchorEmbeddings(chunks()))
 
-        async def texts() -> AsyncIterator[silo_pb2.EmbedAnchorsRequest]:
-            yield silo_pb2.EmbedAnchorsRequest(texts=["a", "bb"])
-            yield silo_pb2.EmbedAnchorsRequest(texts=["ccc"])
-
-        received += [m async for m in silo.EmbedAnchors(texts())]
+        anchors = silo_pb2.EmbedAnchorsRequest(anchor_set="p", version="v1", sha256="0" * 64)
+        received += [m async for m in silo.EmbedAnchors(anchors)]
         # Failed calls send a status instead of a message; its details are recorded.
         with pytest.raises(grpc.aio.AioRpcError):
             await hub.ListAdapters(coordinator_pb2.ListAdaptersRequest())

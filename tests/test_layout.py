@@ -117,6 +117,9 @@ def test_declared_services_have_the_promised_rpcs() -> None:
         "ListAdapters",
         "FederatedSearch",
         "GetAdapter",
+        "ManageSilo",
+        "RecordAuditHead",
+        "ListAuditHeads",
     }
 
 

@@ -114,6 +114,7 @@ def _client_toml(directory: Path, tls: TlsFiles, silo: str) -> Path:
 [client]
 coordinator = "127.0.0.1:9"
 home_silo = "{silo}"
+home_silo_name = "kjv"
 timeout_seconds = 30.0
 
 [tls]

@@ -157,9 +157,9 @@ def test_request_writes_private_key_and_csr(tmp_path: Path) -> None:
     assert csr.subject.rfc4514_string() == "O=Acme,CN=silo-a"
     san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://demo/silo/silo-a"]
-    # A server with no names given is reachable on loopback, where tests and demos run it.
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
-    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    # No default names (issue 11, finding 4): the CA adds the server's own assigned name.
+    assert san.get_values_for_type(x509.DNSName) == []
+    assert san.get_values_for_type(x509.IPAddress) == []
 
 
 def test_request_refuses_to_replace_an_existing_key(tmp_path: Path) -> None:
@@ -452,7 +452,12 @@ def test_cli_init_issue_request_approve(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert str(site / "alice.csr") in result.stdout
 
-    result = _invoke(["approve", str(site / "alice.csr"), "--ca-dir", str(ca_dir)])
+    result = _invoke(
+        [
+            "approve", str(site / "alice.csr"), "--ca-dir", str(ca_dir),
+            "--expect-role", "client", "--expect-name", "alice", "--expect-org", "Beta",
+        ]
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "spiffe://demo/client/alice" in result.stdout
     assert "clientAuth" in result.stdout and "serverAuth" not in result.stdout

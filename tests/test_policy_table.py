@@ -75,6 +75,7 @@ anchors = ["{spiffe}/silo/*"]
 adapters = ["{spiffe}/silo/*"]
 list = ["org:bible/client", "{spiffe}/client/admin"]
 train = ["{spiffe}/client/admin"]
+manage = ["{spiffe}/client/admin"]
 [policy.query]
 "*" = ["org:bible/client"]
 """,
@@ -123,13 +124,10 @@ async def embed(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
 
 
 async def embed_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
-    # No texts: authorization comes before reading the stream. (A refusal while the client is
-    # still writing can surface as INTERNAL from gRPC core instead of the status sent.)
-    async def requests() -> AsyncIterator[silo_pb2.EmbedAnchorsRequest]:
-        for _ in ():
-            yield silo_pb2.EmbedAnchorsRequest()
-
-    return [reply async for reply in _silo(ch).EmbedAnchors(requests(), timeout=10)]
+    # A named set the silo would fetch from its coordinator: admitted callers get past
+    # authorization (this silo has no [coordinator], so it then refuses to fetch).
+    request = silo_pb2.EmbedAnchorsRequest(anchor_set="public", version="v1", sha256="0" * 64)
+    return [reply async for reply in _silo(ch).EmbedAnchors(request, timeout=10)]
 
 
 async def search(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
@@ -152,7 +150,8 @@ async def get_anchor_set(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> objec
 
 
 async def submit_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
-    # An empty stream, for the reason given at embed_anchors.
+    # An empty stream: authorization comes before reading it. (A refusal while the client is
+    # still writing can surface as INTERNAL from gRPC core instead of the status sent.)
     async def requests() -> AsyncIterator[coordinator_pb2.SubmitAnchorEmbeddingsRequest]:
         for _ in ():
             yield coordinator_pb2.SubmitAnchorEmbeddingsRequest()
@@ -175,11 +174,18 @@ async def federated_search(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> obj
     wire = _vector(net)
     space = net.space.space.space_id
     cert, key, _ca = tls.read()
+    silos = [net.space.silo]
     signed = sign_query(
-        vector=wire, source_space=space, silos=[], k=3, key_pem=key, certificate_pem=cert
+        vector=wire,
+        source_space=space,
+        silos=silos,
+        k=3,
+        key_pem=key,
+        certificate_pem=cert,
+        audience=f"spiffe://{CONSORTIUM}/coordinator/hub",
     )
     request = convert.federated_query_to_proto(
-        FederatedQuery(vector=wire, source_space=space, k=3, signed=signed)
+        FederatedQuery(vector=wire, source_space=space, k=3, silos=tuple(silos), signed=signed)
     )
     return await _coord(ch).FederatedSearch(request, timeout=10)
 
@@ -190,7 +196,7 @@ async def get_adapter(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
 
 
 async def write_documents(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
-    # An empty stream, for the reason given at embed_anchors: the refusal comes before any
+    # An empty stream, for the reason given at submit_anchors: the refusal comes before any
     # document is read, and a client still writing may see gRPC core's INTERNAL instead.
     async def requests() -> AsyncIterator[silo_pb2.WriteDocumentsRequest]:
         for _ in ():
@@ -214,6 +220,26 @@ async def control_migration(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> ob
     # A status read: it changes nothing, but only an admitted admin may read it.
     request = silo_pb2.ControlMigrationRequest(command=silo_pb2.ControlMigrationRequest.STATUS)
     return await _admin(ch).ControlMigration(request, timeout=30)
+
+
+async def manage_silo(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    # No such silo: an admitted admin gets NOT_FOUND, and the fixture's silo stays untouched.
+    request = coordinator_pb2.ManageSiloRequest(
+        silo="none-such", action=coordinator_pb2.ManageSiloRequest.ACTION_DISABLE
+    )
+    return await _coord(ch).ManageSilo(request, timeout=10)
+
+
+async def record_audit_head(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    # A malformed head: an admitted silo gets INVALID_ARGUMENT (or FAILED_PRECONDITION before it
+    # registered), and nothing is recorded.
+    request = coordinator_pb2.RecordAuditHeadRequest(head=coordinator_pb2.AuditHead(covers=1))
+    return await _coord(ch).RecordAuditHead(request, timeout=10)
+
+
+async def list_audit_heads(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    request = coordinator_pb2.ListAuditHeadsRequest(silo="kjv")
+    return await _coord(ch).ListAuditHeads(request, timeout=10)
 
 
 def _admin(ch: grpc.aio.Channel) -> silo_pb2_grpc.SiloAdminServiceAsyncStub:
@@ -290,9 +316,22 @@ TABLE: dict[tuple[str, str], list[tuple[str, str, Call]]] = {
         ("home_client", ALLOWED, federated_search),
         ("other_client", DENIED, federated_search),
     ],
+    ("CoordinatorService", "ManageSilo"): [
+        ("admin", ALLOWED, manage_silo),
+        ("home_client", DENIED, manage_silo),
+        ("silo", DENIED, manage_silo),
+    ],
     ("CoordinatorService", "GetAdapter"): [
         ("silo", ALLOWED, get_adapter),
         ("home_client", DENIED, get_adapter),
+    ],
+    ("CoordinatorService", "RecordAuditHead"): [
+        ("silo", ALLOWED, record_audit_head),
+        ("home_client", DENIED, record_audit_head),
+    ],
+    ("CoordinatorService", "ListAuditHeads"): [
+        ("home_client", ALLOWED, list_audit_heads),
+        ("other_client", DENIED, list_audit_heads),
     ],
 }
 

@@ -33,7 +33,11 @@ from silobridge.security.signed_query.claims import (
     decode_claims,
     encode_claims,
 )
-from silobridge.security.signed_query.replay import DEFAULT_MAX_AGE_S, ReplayCache
+from silobridge.security.signed_query.replay import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_SKEW_S,
+    ReplayCache,
+)
 from silobridge.security.signed_query.signing import load_client_signer, sign_query
 from silobridge.security.signed_query.verify import MAX_CERTIFICATE_BYTES, verify_signed_query
 
@@ -41,6 +45,7 @@ from .conftest import Pki
 
 SPACE = "minilm-l3"
 SILO = "kjv"
+HUB = "spiffe://testnet/coordinator/hub"  # the audience: the coordinator a query is sent to
 NOW_MS = time.time_ns() // 1_000_000
 
 
@@ -69,6 +74,7 @@ class Party:
             "source_space": SPACE,
             "silos": [SILO],
             "k": 10,
+            "audience": HUB,
             "now_ms": NOW_MS,
         }
         arguments.update(overrides)
@@ -98,6 +104,7 @@ def verify(ca_pem: bytes) -> Verify:
             "vector": make_vector(),
             "source_space": SPACE,
             "silo": SILO,
+            "audience": HUB,
             "replay": ReplayCache(),
             "now_ms": NOW_MS,
         }
@@ -132,6 +139,7 @@ def test_a_good_query_verifies_and_names_its_signer(alice: Party, ca_pem: bytes)
         vector=make_vector(),
         source_space=SPACE,
         silo=SILO,
+        audience=HUB,
         replay=ReplayCache(),
         now_ms=NOW_MS,
         rerank_text="in the beginning",
@@ -158,15 +166,17 @@ def test_every_query_gets_a_fresh_nonce(alice: Party) -> None:
     assert len(nonces) == 20
 
 
-def test_a_query_for_all_silos_is_accepted_by_any_silo(alice: Party, verify: Verify) -> None:
-    signed = alice.sign(silos=[])
-    verify(signed, silo="any-silo")
-    verify(signed, silo=None, replay=None)
+def test_a_query_for_no_silos_is_not_signed(alice: Party) -> None:
+    # Issue 11, finding 7: "every silo" is resolved into names before signing.
+    with pytest.raises(InvalidArgument, match="names its target silos"):
+        alice.sign(silos=[])
 
 
 def test_the_client_signer_loads_files_once_and_signs(pki: Pki, verify: Verify) -> None:
     signer = load_client_signer(pki.home_client.key, pki.home_client.cert)
-    signed = signer(vector=make_vector(), source_space=SPACE, silos=[SILO], k=3, now_ms=NOW_MS)
+    signed = signer(
+        vector=make_vector(), source_space=SPACE, silos=[SILO], k=3, audience=HUB, now_ms=NOW_MS
+    )
     verify(signed)
 
 
@@ -185,6 +195,7 @@ def test_signing_with_a_key_that_is_not_the_certificates_is_refused(pki: Pki) ->
             k=1,
             key_pem=mallory.key,
             certificate_pem=alice.cert,
+            audience=HUB,
         )
 
 
@@ -270,7 +281,7 @@ def test_a_query_not_addressed_to_this_silo_is_refused(alice: Party, verify: Ver
         verify(alice.sign(silos=[SILO, "third"]), silo="other")
 
 
-@pytest.mark.parametrize("offset_s", [DEFAULT_MAX_AGE_S + 1, -(DEFAULT_MAX_AGE_S + 1)])
+@pytest.mark.parametrize("offset_s", [DEFAULT_MAX_AGE_S + 1, -(DEFAULT_MAX_SKEW_S + 1)])
 def test_a_query_outside_the_time_window_is_refused(
     alice: Party, verify: Verify, offset_s: float
 ) -> None:
@@ -280,7 +291,7 @@ def test_a_query_outside_the_time_window_is_refused(
         verify(signed)
 
 
-@pytest.mark.parametrize("offset_s", [DEFAULT_MAX_AGE_S - 1, -(DEFAULT_MAX_AGE_S - 1)])
+@pytest.mark.parametrize("offset_s", [DEFAULT_MAX_AGE_S - 1, -(DEFAULT_MAX_SKEW_S - 1)])
 def test_a_query_just_inside_the_time_window_is_accepted(
     alice: Party, verify: Verify, offset_s: float
 ) -> None:
@@ -442,7 +453,7 @@ def test_a_query_signed_ahead_of_time_is_remembered_until_it_ages_out() -> None:
 
 
 def test_the_replay_cache_stays_bounded_and_fails_closed_when_full() -> None:
-    cache = ReplayCache(window_s=10, max_entries=3)
+    cache = ReplayCache(window_s=10, max_per_signer=3)
     for i in range(3):
         cache.check_and_remember("a", bytes([i]) * 16, issued_ms=0, now_ms=0)
     with pytest.raises(ResourceExhausted, match="too many signed queries"):
@@ -474,9 +485,9 @@ def test_concurrent_replays_admit_exactly_one() -> None:
     assert sorted(admitted) == [False] * 7 + [True]
 
 
-@pytest.mark.parametrize(("window_s", "max_entries"), [(0.0, 10), (-1.0, 10), (10.0, 0)])
+@pytest.mark.parametrize(("window_s", "max_per_signer"), [(0.0, 10), (-1.0, 10), (10.0, 0)])
 def test_the_replay_cache_refuses_a_useless_configuration(
-    window_s: float, max_entries: int
+    window_s: float, max_per_signer: int
 ) -> None:
     with pytest.raises(InvalidArgument):
-        ReplayCache(window_s=window_s, max_entries=max_entries)
+        ReplayCache(window_s=window_s, max_per_signer=max_per_signer)

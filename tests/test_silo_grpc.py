@@ -119,23 +119,19 @@ def test_describe_names_the_space(silo: ServerThread, pki: Pki) -> None:
     assert reply.document_count > 2000
 
 
-def test_anchor_stream_embeds_in_order_for_the_coordinator(silo: ServerThread, pki: Pki) -> None:
-    texts = [record.text for record in load_records("pydoc_anchors", limit=100)]
-    requests = iter(
-        [
-            silo_pb2.EmbedAnchorsRequest(anchor_set="pydoc", texts=texts[i : i + 30])
-            for i in range(0, 100, 30)
-        ]
-    )
-    replies = list(stub(silo, pki.coordinator).EmbedAnchors(requests, timeout=60))
-    vectors = [v for reply in replies for v in reply.vectors]
-    assert len(vectors) == 100
-    home = stub(silo, pki.home_client)
-    direct = home.Embed(silo_pb2.EmbedRequest(texts=texts[:3]), timeout=30).vectors
-    for streamed, single in zip(vectors[:3], direct, strict=True):
-        a = np.frombuffer(streamed.data, "<f4")
-        b = np.frombuffer(single.data, "<f4")
-        assert float(a @ b) > 0.999
+def test_anchor_embedding_needs_a_named_set_and_a_coordinator(silo: ServerThread, pki: Pki) -> None:
+    # The silo embeds only anchor sets it fetches itself (tests/test_abuse_limits.py has the
+    # whole exchange); this one has no [coordinator] to fetch from.
+    coordinator = stub(silo, pki.coordinator)
+    bad_hash = silo_pb2.EmbedAnchorsRequest(anchor_set="pydoc", version="v1", sha256="beef")
+    with pytest.raises(grpc.RpcError) as caught:
+        list(coordinator.EmbedAnchors(bad_hash, timeout=10))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    named = silo_pb2.EmbedAnchorsRequest(anchor_set="pydoc", version="v1", sha256="0" * 64)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(coordinator.EmbedAnchors(named, timeout=10))
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "[coordinator]" in (caught.value.details() or "")
 
 
 # --- mutual TLS: every refused handshake is UNAVAILABLE and reaches no handler ---------------
@@ -180,7 +176,8 @@ def test_valid_identity_not_allowed_is_permission_denied(
         elif rpc == "Embed":
             client.Embed(silo_pb2.EmbedRequest(texts=["hello"]), timeout=10)
         else:
-            list(client.EmbedAnchors(iter([silo_pb2.EmbedAnchorsRequest(texts=["x"])]), timeout=10))
+            named = silo_pb2.EmbedAnchorsRequest(anchor_set="x", version="v1", sha256="0" * 64)
+            list(client.EmbedAnchors(named, timeout=10))
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "does not allow" in (caught.value.details() or "")
 

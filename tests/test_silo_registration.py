@@ -119,6 +119,15 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def GetAdapter(self, request: Any, context: Any) -> Any:
         return self._unused(context)
 
+    def ManageSilo(self, request: Any, context: Any) -> Any:
+        return self._unused(context)
+
+    def RecordAuditHead(self, request: Any, context: Any) -> Any:
+        return self._unused(context)
+
+    def ListAuditHeads(self, request: Any, context: Any) -> Any:
+        return self._unused(context)
+
 
 @dataclass
 class Coordinator:

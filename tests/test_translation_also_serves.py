@@ -32,7 +32,7 @@ from silobridge.coordinator.state.store import STATE_FILE, CoordinatorState
 from silobridge.coordinator.training.fit import train_adapter
 from silobridge.core.errors import FailedPrecondition, NotFound
 from silobridge.core.hits import Hit
-from silobridge.core.listings import SiloDescription, SiloListing
+from silobridge.core.listings import AnchorSetRef, SiloDescription, SiloListing
 from silobridge.core.queries import FederatedQuery, SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import WireVector
@@ -319,13 +319,13 @@ def test_a_version_1_state_file_is_upgraded_in_place_and_keeps_its_silos(
 
     with CoordinatorState.open(tmp_path) as opened:
         assert opened.silos() == [silo(OLD)]
-        assert opened.anchor_embeddings("words", "v1", OLD.fingerprint) is not None
+        assert opened.anchor_embeddings("words", "v1", OLD.fingerprint, silo="kjv") is not None
         assert opened.update_also_serves("kjv", OLD, [NEW])
     with CoordinatorState.open(tmp_path) as reopened:
         assert reopened.silo("kjv").also_serves == (NEW,)
     check = sqlite3.connect(tmp_path / STATE_FILE)
     try:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         check.close()
 
@@ -355,14 +355,21 @@ class DescribeOnly:
     def __init__(self) -> None:
         self.descriptions: dict[str, SiloDescription] = {}
 
-    async def describe(self, endpoint: str, *, timeout: float) -> SiloDescription:
+    async def describe(self, endpoint: str, *, expect: str = "", timeout: float) -> SiloDescription:
         return self.descriptions[endpoint]
 
-    async def search(self, endpoint: str, query: SiloQuery, *, timeout: float) -> list[Hit]:
+    async def search(
+        self, endpoint: str, query: SiloQuery, *, expect: str = "", timeout: float
+    ) -> list[Hit]:
         raise AssertionError("not searched here")
 
     async def embed_anchors(
-        self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
+        self,
+        endpoint: str,
+        anchors: AnchorSetRef,
+        *,
+        expect: str = "",
+        timeout: float | None,
     ) -> FloatMatrix:
         raise AssertionError("not asked for anchors here")
 
@@ -381,7 +388,8 @@ def test_registration_and_probes_follow_what_the_silo_also_serves(
 
     async def run() -> list[list[SiloListing]]:
         with ThreadPoolExecutor(2) as pool:
-            registry = SiloRegistry(state, gateway, pool)
+            # Every listing probes afresh: the test changes what the silo says between them.
+            registry = SiloRegistry(state, gateway, pool, probe_cache_seconds=0)
             record = await registry.register(KJV, "kjv:1")
             assert record.also_serves == (NEW,)
             listings = [await registry.list_silos()]

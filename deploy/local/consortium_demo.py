@@ -136,7 +136,9 @@ async def retention_table(net: LocalConsortium) -> None:
     async with (
         FederatedClient(alice_cfg) as alice,
         FederatedClient(bob_cfg) as bob,
-        SiloClient(net.endpoints["kjv"], bob_cfg.tls) as kjv_silo,
+        SiloClient(
+            net.endpoints["kjv"], bob_cfg.tls, expect=bob_cfg.expected_home_silo()
+        ) as kjv_silo,
     ):
         source: list[FloatVector] = []  # alice's minilm-l6 vectors, from her own silo
         native: list[FloatVector] = []  # the KJV model's own vectors, from bob (org bible)
@@ -223,9 +225,13 @@ async def retention_table(net: LocalConsortium) -> None:
     )
 
 
-def audit_logs(net: LocalConsortium) -> list[Path]:
-    logs = [net.coordinator_config.parent / "state" / "audit" / "audit.log"]
-    logs += [net.silo_config(spec.name).parent / "audit" / "audit.log" for spec in net.silos]
+def audit_logs(net: LocalConsortium) -> list[tuple[Path, Path]]:
+    """Each server's audit log and the public half of its key (``keys/`` beside its config)."""
+    coordinator = net.coordinator_config.parent
+    logs = [(coordinator / "state" / "audit" / "audit.log", coordinator / "keys" / "audit.key.pub")]
+    for spec in net.silos:
+        silo = net.silo_config(spec.name).parent
+        logs.append((silo / "audit" / "audit.log", silo / "keys" / "audit.key.pub"))
     return logs
 
 
@@ -264,9 +270,15 @@ def main() -> int:
             asyncio.run(retention_table(net))
             step("8. the data boundary: what each party can see, from the live policies")
             net.run("audit", "boundary", "--config", str(net.client_config("alice")))
+            # The kjv silo's checkpoint heads, as the coordinator recorded them: an auditor
+            # keeps these outside the silo's host.
+            heads = net.root / "kjv-audit-heads.json"
+            admin = str(net.client_config("admin"))
+            heads.write_text(net.run("audit", "heads", "kjv", "--config", admin, capture=True))
         step("9. every process stopped; verify the tamper-evident audit logs")
-        for log in audit_logs(net):
-            net.run("audit", "verify", str(log), "--key", str(log.with_name("audit.key.pub")))
+        for log, key in audit_logs(net):
+            anchored = ("--heads", str(heads)) if log.parent.parent.name == "kjv" else ()
+            net.run("audit", "verify", str(log), "--key", str(key), *anchored)
         step("done")
     except KeyboardInterrupt:
         say("\ninterrupted: every process the demo started has been stopped")

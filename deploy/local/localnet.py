@@ -204,9 +204,12 @@ class LocalConsortium:
         parties += [("client", c.name, c.org) for c in self.clients]
         for role, name, org in parties:
             if not (self.certs(name) / f"{name}.crt").exists():
+                # Servers also name loopback, where the demo tools dial them directly; peers
+                # that expect an identity check the CA-assigned name instead.
+                loopback = [] if role == "client" else ["--dns", "localhost", "--ip", "127.0.0.1"]
                 self.run(
                     "pki", "issue", "--ca-dir", str(ca), "--out", str(self.certs(name)),
-                    "--role", role, "--name", name, "--org", org, capture=True,
+                    "--role", role, "--name", name, "--org", org, *loopback, capture=True,
                 )  # fmt: skip
         self.say(f"certificates for {len(parties)} parties in {self.root / 'certs'}")
 
@@ -270,6 +273,7 @@ burst = 1000
 {self._tls(spec.name)}
 [coordinator]
 endpoint = "{coordinator}"           # registers itself there on start
+name = "hub"                         # refuses any server there but spiffe://…/coordinator/hub
 adapter_key = "{self.adapter_key}"   # adapters must be signed by this key
 
 [access]
@@ -286,14 +290,18 @@ admin = {_toml_list(spec.admins)}                 # live writes and migrations
         )
         return path
 
-    def write_client_config(self, name: str, home_silo: str, coordinator: str) -> Path:
+    def write_client_config(
+        self, name: str, home_silo: str, coordinator: str, home_silo_name: str
+    ) -> Path:
         path = self.client_config(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             f"""# Client {name}. Its query text is embedded by its own organization's silo only.
 [client]
 coordinator = "{coordinator}"
+coordinator_name = "hub"
 home_silo = "{home_silo}"
+home_silo_name = "{home_silo_name}"   # the client refuses any other certificate at home_silo
 timeout_seconds = 30
 
 {self._tls(name)}"""
@@ -331,10 +339,12 @@ timeout_seconds = 30
     def write_client_configs(self) -> None:
         coordinator = self.endpoints["coordinator"]
         for client in self.clients:
-            self.write_client_config(client.name, self.endpoints[client.home_silo], coordinator)
+            self.write_client_config(
+                client.name, self.endpoints[client.home_silo], coordinator, client.home_silo
+            )
         # The admin trains adapters; any home silo will do, it never embeds text.
         first = self.silos[0].name
-        self.write_client_config(self.admin, self.endpoints[first], coordinator)
+        self.write_client_config(self.admin, self.endpoints[first], coordinator, first)
 
 
 def _toml_list(values: Sequence[str]) -> str:

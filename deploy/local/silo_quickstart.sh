@@ -17,7 +17,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say "1. consortium CA and certificates ($DEMO_DIR/ca, $DEMO_DIR/certs)"
 [ -f "$DEMO_DIR/ca/ca.crt" ] || "$SB" pki init --dir "$DEMO_DIR/ca" --consortium demo
 [ -f "$DEMO_DIR/certs/kjv/kjv.crt" ] || "$SB" pki issue --ca-dir "$DEMO_DIR/ca" \
-  --out "$DEMO_DIR/certs/kjv" --role silo --name kjv --org bible
+  --out "$DEMO_DIR/certs/kjv" --role silo --name kjv --org bible --dns localhost --ip 127.0.0.1
 [ -f "$DEMO_DIR/certs/alice/alice.crt" ] || "$SB" pki issue --ca-dir "$DEMO_DIR/ca" \
   --out "$DEMO_DIR/certs/alice" --role client --name alice --org bible
 echo "CA and certificates ready"

@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
+from silobridge.coordinator.silo_admin_cli import silo_admin_app
 from silobridge.core.cli_support import serve_or_exit
 
 coordinator_app = typer.Typer(no_args_is_help=True, help="Run the consortium's coordinator.")
+coordinator_app.add_typer(silo_admin_app, name="silo")
 
 
 @coordinator_app.command()

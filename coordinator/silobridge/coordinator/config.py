@@ -23,11 +23,13 @@ from silobridge.core.config import (
 )
 from silobridge.core.errors import ConfigError
 from silobridge.security.identity import PeerIdentity
+from silobridge.security.ratelimit import DEFAULT_PEER_BURST, DEFAULT_PEER_RATE_PER_SECOND
 from silobridge.security.rules import RulePolicy, matches_any, rules_of
 
 # Actions of the consortium policy; every RPC but FederatedSearch (whose rules are per silo,
 # ``[policy.query]``) checks one, in ``CoordinatorService``.
-ACTIONS = ("register", "list", "anchors", "adapters", "train")
+# ``manage``: disable, enable and remove silos (``silobridge coordinator silo ...``).
+ACTIONS = ("register", "list", "anchors", "adapters", "train", "manage")
 # Key of ``[policy.query]`` that applies to silos without an entry of their own.
 DEFAULT_SILO = "*"
 
@@ -43,6 +45,10 @@ class CoordinatorServerSettings(ServerSettings):
     # Per-silo deadline when the caller set none; a caller's own deadline always wins if sooner.
     silo_timeout_seconds: float = 10.0
     max_k: int = 100
+    # One Describe of a silo answers every ListSilos for this long (0: probe at every listing).
+    probe_cache_seconds: float = 5.0
+    # A SubmitAnchorEmbeddings stream must end within this long, however slowly it trickles.
+    anchor_stream_seconds: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,11 @@ class TrainingSettings:
     kind: str = "auto"
     seed: int = 0
     mlp_epochs: int = 300
+    # An adapter whose held-out nDCG@10 on the anchors is below this is refused, not signed:
+    # it would map queries to noise (or was fitted on poisoned anchor vectors). The default only
+    # refuses adapters no better than nothing (the toy static-64 model fits ~0.03 on synthetic
+    # anchors); a consortium of real models should raise it (real pairs fit 0.5 and more).
+    min_heldout_ndcg: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,9 @@ class CoordinatorPolicy(RulePolicy):
     # Per caller identity, on FederatedSearch: beyond it RESOURCE_EXHAUSTED, audited.
     rate_per_second: float = 50.0
     burst: int = 100
+    # Per calling peer (its certificate's identity), every RPC, spent before authorization.
+    peer_rate_per_second: float = DEFAULT_PEER_RATE_PER_SECOND
+    peer_burst: int = DEFAULT_PEER_BURST
 
     def may_query(self, identity: PeerIdentity, silo: str) -> bool:
         rules = self.query.get(silo, self.query.get(DEFAULT_SILO, ()))
@@ -108,7 +122,17 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
         train_workers=srv.positive("train_workers", CoordinatorServerSettings.train_workers),
         silo_timeout_seconds=timeout,
         max_k=srv.positive("max_k", CoordinatorServerSettings.max_k),
+        probe_cache_seconds=srv.get(
+            "probe_cache_seconds", float, CoordinatorServerSettings.probe_cache_seconds
+        ),
+        anchor_stream_seconds=srv.get(
+            "anchor_stream_seconds", float, CoordinatorServerSettings.anchor_stream_seconds
+        ),
     )
+    if not server.probe_cache_seconds >= 0:
+        raise ConfigError(f"{path}: [server] probe_cache_seconds must not be negative")
+    if not server.anchor_stream_seconds > 0:
+        raise ConfigError(f"{path}: [server] anchor_stream_seconds must be positive")
     srv.finish()
 
     tls = tls_from_config(path, doc, insecure=server.insecure, insecure_key="server.insecure")
@@ -118,7 +142,13 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
         kind=trn.get("kind", str, TrainingSettings.kind),
         seed=trn.get("seed", int, TrainingSettings.seed),
         mlp_epochs=trn.positive("mlp_epochs", TrainingSettings.mlp_epochs),
+        min_heldout_ndcg=trn.get("min_heldout_ndcg", float, TrainingSettings.min_heldout_ndcg),
     )
+    if not 0.0 <= training.min_heldout_ndcg <= 1.0:
+        raise ConfigError(
+            f"{path}: [training] min_heldout_ndcg must be between 0 and 1 (an nDCG), "
+            f"got {training.min_heldout_ndcg}"
+        )
     trn.finish()
 
     raw_policy = doc.get("policy", {})
@@ -135,6 +165,10 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     if not rate > 0:
         raise ConfigError(f"{path}: [policy] rate_per_second must be positive")
     burst = pol.positive("burst", CoordinatorPolicy.burst)
+    peer_rate = pol.get("peer_rate_per_second", float, CoordinatorPolicy.peer_rate_per_second)
+    if not peer_rate > 0:
+        raise ConfigError(f"{path}: [policy] peer_rate_per_second must be positive")
+    peer_burst = pol.positive("peer_burst", CoordinatorPolicy.peer_burst)
     pol.finish()
     qry = Section(path, "policy.query", raw_query)
     query = {silo: rules_of(qry, silo) for silo in raw_query}
@@ -159,5 +193,7 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
             denylist=denylist,
             rate_per_second=rate,
             burst=burst,
+            peer_rate_per_second=peer_rate,
+            peer_burst=peer_burst,
         ),
     )

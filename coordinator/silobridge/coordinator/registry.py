@@ -11,19 +11,40 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from silobridge.adapters.artifact import MANIFEST_FILE, SIGNATURE_FILE, WEIGHTS_FILE
+from silobridge.coordinator.revocation import SiloRevocation
 from silobridge.coordinator.search.translation import staleness
 from silobridge.coordinator.silo_gateway import SiloGateway, outcome_of
 from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
 from silobridge.coordinator.state.store import CoordinatorState
 from silobridge.core.endpoints import validate_endpoint
-from silobridge.core.errors import FailedPrecondition, NotFound, PermissionDenied
-from silobridge.core.listings import AdapterFiles, AdapterListing, SiloDescription, SiloListing
+from silobridge.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from silobridge.core.listings import (
+    AdapterFiles,
+    AdapterListing,
+    SiloAction,
+    SiloDescription,
+    SiloListing,
+    SiloState,
+)
 from silobridge.core.offload import off_loop
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.security.identity import PeerIdentity, Role
 
 log = logging.getLogger(__name__)
 DESCRIBE_TIMEOUT_S = 5.0
+# An admin's reason for disabling a silo is shown in listings and every query's status.
+MAX_REASON_CHARS = 500
+# How long one Describe of a silo answers every ListSilos (issue 11: each listing probed every
+# silo, so listing in a loop made the coordinator flood the silos). 0: probe every time.
+DEFAULT_PROBE_CACHE_SECONDS = 5.0
+# A probe's cache key: the silo record as registered; re-registering starts a fresh probe.
+_ProbeKey = tuple[str, str, str, float, str]
 
 
 def adapter_listing(record: AdapterRecord, stale_reason: str = "") -> AdapterListing:
@@ -57,10 +78,23 @@ def read_artifact_files(directory: Path) -> AdapterFiles:
 class SiloRegistry:
     """Registered silos and stored adapters; callers are authorized before they get here."""
 
-    def __init__(self, state: CoordinatorState, gateway: SiloGateway, executor: Executor) -> None:
+    def __init__(
+        self,
+        state: CoordinatorState,
+        gateway: SiloGateway,
+        executor: Executor,
+        revocation: SiloRevocation | None = None,
+        *,
+        probe_cache_seconds: float = DEFAULT_PROBE_CACHE_SECONDS,
+    ) -> None:
         self.state = state
         self.gateway = gateway
         self.executor = executor
+        self.revocation = revocation
+        self.probe_cache_seconds = probe_cache_seconds
+        # Per silo: when its probe started, and the probe (shared while in flight, then reused
+        # until it is probe_cache_seconds old).
+        self._probes: dict[_ProbeKey, tuple[float, asyncio.Task[SiloListing]]] = {}
 
     async def register(self, caller: PeerIdentity, endpoint: str) -> SiloRecord:
         """Record a silo at ``endpoint``; its name comes from its certificate, its space from it."""
@@ -70,7 +104,10 @@ class SiloRegistry:
             )
         validate_endpoint(endpoint)
         try:
-            info = await self.gateway.describe(endpoint, timeout=DESCRIBE_TIMEOUT_S)
+            # Whoever answers there must hold the registering silo's own certificate.
+            info = await self.gateway.describe(
+                endpoint, expect=caller.spiffe_id, timeout=DESCRIBE_TIMEOUT_S
+            )
         except Exception as error:
             _state, why = outcome_of(error)
             raise FailedPrecondition(
@@ -82,6 +119,17 @@ class SiloRegistry:
                 f"certificate {caller.spiffe_id} may register silo {caller.name!r} only, but the "
                 f"silo at {endpoint} says it is {info.name!r}"
             )
+        server_cert = None
+        if self.revocation is not None:
+            try:
+                server_cert = await self.revocation.server_certificate(
+                    endpoint, timeout=DESCRIBE_TIMEOUT_S, refresh=True
+                )
+            except Unavailable as error:
+                raise FailedPrecondition(f"{error.message}; registration refused") from None
+            refused = self.revocation.refused_certificate(server_cert, endpoint)
+            if refused:
+                raise PermissionDenied(f"{refused}; silo {info.name!r} cannot register")
         record = SiloRecord(
             name=info.name,
             endpoint=endpoint,
@@ -91,6 +139,10 @@ class SiloRegistry:
             document_count=info.document_count,
             registered_at=time.time(),
             also_serves=_besides(info.space, info) or (),  # never None for its own space
+            cert_serial=caller.serial,
+            cert_fingerprint=caller.fingerprint,
+            server_serial=server_cert.serial if server_cert is not None else "",
+            server_fingerprint=server_cert.fingerprint if server_cert is not None else "",
         )
         await off_loop(self.executor, lambda: self.state.upsert_silo(record))
         log.info("registered silo %s at %s (space %s)", info.name, endpoint, info.space.space_id)
@@ -99,11 +151,56 @@ class SiloRegistry:
     async def list_silos(self) -> list[SiloListing]:
         """Every registered silo, each probed with Describe just now (concurrently)."""
         records = await off_loop(self.executor, self.state.silos)
-        return list(await asyncio.gather(*(self._probe(r) for r in records)))
+        # Probes and certificate checks side by side: a slow silo costs one timeout, not two.
+        listings, reasons = await asyncio.gather(
+            asyncio.gather(*(self._cached_probe(r) for r in records)),
+            asyncio.gather(*(self._denied_reason(r) for r in records)),
+        )
+        return [
+            dataclasses.replace(listing, denied_reason=reason)
+            for listing, reason in zip(listings, reasons, strict=True)
+        ]
+
+    async def _denied_reason(self, record: SiloRecord) -> str:
+        """Why queries skip ``record``'s silo, its endpoint's certificate checked again."""
+        if self.revocation is None:
+            return record.disabled and f"disabled by a consortium admin: {record.disabled}"
+        try:
+            await self.revocation.server_certificate(record.endpoint, timeout=DESCRIBE_TIMEOUT_S)
+        except Unavailable as error:
+            # An unreachable silo is shown unhealthy by its probe; routing uses what was seen.
+            log.info("%s", error.message)
+        return self.revocation.denied_reason(record)
+
+    async def _cached_probe(self, record: SiloRecord) -> SiloListing:
+        """``_probe``'s answer, shared with concurrent callers and reused for a few seconds."""
+        if self.probe_cache_seconds <= 0:
+            return await self._probe(record)
+        key: _ProbeKey = (
+            record.name,
+            record.endpoint,
+            record.spiffe_id,
+            record.registered_at,
+            record.space.fingerprint,
+        )
+        now = time.monotonic()
+        ttl = self.probe_cache_seconds
+        for stale in [k for k, (at, _task) in self._probes.items() if now - at >= ttl]:
+            del self._probes[stale]
+        cached = self._probes.get(key)
+        if cached is None:
+            task = asyncio.get_running_loop().create_task(
+                self._probe(record), name=f"probe-{record.name}"
+            )
+            cached = self._probes[key] = (now, task)
+        # Shielded: a caller that goes away does not cancel the probe others wait for.
+        return await asyncio.shield(cached[1])
 
     async def _probe(self, record: SiloRecord) -> SiloListing:
         try:
-            info = await self.gateway.describe(record.endpoint, timeout=DESCRIBE_TIMEOUT_S)
+            info = await self.gateway.describe(
+                record.endpoint, expect=record.spiffe_id, timeout=DESCRIBE_TIMEOUT_S
+            )
         except Exception as error:
             state, why = outcome_of(error)
             return _listing(record, False, record.document_count, f"{state.value}: {why}")
@@ -138,6 +235,26 @@ class SiloRegistry:
                 )
                 record = dataclasses.replace(record, also_serves=spaces)
         return _listing(record, True, info.document_count, message, info)
+
+    async def manage(
+        self, caller: PeerIdentity, name: str, action: SiloAction, reason: str
+    ) -> SiloState:
+        """Disable (routing it nothing), enable or remove silo ``name``; its state afterwards."""
+        if len(reason) > MAX_REASON_CHARS or not reason.isprintable():
+            raise InvalidArgument(
+                f"the reason must be printable text of at most {MAX_REASON_CHARS} characters"
+            )
+        if action is SiloAction.REMOVE:
+            await off_loop(self.executor, lambda: self.state.remove_silo(name))
+            log.warning("silo %s removed by %s: %s", name, caller.spiffe_id, reason or "-")
+            return SiloState(name, "removed", reason)
+        if action is SiloAction.DISABLE:
+            why = f"{reason.strip() or 'no reason given'} ({caller.spiffe_id or 'an admin'})"
+        else:
+            why = ""
+        record = await off_loop(self.executor, lambda: self.state.set_silo_disabled(name, why))
+        log.warning("silo %s %sd by %s: %s", name, action.value, caller.spiffe_id, why or "-")
+        return SiloState(record.name, "disabled" if record.disabled else "enabled", why)
 
     async def list_adapters(self) -> list[AdapterListing]:
         records, silos = await off_loop(

@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from silobridge.adapters.signing import generate_signing_key, load_signing_key
 from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
 from silobridge.coordinator.config import CoordinatorConfig
+from silobridge.coordinator.revocation import SiloRevocation
 from silobridge.coordinator.service import CoordinatorService
 from silobridge.coordinator.servicer import CoordinatorServicer
 from silobridge.coordinator.silo_gateway import SiloGateway
 from silobridge.coordinator.silo_links import GrpcSiloGateway
 from silobridge.coordinator.state.store import CoordinatorState
 from silobridge.rpc.server_kit import RunningServer, serve_until_stopped, start_server
+from silobridge.security.denylist import Denylist
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -32,6 +34,8 @@ def open_gatekeeper(config: CoordinatorConfig) -> Gatekeeper:
         rate_per_second=config.policy.rate_per_second,
         burst=config.policy.burst,
         audit=config.audit,
+        peer_rate_per_second=config.policy.peer_rate_per_second,
+        peer_burst=config.policy.peer_burst,
     )
 
 
@@ -53,6 +57,10 @@ def open_coordinator(
     signing_key = load_signing_key(config.signing_key)
     state = CoordinatorState.open(config.state_dir)
     catalogue = AnchorCatalogue(config.state_dir / "anchors")
+    # The endpoints' certificates are fetched over TLS only for real links, never for a double.
+    revocation = SiloRevocation(
+        Denylist(config.policy.denylist), config.tls if gateway is None else None
+    )
     if gateway is None:
         gateway = GrpcSiloGateway(config.tls, insecure=config.server.insecure)
     return CoordinatorService(
@@ -63,6 +71,7 @@ def open_coordinator(
         signing_key,
         ThreadPoolExecutor(config.server.workers, thread_name_prefix="coord-cpu"),
         ThreadPoolExecutor(config.server.train_workers, thread_name_prefix="coord-train"),
+        revocation,
     )
 
 

@@ -13,10 +13,13 @@ from concurrent.futures import Executor
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from silobridge.audit.heads import AuditHead
 from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
 from silobridge.coordinator.anchors.exchange import AnchorExchange
+from silobridge.coordinator.audit_heads import AuditHeadBook
 from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.registry import SiloRegistry
+from silobridge.coordinator.revocation import SiloRevocation
 from silobridge.coordinator.search.fanout import FederatedSearch
 from silobridge.coordinator.search.planner import SearchPlanner
 from silobridge.coordinator.search.translation import Translator
@@ -24,18 +27,27 @@ from silobridge.coordinator.silo_gateway import SiloGateway
 from silobridge.coordinator.state.records import SiloRecord
 from silobridge.coordinator.state.store import CoordinatorState
 from silobridge.coordinator.training.run import AdapterTrainer
-from silobridge.core.errors import PermissionDenied
+from silobridge.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from silobridge.core.federation import FederatedAnswer
 from silobridge.core.listings import (
     AdapterFiles,
     AdapterListing,
     AnchorChunk,
     AnchorVectors,
+    SiloAction,
     SiloListing,
+    SiloState,
     TrainProgress,
 )
+from silobridge.core.offload import off_loop
 from silobridge.core.queries import FederatedQuery
-from silobridge.security.identity import PeerIdentity
+from silobridge.security.denylist import Denylist
+from silobridge.security.identity import PeerIdentity, Role
 
 
 class CoordinatorService:
@@ -50,20 +62,37 @@ class CoordinatorService:
         signing_key: Ed25519PrivateKey,
         executor: Executor,
         train_executor: Executor,
+        revocation: SiloRevocation | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.gateway = gateway
         self.executor = executor
         self.train_executor = train_executor
-        self.registry = SiloRegistry(state, gateway, executor)
-        self.anchors = AnchorExchange(state, catalogue, gateway, executor)
+        # Without one given, the records and the denylist still decide, with no TLS probe.
+        self.revocation = revocation or SiloRevocation(Denylist(config.policy.denylist), None)
+        self.registry = SiloRegistry(
+            state,
+            gateway,
+            executor,
+            self.revocation,
+            probe_cache_seconds=config.server.probe_cache_seconds,
+        )
+        self.anchors = AnchorExchange(
+            state,
+            catalogue,
+            gateway,
+            executor,
+            stream_seconds=config.server.anchor_stream_seconds,
+        )
         self.trainer = AdapterTrainer(
             config.training, state, catalogue, self.anchors, signing_key, executor, train_executor
         )
         translator = Translator(state, signing_key.public_key())
-        planner = SearchPlanner(state, config.policy, translator)
+        planner = SearchPlanner(state, config.policy, translator, self.revocation)
         self.search = FederatedSearch(config, planner, gateway, executor)
+        # The silos' audit checkpoint heads: evidence kept outside each silo's host.
+        self.audit_heads = AuditHeadBook.open(config.state_dir)
 
     def _authorize(self, action: str, caller: PeerIdentity) -> None:
         if not self.config.policy.allows(action, caller):
@@ -136,9 +165,39 @@ class CoordinatorService:
         self._authorize("adapters", caller)
         return await self.registry.adapter_files(adapter_id)
 
+    async def record_audit_head(self, caller: PeerIdentity, head: AuditHead) -> int:
+        """RecordAuditHead: keep a registered silo's newest signed audit checkpoint head."""
+        self._authorize("register", caller)
+        if caller.role != Role.SILO:
+            raise PermissionDenied(
+                f"only silos record audit heads here; {caller.spiffe_id or 'this caller'} is not"
+            )
+        try:
+            self.state.silo(caller.name)
+        except NotFound:
+            raise FailedPrecondition(
+                f"silo {caller.name!r} is not registered; register before recording audit heads"
+            ) from None
+        return await off_loop(self.executor, lambda: self.audit_heads.record(caller.name, head))
+
+    async def list_audit_heads(self, caller: PeerIdentity, silo: str) -> list[AuditHead]:
+        """ListAuditHeads: the audit checkpoint heads recorded for ``silo``, for auditors."""
+        self._authorize("list", caller)
+        return await off_loop(self.executor, lambda: self.audit_heads.heads(silo))
+
+    async def manage_silo(
+        self, caller: PeerIdentity, silo: str, action: SiloAction | None, reason: str = ""
+    ) -> SiloState:
+        """ManageSilo: disable, enable or remove a registered silo (``[policy] manage``)."""
+        self._authorize("manage", caller)
+        if action is None:
+            raise InvalidArgument("unknown silo action; send disable, enable or remove")
+        return await self.registry.manage(caller, silo, action, reason)
+
     async def close(self) -> None:
         """Close silo links, stop the worker pools (dropping queued work) and close the state."""
         await self.gateway.close()
         for pool in (self.executor, self.train_executor):
             pool.shutdown(wait=True, cancel_futures=True)
         self.state.close()
+        self.audit_heads.close()

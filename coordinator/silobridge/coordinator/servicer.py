@@ -32,7 +32,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.gatekeeper = gatekeeper
 
     def _caller(self, context: Context) -> PeerIdentity:
-        return self.gatekeeper.admit(peer_identity(context))
+        # Once per call, before any authorization: the peer's budget, then the denylist.
+        return self.gatekeeper.admit_peer(peer_identity(context))
 
     @unary_boundary
     async def RegisterSilo(
@@ -137,6 +138,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return convert.answer_to_proto(answer)
 
     @unary_boundary
+    async def ManageSilo(
+        self, request: coordinator_pb2.ManageSiloRequest, context: Context
+    ) -> coordinator_pb2.ManageSiloResponse:
+        caller = self._caller(context)
+        silo, action, reason = convert.manage_silo_from_proto(request)
+        state = await self.service.manage_silo(caller, silo, action, reason)
+        self.gatekeeper.record(
+            caller, "ManageSilo", allowed=True, silos=[state.silo], action=state.state
+        )
+        return convert.silo_state_to_proto(state)
+
+    @unary_boundary
     async def GetAdapter(
         self, request: coordinator_pb2.GetAdapterRequest, context: Context
     ) -> coordinator_pb2.GetAdapterResponse:
@@ -144,3 +157,26 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         files = await self.service.get_adapter(caller, request.adapter_id)
         self.gatekeeper.record(caller, "GetAdapter", allowed=True, adapter_id=request.adapter_id)
         return convert.adapter_files_to_proto(files)
+
+    @unary_boundary
+    async def RecordAuditHead(
+        self, request: coordinator_pb2.RecordAuditHeadRequest, context: Context
+    ) -> coordinator_pb2.RecordAuditHeadResponse:
+        caller = self._caller(context)
+        head = convert.audit_head_from_proto(request.head)
+        recorded = await self.service.record_audit_head(caller, head)
+        self.gatekeeper.record(caller, "RecordAuditHead", allowed=True, covers=head.covers)
+        return coordinator_pb2.RecordAuditHeadResponse(recorded=recorded)
+
+    @unary_boundary
+    async def ListAuditHeads(
+        self, request: coordinator_pb2.ListAuditHeadsRequest, context: Context
+    ) -> coordinator_pb2.ListAuditHeadsResponse:
+        caller = self._caller(context)
+        heads = await self.service.list_audit_heads(caller, request.silo)
+        self.gatekeeper.record(
+            caller, "ListAuditHeads", allowed=True, silos=[request.silo], results=len(heads)
+        )
+        return coordinator_pb2.ListAuditHeadsResponse(
+            heads=[convert.audit_head_to_proto(head) for head in heads]
+        )

@@ -7,13 +7,13 @@ outcome without knowing the transport, and a test double exercises the same mapp
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Protocol
 
 from silobridge.core.errors import ErrorCode, SiloBridgeError
 from silobridge.core.federation import SiloOutcome
 from silobridge.core.hits import Hit
-from silobridge.core.listings import SiloDescription
+from silobridge.core.listings import AnchorSetRef, SiloDescription
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix
 
@@ -27,15 +27,29 @@ OUTCOME_FOR_CODE: Mapping[ErrorCode, SiloOutcome] = {
 
 
 class SiloGateway(Protocol):
-    """Calls to one silo by endpoint; failures raise ``SiloBridgeError`` (or ``TimeoutError``)."""
+    """Calls to one silo by endpoint; failures raise ``SiloBridgeError`` (or ``TimeoutError``).
 
-    async def describe(self, endpoint: str, *, timeout: float) -> SiloDescription: ...
+    ``expect`` is the SPIFFE id the silo at ``endpoint`` must hold (its registered identity): a
+    server with another certificate is refused before anything is sent (``Unavailable``).
+    """
 
-    async def search(self, endpoint: str, query: SiloQuery, *, timeout: float) -> list[Hit]: ...
+    async def describe(self, endpoint: str, *, expect: str, timeout: float) -> SiloDescription: ...
+
+    async def search(
+        self, endpoint: str, query: SiloQuery, *, expect: str, timeout: float
+    ) -> list[Hit]: ...
 
     async def embed_anchors(
-        self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
-    ) -> FloatMatrix: ...
+        self,
+        endpoint: str,
+        anchors: AnchorSetRef,
+        *,
+        expect: str,
+        timeout: float | None,
+    ) -> FloatMatrix:
+        """The silo's vectors of ``anchors``, which it fetches from the coordinator and checks
+        by hash itself (it embeds no texts sent to it)."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -7,11 +7,10 @@ of its own; the domain calls it through the ``SiloGateway`` protocol.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 from silobridge.core.config import TlsFiles
 from silobridge.core.hits import Hit
-from silobridge.core.listings import SiloDescription
+from silobridge.core.listings import AnchorSetRef, SiloDescription
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix
 from silobridge.rpc.silo_client import SiloClient
@@ -23,29 +22,39 @@ class GrpcSiloGateway:
     def __init__(self, tls: TlsFiles | None, *, insecure: bool = False) -> None:
         self._tls = tls
         self._insecure = insecure
-        self._clients: dict[str, SiloClient] = {}
+        # Keyed by endpoint and the identity expected there: a channel checks one identity.
+        self._clients: dict[tuple[str, str], SiloClient] = {}
         self._lock = asyncio.Lock()
 
-    async def _client(self, endpoint: str) -> SiloClient:
+    async def _client(self, endpoint: str, expect: str) -> SiloClient:
         # Channels are reused across queries: a TLS handshake per query would cost milliseconds.
         async with self._lock:
-            client = self._clients.get(endpoint)
+            client = self._clients.get((endpoint, expect))
             if client is None:
-                client = SiloClient(endpoint, self._tls, insecure=self._insecure)
-                self._clients[endpoint] = client
+                client = SiloClient(endpoint, self._tls, insecure=self._insecure, expect=expect)
+                self._clients[(endpoint, expect)] = client
             return client
 
-    async def describe(self, endpoint: str, *, timeout: float) -> SiloDescription:
-        return await (await self._client(endpoint)).describe(timeout=timeout)
+    async def describe(self, endpoint: str, *, expect: str, timeout: float) -> SiloDescription:
+        return await (await self._client(endpoint, expect)).describe(timeout=timeout)
 
-    async def search(self, endpoint: str, query: SiloQuery, *, timeout: float) -> list[Hit]:
-        return await (await self._client(endpoint)).search(query, timeout=timeout)
+    async def search(
+        self, endpoint: str, query: SiloQuery, *, expect: str, timeout: float
+    ) -> list[Hit]:
+        return await (await self._client(endpoint, expect)).search(query, timeout=timeout)
 
     async def embed_anchors(
-        self, endpoint: str, anchor_set: str, texts: Sequence[str], *, timeout: float | None
+        self,
+        endpoint: str,
+        anchors: AnchorSetRef,
+        *,
+        expect: str,
+        timeout: float | None,
     ) -> FloatMatrix:
-        client = await self._client(endpoint)
-        return await client.embed_anchors(anchor_set, texts, timeout=timeout)
+        client = await self._client(endpoint, expect)
+        return await client.embed_anchors(
+            anchors.name, anchors.version, anchors.sha256, count=anchors.count, timeout=timeout
+        )
 
     async def close(self) -> None:
         async with self._lock:

@@ -148,6 +148,12 @@ def save_adapter(
     return manifest
 
 
+def weights_sha256(adapter: Adapter) -> str:
+    """The sha256 of the weights file ``save_adapter`` writes for ``adapter`` (its manifest's
+    ``weights_sha256``), without writing anything."""
+    return hashlib.sha256(safetensors.numpy.save(_contiguous_tensors(adapter))).hexdigest()
+
+
 def _contiguous_tensors(adapter: Adapter) -> dict[str, np.ndarray[Any, Any]]:
     tensors: dict[str, np.ndarray[Any, Any]] = {}
     for name, value in adapter.tensors().items():

@@ -30,6 +30,7 @@ from silobridge.adapters.base import (
     unit_vector_or_raise,
 )
 from silobridge.adapters.linear import RidgeSolver, tune_affine
+from silobridge.core.errors import InvalidArgument
 
 KMEANS_ITERATIONS = 50
 # A cluster needs some anchors before a ridge expert on it is more than noise around its mean.
@@ -139,9 +140,14 @@ class LocalAdapter(Adapter):
             "expert_bias": (clusters, t_dim),
         }
         weights = {name: require_tensor(tensors, name, shape) for name, shape in shapes.items()}
+        temperature = require_float(params, "temperature")
+        if not temperature > 0:  # the gate divides by it
+            raise InvalidArgument(
+                f"adapter parameter 'temperature' must be positive, got {temperature!r}"
+            )
         return cls(
             weights,
-            require_float(params, "temperature"),
+            temperature,
             require_float(params, "shrinkage"),
             require_float(params, "ridge_lambda"),
         )

@@ -22,6 +22,7 @@ from silobridge.audit.boundary_report import (
     report_to_dict,
     silo_is_surprising,
 )
+from silobridge.audit.heads import AuditHead, heads_to_json, read_heads_file
 from silobridge.audit.verify import MAX_TAIL, verify_log
 from silobridge.core.cli_support import fail, run_async_or_exit, run_or_exit, stdout_console
 from silobridge.core.listings import SiloListing
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from silobridge.client.config import ClientConfig
+    from silobridge.rpc.coordinator_client import CoordinatorClient
 
 audit_app = typer.Typer(
     no_args_is_help=True, help="Verify audit logs and report the data boundary."
@@ -60,11 +62,21 @@ def verify_command(
             help="Most lines after the last checkpoint to accept: the writer's checkpoint_every.",
         ),
     ] = MAX_TAIL,
+    heads: Annotated[
+        Path | None,
+        typer.Option(
+            "--heads",
+            help="Checkpoint heads recorded at the coordinator (`silobridge audit heads SILO "
+            "> FILE`): each must be in the log, which catches a log cut back to an older "
+            "checkpoint.",
+        ),
+    ] = None,
 ) -> None:
     """Check every line's hash and link, and the signed checkpoints; name the first bad line.
 
     Exit 1 on tampering, and on lines no signature vouches for: a log with no checkpoint, or
-    more lines after its last one than --max-tail (unless --allow-tail).
+    more lines after its last one than --max-tail (unless --allow-tail). With --heads, also
+    when a checkpoint the coordinator recorded is missing from the log.
     """
     public_key = None
     if key is not None:
@@ -72,7 +84,8 @@ def verify_command(
             fail(f"no public key at {key}: pass the .pub file beside the log's signing key")
         public_key = run_or_exit(lambda: signing.load_verify_key(key))
     limit = None if allow_tail else max_tail
-    report = run_or_exit(lambda: verify_log(log, public_key, max_tail=limit))
+    recorded = run_or_exit(lambda: read_heads_file(heads)) if heads is not None else []
+    report = run_or_exit(lambda: verify_log(log, public_key, max_tail=limit, heads=recorded))
     out = stdout_console()
     if not report.ok:
         where = f" at line {report.first_bad_line}" if report.first_bad_line is not None else ""
@@ -84,18 +97,51 @@ def verify_command(
         out.print(f"note: {escape(report.reason)}")
 
 
-def _live_silos(cfg: ClientConfig) -> list[SiloListing]:
-    """The coordinator's registered silos with the policies they report."""
+def _coordinator(cfg: ClientConfig) -> CoordinatorClient:
     # Imported here: gRPC and the generated stubs are only needed when the command runs.
     from silobridge.rpc.coordinator_client import CoordinatorClient
 
+    return CoordinatorClient(
+        cfg.coordinator,
+        cfg.tls,
+        insecure=cfg.insecure,
+        timeout=cfg.timeout_seconds,
+        expect=cfg.expected_coordinator(),
+    )
+
+
+def _live_silos(cfg: ClientConfig) -> list[SiloListing]:
+    """The coordinator's registered silos with the policies they report."""
+
     async def list_silos() -> list[SiloListing]:
-        async with CoordinatorClient(
-            cfg.coordinator, cfg.tls, insecure=cfg.insecure, timeout=cfg.timeout_seconds
-        ) as coordinator:
+        async with _coordinator(cfg) as coordinator:
             return await coordinator.list_silos()
 
     return run_async_or_exit(list_silos)
+
+
+@audit_app.command("heads")
+def heads_command(
+    silo: Annotated[str, typer.Argument(help="The silo whose recorded heads to print.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to client.toml.")],
+) -> None:
+    """Print the audit checkpoint heads the coordinator recorded for SILO, as JSON.
+
+    Keep the output as evidence, and check the silo's log against it with
+    `silobridge audit verify LOG --key KEY.pub --heads FILE`.
+    """
+    from silobridge.client.config import load_client_config
+
+    cfg = run_or_exit(lambda: load_client_config(config))
+
+    async def list_heads() -> list[AuditHead]:
+        async with _coordinator(cfg) as coordinator:
+            return await coordinator.list_audit_heads(silo)
+
+    recorded = run_async_or_exit(list_heads)
+    if not recorded:
+        fail(f"the coordinator holds no audit checkpoint heads for silo {silo!r}")
+    typer.echo(heads_to_json(recorded))
 
 
 def _table(title: str, headers: tuple[str, ...], rows: list[Row]) -> Table:

@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +38,7 @@ from silobridge.audit.chain import (
     sidecar_path,
 )
 from silobridge.audit.events import checked_event
+from silobridge.audit.heads import AuditHead, public_key_bytes
 from silobridge.core.durable import fsync_directory, write_all, write_file_atomically
 from silobridge.core.errors import ConfigError, FailedPrecondition, InvalidArgument, SiloBridgeError
 
@@ -140,6 +141,10 @@ class AuditLog:
         self._broken = ""
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        self._public_key = public_key_bytes(key.public_key())
+        # Called with each new signed checkpoint, under the log's lock: must return at once
+        # (a silo hands the head to its coordinator from another task).
+        self.on_checkpoint: Callable[[AuditHead], None] | None = None
         if math.isfinite(checkpoint_seconds):
             self._timer = threading.Thread(
                 target=self._checkpoint_when_idle, name=f"audit-{path.name}", daemon=True
@@ -240,6 +245,21 @@ class AuditLog:
             if self._pending >= self._every or overdue:
                 self._checkpoint_locked()
 
+    def latest_head(self) -> AuditHead | None:
+        """The newest signed checkpoint head (from the sidecar), or ``None`` before the first."""
+        with self._lock:
+            try:
+                line = read_sidecar(self.path, self._key.public_key())
+            except BadLine:
+                return None
+        if line is None:
+            return None
+        fields = line.fields
+        covers, head, sig = fields.get("covers"), fields.get("head"), fields.get("sig")
+        if not isinstance(covers, int) or not isinstance(head, str) or not isinstance(sig, str):
+            return None
+        return AuditHead(covers, head, base64.b64decode(sig), self._public_key)
+
     def checkpoint(self) -> None:
         """Sign the chain head now (nothing to do if no event was written since the last one)."""
         with self._lock:
@@ -281,7 +301,8 @@ class AuditLog:
     def _checkpoint_locked(self) -> None:
         if self._pending == 0:
             return
-        signature = self._key.sign(checkpoint_payload(self._seq, self._head))
+        covers, head = self._seq, self._head
+        signature = self._key.sign(checkpoint_payload(covers, head))
         raw = self._write_line(
             {
                 "type": "checkpoint",
@@ -297,6 +318,11 @@ class AuditLog:
             self._broken = f"audit log {self.path}: cannot make a checkpoint durable: {err}"
             raise FailedPrecondition(self._broken) from None
         self._pending = 0
+        if self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint(AuditHead(covers, head, signature, self._public_key))
+            except Exception:  # the log itself is fine; the listener reports its own trouble
+                _log.exception("audit checkpoint listener failed")
 
     def _checkpoint_when_idle(self) -> None:
         while True:
@@ -327,6 +353,13 @@ def open_audit_log(
     if not key_path.exists():
         key_path.parent.mkdir(parents=True, exist_ok=True)
         generate_signing_key(key_path)
+        _log.info("created audit signing key %s (public half %s.pub)", key_path, key_path)
+    if key_path.resolve().parent == path.resolve().parent:
+        _log.warning(
+            "audit key %s is in the log's own directory: whoever can rewrite the log can also "
+            "re-sign it; keep [audit] key outside the directory the service writes",
+            key_path,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     return AuditLog.open(
         path,

@@ -3,10 +3,13 @@
 What it detects: without the key, any edit, deletion, reordering or truncation made without
 recomputing hashes; with the public key, also a rewritten chain, at its first checkpoint.
 Lines written after the last checkpoint can be cut off undetected (a close always checkpoints).
+With the checkpoint heads recorded outside the host (``silobridge.audit.heads``), also a log cut
+back to an older checkpoint: a recorded head is missing from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +18,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from silobridge.audit.chain import (
     GENESIS,
     BadLine,
+    ChainLine,
     check_checkpoint,
     check_link,
     parse_line,
     read_sidecar,
     sidecar_path,
 )
+from silobridge.audit.heads import AuditHead, public_key_bytes
 from silobridge.core.errors import ConfigError, NotFound
 
 # Lines a server writes between checkpoints by default ([audit] checkpoint_every).
@@ -39,7 +44,11 @@ class VerifyReport:
 
 
 def verify_log(
-    path: Path, public_key: Ed25519PublicKey | None = None, *, max_tail: int | None = MAX_TAIL
+    path: Path,
+    public_key: Ed25519PublicKey | None = None,
+    *,
+    max_tail: int | None = MAX_TAIL,
+    heads: Sequence[AuditHead] = (),
 ) -> VerifyReport:
     """Check every hash, link and checkpoint of the log at ``path``; report the first bad line.
 
@@ -47,7 +56,11 @@ def verify_log(
     after the last signed checkpoint are vouched for by no signature (anyone who knows the
     format can rewrite them): more than ``max_tail`` of them, or a log with no checkpoint at
     all, is not ok (``None``: accept any tail, and say how long it is).
+
+    ``heads`` are checkpoint heads recorded elsewhere (the coordinator): each one signed by
+    ``public_key`` (all of them when no key is given) must be in the log, at its line.
     """
+    expected = _expected_heads(heads, public_key)
     sidecar_file = sidecar_path(path)
     # Read the sidecar before the log: a live writer updates the log first, then the sidecar.
     sidecar_error = ""
@@ -75,11 +88,7 @@ def verify_log(
                 check_link(line, number, prev)
                 if line.is_checkpoint:
                     check_checkpoint(line, public_key)
-                if sidecar is not None and number == sidecar.seq and line.digest != sidecar.digest:
-                    raise BadLine(
-                        f"rewritten: line {number} is not the signed checkpoint in "
-                        f"{sidecar_file} (the log was cut and written again)"
-                    )
+                _check_known_heads(line, number, sidecar, sidecar_file, expected)
             except BadLine as err:
                 bad = err.line if err.line is not None else number
                 return VerifyReport(False, min(lines, bad - 1), checkpoints, bad, err.reason)
@@ -96,6 +105,16 @@ def verify_log(
             f"truncated: the last signed checkpoint covers line {sidecar.seq} "
             f"but the log ends at line {lines}",
         )
+    recorded = max(expected, default=0)
+    if recorded > lines:
+        return VerifyReport(
+            False,
+            lines,
+            checkpoints,
+            lines + 1,
+            f"cut back: a signed checkpoint of line {recorded} was recorded outside this host "
+            f"(at {expected[recorded].recorded_unix}) but the log ends at line {lines}",
+        )
     if sidecar_error:
         return VerifyReport(False, lines, checkpoints, None, sidecar_error)
     problem = _tail_problem(lines - signed, signed, checkpoints, max_tail)
@@ -107,6 +126,7 @@ def verify_log(
         else "",
         "signatures not checked (no public key given)" if public_key is None else "",
         f"no {sidecar_file.name}: a cut tail would go unnoticed" if sidecar is None else "",
+        f"{len(expected)} recorded checkpoint heads found in the log" if expected else "",
     ]
     return VerifyReport(True, lines, checkpoints, None, "; ".join(n for n in notes if n))
 
@@ -124,3 +144,31 @@ def _tail_problem(tail: int, signed: int, checkpoints: int, max_tail: int | None
         f"unverified tail of {tail} lines after line {signed} ({why}); pass --allow-tail to "
         "accept it, or --max-tail for a longer checkpoint interval"
     )
+
+
+def _expected_heads(
+    heads: Sequence[AuditHead], public_key: Ed25519PublicKey | None
+) -> dict[int, AuditHead]:
+    """The recorded heads that belong to this log, by the line each covers."""
+    key = public_key_bytes(public_key) if public_key is not None else None
+    return {head.covers: head for head in heads if key is None or head.public_key == key}
+
+
+def _check_known_heads(
+    line: ChainLine,
+    number: int,
+    sidecar: ChainLine | None,
+    sidecar_file: Path,
+    expected: dict[int, AuditHead],
+) -> None:
+    """Line ``number`` must be what the sidecar and the heads recorded elsewhere say it is."""
+    if sidecar is not None and number == sidecar.seq and line.digest != sidecar.digest:
+        raise BadLine(
+            f"rewritten: line {number} is not the signed checkpoint in "
+            f"{sidecar_file} (the log was cut and written again)"
+        )
+    if number in expected and line.digest != expected[number].head:
+        raise BadLine(
+            f"rewritten: line {number} is not the line whose signed checkpoint was "
+            f"recorded outside this host at {expected[number].recorded_unix}"
+        )

@@ -24,7 +24,13 @@ import numpy.typing as npt
 from silobridge.client.config import ClientConfig
 from silobridge.core.errors import InvalidArgument, SiloBridgeError
 from silobridge.core.federation import FederatedAnswer, merge_mode
-from silobridge.core.listings import AdapterListing, SiloListing, TrainProgress
+from silobridge.core.listings import (
+    AdapterListing,
+    SiloAction,
+    SiloListing,
+    SiloState,
+    TrainProgress,
+)
 from silobridge.core.queries import FederatedQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import WireVector
@@ -80,12 +86,21 @@ class FederatedClient:
         )
         self._home_peer = f"home silo at {config.home_silo}"
         self._coordinator_peer = f"coordinator at {config.coordinator}"
-        self._home = SiloClient(config.home_silo, config.tls, insecure=config.insecure)
+        # Each channel expects one identity: the query text goes to the home silo named in
+        # client.toml and nobody else, whatever certificate answers at its address.
+        self._audience = config.expected_coordinator()
+        self._home = SiloClient(
+            config.home_silo,
+            config.tls,
+            insecure=config.insecure,
+            expect=config.expected_home_silo(),
+        )
         self._coordinator = CoordinatorClient(
             config.coordinator,
             config.tls,
             insecure=config.insecure,
             timeout=config.timeout_seconds,
+            expect=self._audience,
         )
 
     async def __aenter__(self) -> FederatedClient:
@@ -121,7 +136,10 @@ class FederatedClient:
     ) -> FederatedAnswer:
         """Search the federation with a vector of ``source_space`` (a registered silo's space id).
 
-        ``silos`` empty means every silo the caller may query. A non-empty ``rerank_text`` is
+        ``silos`` empty means every registered silo: a signing client asks the coordinator
+        (``ListSilos``) and signs their names, since a signed query always names its targets
+        (the consortium policy still answers "denied" for those it may not query). A
+        non-empty ``rerank_text`` is
         sent to every target silo whose policy accepts query text, which re-ranks its top
         ``rerank_depth`` hits with its own model (0: the coordinator's default depth).
         """
@@ -131,18 +149,20 @@ class FederatedClient:
         mode = merge_mode(merge)
         rerank_depth = _count("rerank_depth", rerank_depth, minimum=0)
         # Signed with our certificate's key over the very bytes sent: silos verify that this
-        # query came from us, and a coordinator can neither alter nor replay it.
-        signed = (
-            None
-            if self._signer is None
-            else self._signer(
+        # query came from us, and a coordinator can neither alter nor replay it. The targets
+        # and the coordinator (audience) are signed too, so no other caller can use it.
+        signed = None
+        if self._signer is not None and self._audience is not None:
+            if not targets:
+                targets = await self._every_silo()
+            signed = self._signer(
                 vector=wire,
                 source_space=source_space,
                 silos=targets,
                 k=k,
+                audience=self._audience,
                 rerank_text=rerank_text,
             )
-        )
         query = FederatedQuery(
             vector=wire,
             source_space=source_space,
@@ -186,9 +206,23 @@ class FederatedClient:
             rerank_depth=rerank_depth,
         )
 
+    async def _every_silo(self) -> tuple[str, ...]:
+        """The names of every registered silo: "every silo", made explicit for signing."""
+        names = tuple(sorted({listing.silo for listing in await self.list_silos()}))
+        if not names:
+            raise InvalidArgument(
+                "no silos are registered with the coordinator; there is nothing to search"
+            )
+        return names
+
     async def list_silos(self) -> list[SiloListing]:
         with _answered_by(self._coordinator_peer):
             return await self._coordinator.list_silos()
+
+    async def manage_silo(self, silo: str, action: SiloAction, reason: str = "") -> SiloState:
+        """Disable, enable or remove a registered silo (``[policy] manage`` admins only)."""
+        with _answered_by(self._coordinator_peer):
+            return await self._coordinator.manage_silo(silo, action, reason)
 
     async def list_adapters(self) -> list[AdapterListing]:
         with _answered_by(self._coordinator_peer):

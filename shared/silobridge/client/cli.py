@@ -120,16 +120,23 @@ def silos_table(silos: Sequence[SiloListing]) -> Table:
             str(silo.space.dimension) if silo.space else "?",
             Text(silo.space.space_id if silo.space else "?"),
             str(silo.document_count),
-            Text("ok", style="green") if silo.healthy else Text("down", style="red"),
+            _health(silo),
             Text(silo_message(silo)),
         )
     return table
 
 
+def _health(silo: SiloListing) -> Text:
+    if silo.denied_reason:
+        return Text("denied", style="magenta")  # no query is routed to it, healthy or not
+    return Text("ok", style="green") if silo.healthy else Text("down", style="red")
+
+
 def silo_message(silo: SiloListing) -> str:
     """The message column: the coordinator's message, then the spaces a migrating silo also
     answers in itself (``also serves: <space ids>``)."""
-    parts = [silo.message] if silo.message else []
+    parts = [f"denied: {silo.denied_reason}"] if silo.denied_reason else []
+    parts += [silo.message] if silo.message else []
     if silo.also_serves:
         parts.append("also serves: " + ", ".join(space.space_id for space in silo.also_serves))
     return "; ".join(parts)

@@ -4,7 +4,9 @@
 
     [client]
     coordinator = "coordinator.example.org:50050"
+    coordinator_name = "hub"                     # its certificate's name (default "hub")
     home_silo = "silo.bible.example.org:50051"   # your own organization's silo: embeds queries
+    home_silo_name = "bible"                     # its certificate's name: required with [tls]
     timeout_seconds = 30.0
     # insecure = true                            # plaintext, no [tls]: throwaway local tests only
 
@@ -12,6 +14,11 @@
     cert = "certs/alice.crt"
     key = "certs/alice.key"
     ca = "certs/ca.crt"
+
+The two names say who must answer at each endpoint: the client connects expecting
+``spiffe://<consortium>/silo/<home_silo_name>`` and ``spiffe://<consortium>/coordinator/
+<coordinator_name>`` (the consortium is the client certificate's own), so a server holding any
+other consortium certificate is refused before the query text or vector is sent.
 """
 
 from __future__ import annotations
@@ -27,9 +34,12 @@ from silobridge.core.config import (
     refuse_unknown_sections,
     tls_from_config,
 )
-from silobridge.core.errors import ConfigError
+from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.security.identity import Role, expected_peer, validate_component
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
+# What the consortium's coordinator is conventionally called (its certificate's name).
+DEFAULT_COORDINATOR_NAME = "hub"
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,21 @@ class ClientConfig:
     timeout_seconds: float
     insecure: bool
     tls: TlsFiles | None
+    # Certificate names (SPIFFE names) the two servers must hold; "" only when insecure.
+    home_silo_name: str = ""
+    coordinator_name: str = DEFAULT_COORDINATOR_NAME
+
+    def expected_home_silo(self) -> str | None:
+        """The SPIFFE id the home silo must hold (None without TLS: nothing to check)."""
+        if self.tls is None:
+            return None
+        return expected_peer(self.tls.cert, Role.SILO, self.home_silo_name)
+
+    def expected_coordinator(self) -> str | None:
+        """The SPIFFE id the coordinator must hold (None without TLS); the signed audience."""
+        if self.tls is None:
+            return None
+        return expected_peer(self.tls.cert, Role.COORDINATOR, self.coordinator_name)
 
 
 def load_client_config(path: Path) -> ClientConfig:
@@ -51,6 +76,8 @@ def load_client_config(path: Path) -> ClientConfig:
     client = Section.of(path, doc, "client")
     coordinator = client.endpoint("coordinator")
     home_silo = client.endpoint("home_silo")
+    coordinator_name = client.get("coordinator_name", str, DEFAULT_COORDINATOR_NAME)
+    home_silo_name = client.get("home_silo_name", str, "")
     timeout = client.get("timeout_seconds", float, DEFAULT_TIMEOUT_SECONDS)
     if not math.isfinite(timeout) or timeout <= 0:
         raise ConfigError(
@@ -60,6 +87,18 @@ def load_client_config(path: Path) -> ClientConfig:
     client.finish()
 
     tls = tls_from_config(path, doc, insecure=insecure, insecure_key="[client] insecure")
+    if tls is not None and not home_silo_name:
+        raise ConfigError(
+            f"{path}: [client] home_silo_name is required: the name in your home silo's "
+            'certificate (spiffe://<consortium>/silo/<name>), e.g. home_silo_name = "bible"; '
+            "the client refuses a home silo holding any other certificate"
+        )
+    for key, value in (("home_silo_name", home_silo_name), ("coordinator_name", coordinator_name)):
+        if value:
+            try:
+                validate_component(value, key)
+            except InvalidArgument as error:
+                raise ConfigError(f"{path}: [client] {error.message}") from None
 
     return ClientConfig(
         source=path,
@@ -68,4 +107,6 @@ def load_client_config(path: Path) -> ClientConfig:
         timeout_seconds=timeout,
         insecure=insecure,
         tls=tls,
+        home_silo_name=home_silo_name,
+        coordinator_name=coordinator_name,
     )

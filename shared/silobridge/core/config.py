@@ -5,6 +5,8 @@ Also the tables every server's config shares: ``[server]`` basics, ``[tls]`` and
 
 from __future__ import annotations
 
+import logging
+import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +15,8 @@ from typing import Any, TypeVar
 
 from silobridge.core.endpoints import validate_endpoint
 from silobridge.core.errors import ConfigError, InvalidArgument, PermissionDenied
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -26,6 +30,13 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        # tomllib decodes the whole file before parsing; TOML files are UTF-8.
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
 
 
 class Section:
@@ -119,16 +130,30 @@ class AuditSettings:
     log: Path
     key: Path
     checkpoint_every: int = 100
+    # Identical refusals (same peer, RPC and reason) within this many seconds are one line with
+    # a count: a flood of refused calls cannot grow the log without bound (issue 11).
+    refusal_summary_seconds: float = 10.0
+
+
+# Beside the config file, not in the log's directory: the service writes its log (and its
+# data), while the key that signs the log's checkpoints can be made read-only to it.
+DEFAULT_AUDIT_KEY = "keys/audit.key"
 
 
 def audit_settings(source: Path, document: Mapping[str, Any], *, default_dir: str) -> AuditSettings:
-    """The ``[audit]`` table (always on: absent means the defaults under ``default_dir``)."""
+    """The ``[audit]`` table (always on: absent means the log under ``default_dir`` and the key
+    in ``keys/`` beside the config file)."""
     section = Section.of(source, document, "audit")
     settings = AuditSettings(
         log=section.path("log", default=f"{default_dir}/audit.log"),
-        key=section.path("key", default=f"{default_dir}/audit.key"),
+        key=section.path("key", default=DEFAULT_AUDIT_KEY),
         checkpoint_every=section.positive("checkpoint_every", 100),
+        refusal_summary_seconds=section.get(
+            "refusal_summary_seconds", float, AuditSettings.refusal_summary_seconds
+        ),
     )
+    if not settings.refusal_summary_seconds > 0:
+        raise ConfigError(f"{source}: [audit] refusal_summary_seconds must be positive")
     section.finish()
     return settings
 
@@ -193,7 +218,11 @@ def tls_from_config(
 
 
 class TrustedCa:
-    """The consortium CA certificate a server verifies signed queries against, read once.
+    """The consortium CA bundle a server verifies signed queries against, re-read when changed.
+
+    The file is looked at (one ``stat``) on every use and read again when its stamp changed, so
+    a CA added to or removed from the bundle (rotation) takes effect without a restart, as it
+    does for TLS handshakes. A file that cannot be read any more keeps the last bundle read.
 
     ``refusal`` is the ``PermissionDenied`` message for a server without TLS: it has no CA to
     verify anything with.
@@ -203,10 +232,30 @@ class TrustedCa:
         self._tls = tls
         self._refusal = refusal
         self._pem: bytes | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._lock = threading.Lock()
 
     def pem(self) -> bytes:
-        if self._pem is None:
-            if self._tls is None:
-                raise PermissionDenied(self._refusal)
-            self._pem = self._tls.read()[2]
-        return self._pem
+        if self._tls is None:
+            raise PermissionDenied(self._refusal)
+        path = self._tls.ca
+        with self._lock:
+            try:
+                status = path.stat()
+                # mtime and size catch edits, inode a replace by rename, ctime a chmod.
+                stamp = (status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino)
+                if stamp != self._stamp:
+                    # Stamped before reading, so a write during the read is seen next time.
+                    self._pem, self._stamp = path.read_bytes(), stamp
+            except OSError as error:
+                if self._pem is None:
+                    raise ConfigError(f"cannot read TLS CA file {path}: {error.strerror}") from None
+                log.warning(
+                    "cannot read CA file %s (%s); keeping the bundle read before",
+                    path,
+                    error.strerror,
+                )
+            pem = self._pem
+        if pem is None:  # read above, or the OSError was raised
+            raise ConfigError(f"cannot read TLS CA file {path}")
+        return pem

@@ -51,6 +51,10 @@ class SiloBridgeError(Exception):
         # (both "" when raised here). ``message`` adds which peer answered.
         self.status_name = ""
         self.peer_details = ""
+        # Whom a refusal is on behalf of when that is not the calling peer: the verified signer
+        # of a forwarded query (a ``PeerIdentity``; typed loosely, core imports no security).
+        # The gRPC boundary audits the refusal under it, with the peer as ``via``.
+        self.asker: object | None = None
 
 
 class InvalidArgument(SiloBridgeError):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from silobridge.core.disclosure import DisclosurePolicy
+from silobridge.core.errors import InvalidArgument
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 
 
@@ -40,6 +43,26 @@ class SiloListing:
     # Other spaces it answers in without a coordinator's adapter (while migrating), as the
     # coordinator knows them.
     also_serves: tuple[SpaceDescriptor, ...] = ()
+    # Why the coordinator routes no query to it (disabled by an admin, or its certificate is
+    # on the coordinator's denylist); empty when it does.
+    denied_reason: str = ""
+
+
+class SiloAction(enum.StrEnum):
+    """What a consortium admin does to a registered silo (``silobridge coordinator silo``)."""
+
+    DISABLE = "disable"
+    ENABLE = "enable"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True)
+class SiloState:
+    """A silo after an admin's action: ``state`` is enabled, disabled or removed."""
+
+    silo: str
+    state: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,33 @@ class AnchorChunk:
     texts: tuple[str, ...]
     offset: int
     total: int
+
+
+def anchor_texts_sha256(texts: Sequence[str]) -> str:
+    """Hex SHA-256 over each text as its UTF-8 byte length (8 bytes, big-endian) then its bytes.
+
+    The length prefix makes the hash unambiguous: ["ab", "c"] and ["a", "bc"] differ. It names an
+    anchor set version's texts: the coordinator's catalogue records it, silos check it.
+    """
+    digest = hashlib.sha256()
+    for index, text in enumerate(texts):
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"anchor text at index {index} is not valid Unicode") from None
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class AnchorSetRef:
+    """An anchor set version as EmbedAnchors names it: the silo fetches and checks the texts."""
+
+    name: str
+    version: str
+    sha256: str
+    count: int
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +86,38 @@ def validate_query_vector(vector: FloatVector, expected_dim: int) -> FloatVector
     if norm < MIN_NORM:
         raise InvalidArgument(f"vector norm is {norm:.3g}; a zero vector cannot be searched")
     return (vector / norm).astype(np.float32)
+
+
+# How far from 1 the norm of an embedding a model L2-normalised may be (float32 rounding is
+# ~1e-7; anything further off was not produced by a SiloBridge embedder).
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+def validate_unit_rows(rows: npt.NDArray[Any], expected_dim: int, what: str) -> None:
+    """Check that ``rows`` are ``expected_dim``-wide, finite, non-zero and of unit norm.
+
+    What every embedding a peer hands in as its model's output must be (anchor vectors, like
+    query vectors); ``what`` names them in the ``InvalidArgument`` raised, with the first bad row.
+    """
+    if rows.ndim != 2 or rows.shape[1] != expected_dim:
+        raise InvalidArgument(
+            f"{what} have shape {rows.shape}; expected (count, {expected_dim}) for this space"
+        )
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise InvalidArgument(f"{what}: row {first} has non-finite values (NaN or infinity)")
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+    zero = norms < MIN_NORM
+    if zero.any():
+        raise InvalidArgument(f"{what}: row {int(np.argmax(zero))} is a zero vector")
+    off = np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE
+    if off.any():
+        first = int(np.argmax(off))
+        raise InvalidArgument(
+            f"{what}: row {first} has norm {norms[first]:.6g}, not 1 (within "
+            f"{UNIT_NORM_TOLERANCE}); send the L2-normalised embeddings the model produces"
+        )
 
 
 def validate_k(k: int, max_k: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from types import TracebackType
 
+from silobridge.audit.heads import AuditHead
 from silobridge.core.config import TlsFiles
 from silobridge.core.federation import FederatedAnswer
 from silobridge.core.listings import (
@@ -16,13 +17,15 @@ from silobridge.core.listings import (
     AdapterListing,
     AnchorChunk,
     AnchorVectors,
+    SiloAction,
     SiloListing,
+    SiloState,
     TrainProgress,
 )
 from silobridge.core.queries import FederatedQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.rpc import convert
-from silobridge.rpc.calls import peer_errors, streamed, unary
+from silobridge.rpc.calls import Peer, peer_errors, streamed, unary
 from silobridge.rpc.transport import open_channel
 from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -40,12 +43,14 @@ class CoordinatorClient:
         *,
         insecure: bool = False,
         timeout: float | None = None,
+        expect: str | None = None,
     ) -> None:
+        # expect: the coordinator's SPIFFE id; another certificate is refused (``open_channel``).
         self.target = target
         self.timeout = timeout
-        self._channel = open_channel(target, tls, insecure=insecure)
+        self._channel = open_channel(target, tls, insecure=insecure, expect=expect)
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
-        self._peer = f"coordinator {target}"
+        self._peer = Peer(f"coordinator {target}", target, expect)
 
     async def __aenter__(self) -> CoordinatorClient:
         return self
@@ -80,6 +85,16 @@ class CoordinatorClient:
             self._peer, self._stub.ListSilos(request, timeout=self._deadline(timeout))
         )
         return [convert.silo_listing_from_proto(silo) for silo in reply.silos]
+
+    async def manage_silo(
+        self, silo: str, action: SiloAction, reason: str = "", *, timeout: float | None = None
+    ) -> SiloState:
+        """Disable, enable or remove a registered silo (consortium admins only)."""
+        request = convert.manage_silo_to_proto(silo, action, reason)
+        reply = await unary(
+            self._peer, self._stub.ManageSilo(request, timeout=self._deadline(timeout))
+        )
+        return convert.silo_state_from_proto(reply)
 
     async def list_adapters(self, *, timeout: float | None = None) -> list[AdapterListing]:
         request = coordinator_pb2.ListAdaptersRequest()
@@ -163,3 +178,19 @@ class CoordinatorClient:
             self._peer, self._stub.GetAdapter(request, timeout=self._deadline(timeout))
         )
         return convert.adapter_files_from_proto(reply)
+
+    async def record_audit_head(self, head: AuditHead, *, timeout: float | None = None) -> int:
+        """Send one signed checkpoint head of the calling silo's audit log; how many are kept."""
+        request = coordinator_pb2.RecordAuditHeadRequest(head=convert.audit_head_to_proto(head))
+        reply = await unary(
+            self._peer, self._stub.RecordAuditHead(request, timeout=self._deadline(timeout))
+        )
+        return reply.recorded
+
+    async def list_audit_heads(self, silo: str, *, timeout: float | None = None) -> list[AuditHead]:
+        """The audit checkpoint heads the coordinator recorded for ``silo``."""
+        request = coordinator_pb2.ListAuditHeadsRequest(silo=silo)
+        reply = await unary(
+            self._peer, self._stub.ListAuditHeads(request, timeout=self._deadline(timeout))
+        )
+        return [convert.audit_head_from_proto(head) for head in reply.heads]

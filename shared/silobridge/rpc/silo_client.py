@@ -22,21 +22,32 @@ from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import FloatVector, WireVector
 from silobridge.rpc import convert
-from silobridge.rpc.calls import peer_errors, streamed, unary
-from silobridge.rpc.status import error_for_status
+from silobridge.rpc.calls import Peer, peer_errors, streamed, unary
 from silobridge.rpc.transport import open_channel
 from silobridge.v1 import silo_pb2, silo_pb2_grpc
 
 
 class SiloClient:
-    """``async with SiloClient(target, tls) as silo: await silo.search_vector(vector, k)``."""
+    """``async with SiloClient(target, tls, expect=silo_id) as silo: await silo.describe()``.
 
-    def __init__(self, target: str, tls: TlsFiles | None, *, insecure: bool = False) -> None:
+    ``expect`` is the SPIFFE id the silo at ``target`` must hold (``open_channel``); a server
+    with another certificate is refused during the handshake, before anything is sent, with
+    ``Unavailable`` saying so.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        tls: TlsFiles | None,
+        *,
+        insecure: bool = False,
+        expect: str | None = None,
+    ) -> None:
         self.target = target
-        self.channel = open_channel(target, tls, insecure=insecure)
+        self.channel = open_channel(target, tls, insecure=insecure, expect=expect)
         self.stub = silo_pb2_grpc.SiloServiceStub(self.channel)
         self.admin_stub = silo_pb2_grpc.SiloAdminServiceStub(self.channel)
-        self._peer = f"silo {target}"
+        self._peer = Peer(f"silo {target}", target, expect)
 
     async def __aenter__(self) -> SiloClient:
         return self
@@ -99,23 +110,33 @@ class SiloClient:
     async def embed_anchors(
         self,
         anchor_set: str,
-        texts: Sequence[str],
+        version: str,
+        sha256: str,
         *,
-        chunk: int = 256,
+        count: int,
         timeout: float | None = None,
     ) -> FloatMatrix:
-        """Stream anchor texts in chunks; vectors come back in the same order."""
+        """The silo's vectors of the ``count`` texts of an anchor set version, which it fetches
+        from its coordinator and checks against ``sha256`` itself; streamed back in order.
 
-        async def requests() -> AsyncIterator[silo_pb2.EmbedAnchorsRequest]:
-            for start in range(0, len(texts), chunk):
-                yield silo_pb2.EmbedAnchorsRequest(
-                    anchor_set=anchor_set, texts=list(texts[start : start + chunk])
-                )
-
+        A reply out of order, or beyond ``count`` rows, ends the call (``InvalidArgument``):
+        what is held in memory is bounded by the set's size.
+        """
+        request = silo_pb2.EmbedAnchorsRequest(
+            anchor_set=anchor_set, version=version, sha256=sha256
+        )
         rows: list[FloatVector] = []
-        call = self.stub.EmbedAnchors(requests(), timeout=timeout)
-        async for reply in streamed(self._peer, call):
-            rows.extend(convert.vector_from_proto(v) for v in reply.vectors)
+        call = self.stub.EmbedAnchors(request, timeout=timeout)
+        try:
+            async for reply in streamed(self._peer, call):
+                if reply.offset != len(rows) or len(rows) + len(reply.vectors) > count:
+                    raise InvalidArgument(
+                        f"{self._peer} sent anchor vectors at offset {reply.offset} after "
+                        f"{len(rows)} of {count}"
+                    )
+                rows.extend(convert.vector_from_proto(v) for v in reply.vectors)
+        finally:
+            call.cancel()
         return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
     async def write_documents(
@@ -139,7 +160,7 @@ class SiloClient:
                 await call.done_writing()
                 code = await call.code()
                 if code is not grpc.StatusCode.OK:
-                    raise error_for_status(code, await call.details() or "", self._peer)
+                    raise self._peer.error(code, await call.details() or "")
         finally:
             call.cancel()
 

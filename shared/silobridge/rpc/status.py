@@ -21,6 +21,7 @@ from silobridge.core.errors import (
     Unavailable,
 )
 from silobridge.rpc.transport import ANONYMOUS, peer_identity
+from silobridge.security.identity import PeerIdentity
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,34 @@ Self = TypeVar("Self")
 Ctx = Any  # grpc.aio.ServicerContext[Req, Resp]; generic parameters vary per method
 
 
+# A status message travels as the grpc-message trailer, percent-encoded (up to 3 bytes per UTF-8
+# byte), and gRPC drops a reply whose metadata passes 8 KiB (soft) or 16 KiB (hard): the caller
+# then gets RESOURCE_EXHAUSTED "metadata size exceeds" instead of the refusal. Messages that echo
+# a huge request field are cut in the middle to stay well inside that.
+MAX_PUBLIC_MESSAGE_BYTES = 2000
+_KEPT_HEAD_BYTES = 1300
+_KEPT_TAIL_BYTES = 500
+
+
+def public_message(message: str) -> str:
+    """``message`` cut in the middle to at most ``MAX_PUBLIC_MESSAGE_BYTES`` of UTF-8 (its
+    start says what is wrong, its end often what to do)."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MAX_PUBLIC_MESSAGE_BYTES:
+        return message
+    head = encoded[:_KEPT_HEAD_BYTES].decode("utf-8", "ignore")
+    tail = encoded[-_KEPT_TAIL_BYTES:].decode("utf-8", "ignore")
+    cut = len(message) - len(head) - len(tail)
+    return f"{head} [... {cut} characters cut ...] {tail}"
+
+
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and public message for an error; unknown errors reveal nothing."""
     if isinstance(error, SiloBridgeError):
         status = STATUS_FOR_CODE[error.code]
         if status is grpc.StatusCode.INTERNAL:
             return status, GENERIC_INTERNAL_MESSAGE
-        return status, error.message
+        return status, public_message(error.message)
     return grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE
 
 
@@ -95,12 +117,15 @@ async def _abort(servicer: object, context: Ctx, error: Exception, method: str) 
         log.exception("%s failed", method, exc_info=error)
     else:
         log.info("%s refused: %s: %s", method, status.name, message)
-    _audit_refusal(servicer, context, method, f"{status.name}: {message}")
+    _audit_refusal(servicer, context, method, f"{status.name}: {message}", error)
     await context.abort(status, message)
 
 
-def _audit_refusal(servicer: object, context: Ctx, method: str, reason: str) -> None:
-    """Every refused call leaves an audit line, whoever made it (servicers with a gatekeeper)."""
+def _audit_refusal(
+    servicer: object, context: Ctx, method: str, reason: str, error: BaseException | None = None
+) -> None:
+    """Every refused call leaves an audit line, whoever made it (servicers with a gatekeeper):
+    under the error's ``asker`` (a forwarded query's verified signer) ``via`` the peer, if set."""
     gatekeeper = getattr(servicer, "gatekeeper", None)
     if gatekeeper is None:
         return
@@ -109,7 +134,10 @@ def _audit_refusal(servicer: object, context: Ctx, method: str, reason: str) -> 
     except Exception:  # a certificate without a SiloBridge identity is still audited
         who = ANONYMOUS
     try:
-        gatekeeper.record(who, method.rsplit(".", 1)[-1], allowed=False, reason=reason)
+        asker = getattr(error, "asker", None)
+        via = {"via": who.spiffe_id} if isinstance(asker, PeerIdentity) else {}
+        who = asker if isinstance(asker, PeerIdentity) else who
+        gatekeeper.record(who, method.rsplit(".", 1)[-1], allowed=False, reason=reason, **via)
     except Exception:  # an audit failure must not turn a refusal into a crash; it is logged
         log.exception("could not audit the refusal of %s", method)
 

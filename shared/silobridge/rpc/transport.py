@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from silobridge.core.config import TlsFiles
-from silobridge.core.errors import ConfigError, PermissionDenied
+from silobridge.core.errors import ConfigError, PermissionDenied, SiloBridgeError, Unavailable
 from silobridge.security.identity import (
     PeerIdentity,
     certificate_serial_hex,
     identity_from_certificate_pem,
+    server_dns_name,
 )
 
 log = logging.getLogger(__name__)
@@ -251,14 +252,50 @@ def bind_server(
     return port
 
 
-def open_channel(target: str, tls: TlsFiles | None, *, insecure: bool = False) -> grpc.aio.Channel:
-    """An asyncio channel to ``target`` over mTLS (or plaintext when explicitly insecure)."""
+def open_channel(
+    target: str, tls: TlsFiles | None, *, insecure: bool = False, expect: str | None = None
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` over mTLS (or plaintext when explicitly insecure).
+
+    ``expect`` is the SPIFFE id the server must hold: the TLS handshake then checks the server's
+    certificate against the CA-assigned name of that identity instead of ``target``'s host, so
+    any other consortium certificate (another silo listening at the address) is refused before
+    a request is sent. Without it, any certificate of the CA naming the host passes.
+    """
     if tls is None:
         if not insecure:
             raise ConfigError("no TLS files configured; mTLS is required unless insecure is asked")
         _warn_insecure("channel to", target)
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(target, channel_credentials(tls), options=CHANNEL_OPTIONS)
+    options = list(CHANNEL_OPTIONS)
+    if expect is not None:
+        # gRPC's own hostname check then compares the certificate's DNS SANs with this name.
+        options.append(("grpc.ssl_target_name_override", server_dns_name(expect)))
+    return grpc.aio.secure_channel(target, channel_credentials(tls), options=options)
+
+
+# How gRPC's TLS stack words a certificate that does not carry the expected name.
+_HOSTNAME_CHECK_FAILED = ("Hostname Verification Check failed", "not in peer certificate")
+
+
+def wrong_server_error(error: SiloBridgeError, target: str, expect: str | None) -> SiloBridgeError:
+    """``error`` restated when a channel expecting ``expect`` met a server with another identity.
+
+    gRPC reports a failed hostname check as UNAVAILABLE ("Hostname Verification Check failed";
+    older releases: "Peer name ... is not in peer certificate"); said plainly, the server at
+    ``target`` is not who the caller expected.
+    """
+    if expect is None or not isinstance(error, Unavailable):
+        return error
+    if not any(sign in error.peer_details for sign in _HOSTNAME_CHECK_FAILED):
+        return error
+    refused = Unavailable(
+        f"the server at {target} is not {expect}: its certificate names another identity, so "
+        "nothing was sent (check the endpoint and the expected name in the configuration)"
+    )
+    refused.status_name = error.status_name
+    refused.peer_details = f"the server at {target} is not {expect}"
+    return refused
 
 
 ANONYMOUS = PeerIdentity(spiffe_id="", consortium="", role="", name="", org="")

@@ -1,5 +1,6 @@
-"""What every servicer does around each call: refuse denylisted certificates, rate-limit askers,
-and leave an audit line for the outcome (the gRPC boundary records every refusal).
+"""What every servicer does around each call: a per-peer budget for every call before anything
+else, refuse denylisted certificates, rate-limit askers, and leave an audit line for the outcome
+(the gRPC boundary records every refusal; identical refusals are summarised, ``refusals``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from silobridge.audit.log import AuditLog, open_audit_log
 from silobridge.core.config import AuditSettings
 from silobridge.security.denylist import Denylist
 from silobridge.security.identity import PeerIdentity
-from silobridge.security.ratelimit import RateLimiter
+from silobridge.security.ratelimit import (
+    DEFAULT_PEER_BURST,
+    DEFAULT_PEER_RATE_PER_SECOND,
+    RateLimiter,
+)
+from silobridge.security.refusals import DEFAULT_INTERVAL_SECONDS, RefusalSummary
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +33,25 @@ class Gatekeeper:
         denylist: Denylist | None,
         limiter: RateLimiter,
         audit: AuditLog | None,
+        peer_limiter: RateLimiter | None = None,
+        refusal_summary_seconds: float = DEFAULT_INTERVAL_SECONDS,
     ) -> None:
         self.denylist = denylist
         self.limiter = limiter
+        # Every call of a peer (its TLS identity), whatever the RPC and whether it is allowed:
+        # spent before authorization, so refused calls cost the flooder, not the server.
+        # (Not ``or``: an empty limiter has no keys, so it is falsy.)
+        self.peer_limiter = (
+            peer_limiter
+            if peer_limiter is not None
+            else RateLimiter(DEFAULT_PEER_RATE_PER_SECOND, DEFAULT_PEER_BURST)
+        )
         self.audit = audit
+        self.refusals = (
+            RefusalSummary(audit.append, interval=refusal_summary_seconds)
+            if audit is not None
+            else None
+        )
 
     @classmethod
     def open(
@@ -40,6 +61,8 @@ class Gatekeeper:
         rate_per_second: float,
         burst: int,
         audit: AuditSettings | None,
+        peer_rate_per_second: float = DEFAULT_PEER_RATE_PER_SECOND,
+        peer_burst: int = DEFAULT_PEER_BURST,
     ) -> Gatekeeper:
         log = None
         if audit is not None:
@@ -48,7 +71,17 @@ class Gatekeeper:
             denylist=Denylist(denylist) if denylist is not None else None,
             limiter=RateLimiter(rate_per_second, burst),
             audit=log,
+            peer_limiter=RateLimiter(peer_rate_per_second, peer_burst),
+            refusal_summary_seconds=(
+                audit.refusal_summary_seconds if audit is not None else DEFAULT_INTERVAL_SECONDS
+            ),
         )
+
+    def admit_peer(self, peer: PeerIdentity) -> PeerIdentity:
+        """The calling peer, once per call and before authorization: it spends one token of
+        its per-peer budget (``ResourceExhausted`` when empty), then the denylist."""
+        self.peer_limiter.check(peer.spiffe_id or "anonymous")
+        return self.admit(peer)
 
     def admit(self, caller: PeerIdentity) -> PeerIdentity:
         """The caller, unless its certificate is denylisted (``PermissionDenied``)."""
@@ -71,14 +104,23 @@ class Gatekeeper:
         results: int | None = None,
         **extra: str | int | float | bool | None,
     ) -> None:
-        """Append one audit line; never query text or vectors (``audit_event`` refuses them)."""
+        """Append one audit line; never query text or vectors (``audit_event`` refuses them).
+
+        A refusal identical to one written within the summary interval is counted instead, and
+        written as one line with ``repeated`` when the interval ends (or at ``close``).
+        """
         if self.audit is None:
             return
         event = audit_event(
             who=who, rpc=rpc, allowed=allowed, reason=reason, silos=silos, results=results, **extra
         )
+        if not allowed and self.refusals is not None:
+            self.refusals.record(event)
+            return
         self.audit.append(event)
 
     def close(self) -> None:
+        if self.refusals is not None:
+            self.refusals.close()
         if self.audit is not None:
             self.audit.close()

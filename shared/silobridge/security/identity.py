@@ -9,20 +9,25 @@ identities with the rules of ``silobridge.security.rules``.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from silobridge.core.errors import InvalidArgument, PermissionDenied
+from silobridge.core.errors import ConfigError, InvalidArgument, PermissionDenied
 
 SPIFFE_SCHEME = "spiffe://"
 # Lower-case so ids compare byte for byte; 63 characters so a name also fits a DNS label.
 _COMPONENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 # Longest id a parser looks at: the scheme, three components and two slashes, with room to spare.
 _MAX_ID_LENGTH = 256
+# The CA-assigned DNS names of servers live under this suffix. ".invalid" never resolves
+# (RFC 6761), so no real host is named like this, and the CA refuses requests that ask for it.
+SERVER_NAME_SUFFIX = "id.silobridge.invalid"
 
 
 class Role(enum.StrEnum):
@@ -102,6 +107,25 @@ def parse_spiffe_id(uri: str) -> tuple[str, str, str]:
     return consortium, role, name
 
 
+def server_dns_name(spiffe_id: str) -> str:
+    """The DNS name the CA writes into the certificate of a server holding ``spiffe_id``.
+
+    A channel that expects ``spiffe_id`` checks the server's certificate against this name
+    (``grpc.ssl_target_name_override``), so only that identity's certificate passes gRPC's own
+    hostname check. A hash keeps every valid id (dots, underscores, 63-character names) inside
+    one DNS label and makes the mapping one-to-one; the role stays readable.
+    """
+    _consortium, role, _name = parse_spiffe_id(spiffe_id)
+    digest = hashlib.sha256(spiffe_id.encode("utf-8")).hexdigest()[:40]
+    return f"{digest}.{role}.{SERVER_NAME_SUFFIX}"
+
+
+def is_reserved_dns_name(host: str) -> bool:
+    """Whether ``host`` lies under the CA-assigned suffix (a request may never ask for one)."""
+    normalised = host.lower().rstrip(".")
+    return normalised == SERVER_NAME_SUFFIX or normalised.endswith("." + SERVER_NAME_SUFFIX)
+
+
 def _subject_org(certificate: x509.Certificate) -> str:
     orgs = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     if len(orgs) != 1:
@@ -156,3 +180,21 @@ def identity_from_certificate_pem(pem: bytes) -> PeerIdentity:
             "certificate carries no SiloBridge identity: it is not a readable PEM certificate"
         ) from None
     return identity_from_certificate(certificate)
+
+
+def identity_from_certificate_file(path: Path) -> PeerIdentity:
+    """Our own identity, read from our certificate file; ``ConfigError`` if it carries none."""
+    try:
+        pem = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read certificate {path}: {err.strerror}") from None
+    try:
+        return identity_from_certificate_pem(pem)
+    except PermissionDenied as err:
+        raise ConfigError(f"{path}: {err.message}") from None
+
+
+def expected_peer(own_certificate: Path, role: Role, name: str) -> str:
+    """The SPIFFE id of the ``role`` named ``name`` in our own consortium (from our certificate)."""
+    consortium = identity_from_certificate_file(own_certificate).consortium
+    return make_spiffe_id(consortium, role.value, validate_component(name, f"{role.value} name"))

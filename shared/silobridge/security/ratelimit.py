@@ -21,6 +21,10 @@ from silobridge.core.errors import ConfigError, ResourceExhausted
 
 DEFAULT_RATE_PER_SECOND = 50.0
 DEFAULT_BURST = 100
+# Every call of one peer (its TLS identity), before authorization. A coordinator's calls to a
+# silo carry every client's queries, so this is far above one asker's budget.
+DEFAULT_PEER_RATE_PER_SECOND = 1000.0
+DEFAULT_PEER_BURST = 2000
 # Callers are certificate holders of one consortium, far fewer than this; the cap only bounds
 # memory if something (a bug, a huge consortium) produces many keys.
 DEFAULT_MAX_KEYS = 10_000

@@ -22,6 +22,7 @@ from silobridge.core.errors import ConfigError, InvalidArgument
 from silobridge.security.identity import ROLE_NAMES, SPIFFE_SCHEME, PeerIdentity
 
 ORG_RULE_PREFIX = "org:"
+_GLOB_CHARS = frozenset("*?[")
 
 
 def validate_rule(rule: str) -> str:
@@ -30,11 +31,23 @@ def validate_rule(rule: str) -> str:
         org, _role = _split_org_rule(rule)
         if not org:
             raise InvalidArgument(f"invalid rule {rule!r}: 'org:' needs an organization name")
+        if org.endswith("/"):
+            raise InvalidArgument(
+                f"invalid rule {rule!r}: nothing after the '/'; write 'org:<O>' or 'org:<O>/<role>'"
+            )
         return rule
     if not rule.startswith(SPIFFE_SCHEME):
         raise InvalidArgument(
             f"invalid rule {rule!r}: expected a glob over spiffe:// ids, 'org:<O>' "
             "or 'org:<O>/<role>'"
+        )
+    # spiffe://<consortium>/<role>/<name>: a role segment without glob characters must be a role.
+    segments = rule[len(SPIFFE_SCHEME) :].split("/")
+    if len(segments) >= 2 and not _GLOB_CHARS & set(segments[1]) and segments[1] not in ROLE_NAMES:
+        roles = ", ".join(sorted(ROLE_NAMES))
+        raise InvalidArgument(
+            f"invalid rule {rule!r}: {segments[1]!r} is not a role ({roles}), so no "
+            "certificate can match it"
         )
     return rule
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asilobridge/v1/common.proto\x12\rsilobridge.v1\"H\n\x06Vector\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\x14.silobridge.v1.Dtype\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x84\x01\n\x0fSpaceDescriptor\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12%\n\x06metric\x18\x04 \x01(\x0e\x32\x15.silobridge.v1.Metric\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\"\x83\x01\n\x03Hit\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12.\n\x06\x66ields\x18\x03 \x03(\x0b\x32\x1e.silobridge.v1.Hit.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\nSiloStatus\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.silobridge.v1.SiloState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nadapter_id\x18\x04 \x01(\t\x12\x11\n\thit_count\x18\x05 \x01(\r\x12\x12\n\nelapsed_ms\x18\x06 \x01(\x01\"\x97\x01\n\x0bQueryClaims\x12\x14\n\x0csource_space\x18\x01 \x01(\t\x12\x15\n\rvector_sha256\x18\x02 \x01(\x0c\x12\r\n\x05silos\x18\x03 \x03(\t\x12\t\n\x01k\x18\x04 \x01(\r\x12\x16\n\x0eissued_unix_ms\x18\x05 \x01(\x03\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x1a\n\x12rerank_text_sha256\x18\x07 \x01(\x0c\"E\n\x0bSignedQuery\x12\x0e\n\x06\x63laims\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"l\n\x10\x44isclosurePolicy\x12\x17\n\x0f\x64isclose_fields\x18\x01 \x03(\t\x12\x19\n\x11\x61\x63\x63\x65pt_query_text\x18\x02 \x01(\x08\x12\x15\n\raccept_spaces\x18\x03 \x03(\t\x12\r\n\x05max_k\x18\x04 \x01(\r*1\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01*3\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x11\n\rMETRIC_COSINE\x10\x01*\x9b\x01\n\tSiloState\x12\x1a\n\x16SILO_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSILO_STATE_OK\x10\x01\x12\x16\n\x12SILO_STATE_TIMEOUT\x10\x02\x12\x1a\n\x16SILO_STATE_UNAVAILABLE\x10\x03\x12\x15\n\x11SILO_STATE_DENIED\x10\x04\x12\x14\n\x10SILO_STATE_ERROR\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asilobridge/v1/common.proto\x12\rsilobridge.v1\"H\n\x06Vector\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\x14.silobridge.v1.Dtype\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x84\x01\n\x0fSpaceDescriptor\x12\x10\n\x08space_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12%\n\x06metric\x18\x04 \x01(\x0e\x32\x15.silobridge.v1.Metric\x12\x13\n\x0b\x66ingerprint\x18\x05 \x01(\t\"\x83\x01\n\x03Hit\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12.\n\x06\x66ields\x18\x03 \x03(\x0b\x32\x1e.silobridge.v1.Hit.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\nSiloStatus\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.silobridge.v1.SiloState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nadapter_id\x18\x04 \x01(\t\x12\x11\n\thit_count\x18\x05 \x01(\r\x12\x12\n\nelapsed_ms\x18\x06 \x01(\x01\"\xa9\x01\n\x0bQueryClaims\x12\x14\n\x0csource_space\x18\x01 \x01(\t\x12\x15\n\rvector_sha256\x18\x02 \x01(\x0c\x12\r\n\x05silos\x18\x03 \x03(\t\x12\t\n\x01k\x18\x04 \x01(\r\x12\x16\n\x0eissued_unix_ms\x18\x05 \x01(\x03\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x1a\n\x12rerank_text_sha256\x18\x07 \x01(\x0c\x12\x10\n\x08\x61udience\x18\x08 \x01(\t\"E\n\x0bSignedQuery\x12\x0e\n\x06\x63laims\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x03 \x01(\x0c\"l\n\x10\x44isclosurePolicy\x12\x17\n\x0f\x64isclose_fields\x18\x01 \x03(\t\x12\x19\n\x11\x61\x63\x63\x65pt_query_text\x18\x02 \x01(\x08\x12\x15\n\raccept_spaces\x18\x03 \x03(\t\x12\r\n\x05max_k\x18\x04 \x01(\r*1\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01*3\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x11\n\rMETRIC_COSINE\x10\x01*\x9b\x01\n\tSiloState\x12\x1a\n\x16SILO_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSILO_STATE_OK\x10\x01\x12\x16\n\x12SILO_STATE_TIMEOUT\x10\x02\x12\x1a\n\x16SILO_STATE_UNAVAILABLE\x10\x03\x12\x15\n\x11SILO_STATE_DENIED\x10\x04\x12\x14\n\x10SILO_STATE_ERROR\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HIT_FIELDSENTRY']._loaded_options = None
   _globals['_HIT_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=869
-  _globals['_DTYPE']._serialized_end=918
-  _globals['_METRIC']._serialized_start=920
-  _globals['_METRIC']._serialized_end=971
-  _globals['_SILOSTATE']._serialized_start=974
-  _globals['_SILOSTATE']._serialized_end=1129
+  _globals['_DTYPE']._serialized_start=887
+  _globals['_DTYPE']._serialized_end=936
+  _globals['_METRIC']._serialized_start=938
+  _globals['_METRIC']._serialized_end=989
+  _globals['_SILOSTATE']._serialized_start=992
+  _globals['_SILOSTATE']._serialized_end=1147
   _globals['_VECTOR']._serialized_start=45
   _globals['_VECTOR']._serialized_end=117
   _globals['_SPACEDESCRIPTOR']._serialized_start=120
@@ -50,9 +50,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SILOSTATUS']._serialized_start=389
   _globals['_SILOSTATUS']._serialized_end=532
   _globals['_QUERYCLAIMS']._serialized_start=535
-  _globals['_QUERYCLAIMS']._serialized_end=686
-  _globals['_SIGNEDQUERY']._serialized_start=688
-  _globals['_SIGNEDQUERY']._serialized_end=757
-  _globals['_DISCLOSUREPOLICY']._serialized_start=759
-  _globals['_DISCLOSUREPOLICY']._serialized_end=867
+  _globals['_QUERYCLAIMS']._serialized_end=704
+  _globals['_SIGNEDQUERY']._serialized_start=706
+  _globals['_SIGNEDQUERY']._serialized_end=775
+  _globals['_DISCLOSUREPOLICY']._serialized_start=777
+  _globals['_DISCLOSUREPOLICY']._serialized_end=885
 # @@protoc_insertion_point(module_scope)

@@ -238,6 +238,7 @@ class QueryClaims(_message.Message):
     ISSUED_UNIX_MS_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     RERANK_TEXT_SHA256_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     source_space: _builtins.str
     vector_sha256: _builtins.bytes
     """sha256 over the query Vector as sent: dtype (1 byte), dim (4 bytes big-endian), data."""
@@ -247,9 +248,15 @@ class QueryClaims(_message.Message):
     """16 random bytes, never reused: a silo refuses a nonce it has seen."""
     rerank_text_sha256: _builtins.bytes
     """sha256 of the query text when the client sends it for re-ranking; empty otherwise."""
+    audience: _builtins.str
+    """The SPIFFE id of the coordinator the client sends it to: that coordinator alone may forward
+    it, and a silo accepts it only from a caller holding this identity.
+    """
     @_builtins.property
     def silos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Target silos named by the client; empty means every silo the client may query."""
+        """Target silos, named explicitly (a client resolves "every silo" before signing); a
+        verifier refuses an empty list.
+        """
 
     def __init__(
         self,
@@ -261,10 +268,11 @@ class QueryClaims(_message.Message):
         issued_unix_ms: _builtins.int = ...,
         nonce: _builtins.bytes = ...,
         rerank_text_sha256: _builtins.bytes = ...,
+        audience: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_unix_ms", b"issued_unix_ms", "k", b"k", "nonce", b"nonce", "rerank_text_sha256", b"rerank_text_sha256", "silos", b"silos", "source_space", b"source_space", "vector_sha256", b"vector_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "issued_unix_ms", b"issued_unix_ms", "k", b"k", "nonce", b"nonce", "rerank_text_sha256", b"rerank_text_sha256", "silos", b"silos", "source_space", b"source_space", "vector_sha256", b"vector_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

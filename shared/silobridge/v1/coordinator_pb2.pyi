@@ -109,6 +109,7 @@ class SiloInfo(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     ALSO_SERVES_FIELD_NUMBER: _builtins.int
+    DENIED_REASON_FIELD_NUMBER: _builtins.int
     silo: _builtins.str
     endpoint: _builtins.str
     healthy: _builtins.bool
@@ -119,6 +120,10 @@ class SiloInfo(_message.Message):
     registered_unix: _builtins.int
     message: _builtins.str
     """Why the silo is unhealthy, or that its space changed since registration."""
+    denied_reason: _builtins.str
+    """Why the coordinator sends this silo no queries: disabled by an admin, or its certificate
+    is on the coordinator's denylist. Empty when queries are routed to it.
+    """
     @_builtins.property
     def space(self) -> _common_pb2.SpaceDescriptor: ...
     @_builtins.property
@@ -142,10 +147,11 @@ class SiloInfo(_message.Message):
         message: _builtins.str = ...,
         policy: _common_pb2.DisclosurePolicy | None = ...,
         also_serves: _abc.Iterable[_common_pb2.SpaceDescriptor] | None = ...,
+        denied_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "space", b"space"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_serves", b"also_serves", "document_count", b"document_count", "endpoint", b"endpoint", "healthy", b"healthy", "message", b"message", "org", b"org", "policy", b"policy", "registered_unix", b"registered_unix", "silo", b"silo", "space", b"space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_serves", b"also_serves", "denied_reason", b"denied_reason", "document_count", b"document_count", "endpoint", b"endpoint", "healthy", b"healthy", "message", b"message", "org", b"org", "policy", b"policy", "registered_unix", b"registered_unix", "silo", b"silo", "space", b"space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -603,3 +609,191 @@ class GetAdapterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAdapterResponse: _TypeAlias = GetAdapterResponse  # noqa: Y015
+
+@_typing.final
+class AuditHead(_message.Message):
+    """One signed checkpoint of an audit log: line `covers` of the log has hash `head`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COVERS_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    RECORDED_UNIX_FIELD_NUMBER: _builtins.int
+    covers: _builtins.int
+    head: _builtins.str
+    signature: _builtins.bytes
+    """Ed25519 signature over the checkpoint payload, by the log's audit key."""
+    public_key: _builtins.bytes
+    """The log's Ed25519 public key (raw 32 bytes); the first head recorded pins it."""
+    recorded_unix: _builtins.int
+    """When the coordinator recorded it (set in ListAuditHeads replies)."""
+    def __init__(
+        self,
+        *,
+        covers: _builtins.int = ...,
+        head: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+        public_key: _builtins.bytes = ...,
+        recorded_unix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covers", b"covers", "head", b"head", "public_key", b"public_key", "recorded_unix", b"recorded_unix", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditHead: _TypeAlias = AuditHead  # noqa: Y015
+
+@_typing.final
+class RecordAuditHeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def head(self) -> Global___AuditHead: ...
+    def __init__(
+        self,
+        *,
+        head: Global___AuditHead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAuditHeadRequest: _TypeAlias = RecordAuditHeadRequest  # noqa: Y015
+
+@_typing.final
+class RecordAuditHeadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    """How many heads the coordinator holds for the calling silo."""
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAuditHeadResponse: _TypeAlias = RecordAuditHeadResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditHeadsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SILO_FIELD_NUMBER: _builtins.int
+    silo: _builtins.str
+    def __init__(
+        self,
+        *,
+        silo: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["silo", b"silo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditHeadsRequest: _TypeAlias = ListAuditHeadsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditHeadsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditHead]: ...
+    def __init__(
+        self,
+        *,
+        heads: _abc.Iterable[Global___AuditHead] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditHeadsResponse: _TypeAlias = ListAuditHeadsResponse  # noqa: Y015
+
+@_typing.final
+class ManageSiloRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ManageSiloRequest._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: ManageSiloRequest._Action.ValueType  # 0
+        ACTION_DISABLE: ManageSiloRequest._Action.ValueType  # 1
+        """Route no query to the silo until it is enabled again; it stays registered."""
+        ACTION_ENABLE: ManageSiloRequest._Action.ValueType  # 2
+        ACTION_REMOVE: ManageSiloRequest._Action.ValueType  # 3
+        """Forget the silo and its anchor vectors; it must register again."""
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: ManageSiloRequest.Action.ValueType  # 0
+    ACTION_DISABLE: ManageSiloRequest.Action.ValueType  # 1
+    """Route no query to the silo until it is enabled again; it stays registered."""
+    ACTION_ENABLE: ManageSiloRequest.Action.ValueType  # 2
+    ACTION_REMOVE: ManageSiloRequest.Action.ValueType  # 3
+    """Forget the silo and its anchor vectors; it must register again."""
+
+    SILO_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    silo: _builtins.str
+    action: Global___ManageSiloRequest.Action.ValueType
+    reason: _builtins.str
+    """Why (shown in ListSilos and in the status of every query that skips the silo)."""
+    def __init__(
+        self,
+        *,
+        silo: _builtins.str = ...,
+        action: Global___ManageSiloRequest.Action.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "reason", b"reason", "silo", b"silo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManageSiloRequest: _TypeAlias = ManageSiloRequest  # noqa: Y015
+
+@_typing.final
+class ManageSiloResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SILO_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    silo: _builtins.str
+    state: _builtins.str
+    """The silo's state afterwards: "enabled", "disabled" or "removed"."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        silo: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "silo", b"silo", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManageSiloResponse: _TypeAlias = ManageSiloResponse  # noqa: Y015

@@ -74,6 +74,21 @@ class CoordinatorServiceStub:
                 request_serializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterResponse.FromString,
                 _registered_method=True)
+        self.ManageSilo = channel.unary_unary(
+                '/silobridge.v1.CoordinatorService/ManageSilo',
+                request_serializer=silobridge_dot_v1_dot_coordinator__pb2.ManageSiloRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.ManageSiloResponse.FromString,
+                _registered_method=True)
+        self.RecordAuditHead = channel.unary_unary(
+                '/silobridge.v1.CoordinatorService/RecordAuditHead',
+                request_serializer=silobridge_dot_v1_dot_coordinator__pb2.RecordAuditHeadRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.RecordAuditHeadResponse.FromString,
+                _registered_method=True)
+        self.ListAuditHeads = channel.unary_unary(
+                '/silobridge.v1.CoordinatorService/ListAuditHeads',
+                request_serializer=silobridge_dot_v1_dot_coordinator__pb2.ListAuditHeadsRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.ListAuditHeadsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -129,6 +144,29 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ManageSilo(self, request, context):
+        """Admin only ([policy] manage): disable, enable or remove a registered silo. A disabled silo
+        receives no query (status `denied`); a removed one must register again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordAuditHead(self, request, context):
+        """A registered silo sends each signed checkpoint of its audit log; the coordinator keeps them
+        (outside the silo's host), so a log cut back to an older checkpoint is detectable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditHeads(self, request, context):
+        """The checkpoint heads recorded for one silo, for `silobridge audit verify --heads`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +209,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.GetAdapter,
                     request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterResponse.SerializeToString,
+            ),
+            'ManageSilo': grpc.unary_unary_rpc_method_handler(
+                    servicer.ManageSilo,
+                    request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.ManageSiloRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.ManageSiloResponse.SerializeToString,
+            ),
+            'RecordAuditHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAuditHead,
+                    request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.RecordAuditHeadRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.RecordAuditHeadResponse.SerializeToString,
+            ),
+            'ListAuditHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditHeads,
+                    request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.ListAuditHeadsRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.ListAuditHeadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +442,87 @@ class CoordinatorService:
             '/silobridge.v1.CoordinatorService/GetAdapter',
             silobridge_dot_v1_dot_coordinator__pb2.GetAdapterRequest.SerializeToString,
             silobridge_dot_v1_dot_coordinator__pb2.GetAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ManageSilo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.CoordinatorService/ManageSilo',
+            silobridge_dot_v1_dot_coordinator__pb2.ManageSiloRequest.SerializeToString,
+            silobridge_dot_v1_dot_coordinator__pb2.ManageSiloResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAuditHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.CoordinatorService/RecordAuditHead',
+            silobridge_dot_v1_dot_coordinator__pb2.RecordAuditHeadRequest.SerializeToString,
+            silobridge_dot_v1_dot_coordinator__pb2.RecordAuditHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.CoordinatorService/ListAuditHeads',
+            silobridge_dot_v1_dot_coordinator__pb2.ListAuditHeadsRequest.SerializeToString,
+            silobridge_dot_v1_dot_coordinator__pb2.ListAuditHeadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

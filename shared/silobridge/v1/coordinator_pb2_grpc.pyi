@@ -41,6 +41,16 @@ class CoordinatorServiceStub:
     FederatedSearch: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchRequest, _coordinator_pb2.FederatedSearchResponse]
     GetAdapter: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetAdapterRequest, _coordinator_pb2.GetAdapterResponse]
     """A signed adapter artifact, for silos that translate forwarded queries themselves."""
+    ManageSilo: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ManageSiloRequest, _coordinator_pb2.ManageSiloResponse]
+    """Admin only ([policy] manage): disable, enable or remove a registered silo. A disabled silo
+    receives no query (status `denied`); a removed one must register again.
+    """
+    RecordAuditHead: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RecordAuditHeadRequest, _coordinator_pb2.RecordAuditHeadResponse]
+    """A registered silo sends each signed checkpoint of its audit log; the coordinator keeps them
+    (outside the silo's host), so a log cut back to an older checkpoint is detectable.
+    """
+    ListAuditHeads: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListAuditHeadsRequest, _coordinator_pb2.ListAuditHeadsResponse]
+    """The checkpoint heads recorded for one silo, for `silobridge audit verify --heads`."""
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -55,6 +65,16 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     FederatedSearch: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchRequest, _coordinator_pb2.FederatedSearchResponse]  # type: ignore[assignment]
     GetAdapter: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetAdapterRequest, _coordinator_pb2.GetAdapterResponse]  # type: ignore[assignment]
     """A signed adapter artifact, for silos that translate forwarded queries themselves."""
+    ManageSilo: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ManageSiloRequest, _coordinator_pb2.ManageSiloResponse]  # type: ignore[assignment]
+    """Admin only ([policy] manage): disable, enable or remove a registered silo. A disabled silo
+    receives no query (status `denied`); a removed one must register again.
+    """
+    RecordAuditHead: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RecordAuditHeadRequest, _coordinator_pb2.RecordAuditHeadResponse]  # type: ignore[assignment]
+    """A registered silo sends each signed checkpoint of its audit log; the coordinator keeps them
+    (outside the silo's host), so a log cut back to an older checkpoint is detectable.
+    """
+    ListAuditHeads: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListAuditHeadsRequest, _coordinator_pb2.ListAuditHeadsResponse]  # type: ignore[assignment]
+    """The checkpoint heads recorded for one silo, for `silobridge audit verify --heads`."""
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -114,5 +134,33 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.GetAdapterResponse, _abc.Awaitable[_coordinator_pb2.GetAdapterResponse]]:
         """A signed adapter artifact, for silos that translate forwarded queries themselves."""
+
+    @_abc_1.abstractmethod
+    def ManageSilo(
+        self,
+        request: _coordinator_pb2.ManageSiloRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ManageSiloResponse, _abc.Awaitable[_coordinator_pb2.ManageSiloResponse]]:
+        """Admin only ([policy] manage): disable, enable or remove a registered silo. A disabled silo
+        receives no query (status `denied`); a removed one must register again.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordAuditHead(
+        self,
+        request: _coordinator_pb2.RecordAuditHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RecordAuditHeadResponse, _abc.Awaitable[_coordinator_pb2.RecordAuditHeadResponse]]:
+        """A registered silo sends each signed checkpoint of its audit log; the coordinator keeps them
+        (outside the silo's host), so a log cut back to an older checkpoint is detectable.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditHeads(
+        self,
+        request: _coordinator_pb2.ListAuditHeadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListAuditHeadsResponse, _abc.Awaitable[_coordinator_pb2.ListAuditHeadsResponse]]:
+        """The checkpoint heads recorded for one silo, for `silobridge audit verify --heads`."""
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -125,20 +125,25 @@ class EmbedAnchorsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ANCHOR_SET_FIELD_NUMBER: _builtins.int
-    TEXTS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
     anchor_set: _builtins.str
-    """Anchor set the texts belong to (recorded by the caller; the silo embeds them as is)."""
-    @_builtins.property
-    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    """The anchor set version, as the coordinator's catalogue names it, and the sha256 of its
+    texts (coordinator/anchors/validation.py: each text's UTF-8 length as 8 bytes big-endian,
+    then its bytes). The silo embeds no texts a caller sends: it fetches these itself.
+    """
+    version: _builtins.str
+    sha256: _builtins.str
     def __init__(
         self,
         *,
         anchor_set: _builtins.str = ...,
-        texts: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.str = ...,
+        sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor_set", b"anchor_set", "texts", b"texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor_set", b"anchor_set", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -149,16 +154,24 @@ class EmbedAnchorsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VECTORS_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    total: _builtins.int
     @_builtins.property
-    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]: ...
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]:
+        """The vectors of the texts from `offset` on, of `total` in the set."""
+
     def __init__(
         self,
         *,
         vectors: _abc.Iterable[_common_pb2.Vector] | None = ...,
+        offset: _builtins.int = ...,
+        total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "total", b"total", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -44,7 +44,7 @@ class SiloServiceStub:
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_silo__pb2.EmbedResponse.FromString,
                 _registered_method=True)
-        self.EmbedAnchors = channel.stream_stream(
+        self.EmbedAnchors = channel.unary_stream(
                 '/silobridge.v1.SiloService/EmbedAnchors',
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsResponse.FromString,
@@ -74,8 +74,10 @@ class SiloServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def EmbedAnchors(self, request_iterator, context):
-        """Embed a stream of public anchor texts; replies with one vector per text, in order.
+    def EmbedAnchors(self, request, context):
+        """Embed a public anchor set named by the caller: the silo fetches its texts from its own
+        coordinator (GetAnchorSet), refuses them unless they hash to the sha256 named, embeds them
+        in bounded batches and streams one vector per text back, in order, in bounded chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,7 +103,7 @@ def add_SiloServiceServicer_to_server(servicer, server):
                     request_deserializer=silobridge_dot_v1_dot_silo__pb2.EmbedRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_silo__pb2.EmbedResponse.SerializeToString,
             ),
-            'EmbedAnchors': grpc.stream_stream_rpc_method_handler(
+            'EmbedAnchors': grpc.unary_stream_rpc_method_handler(
                     servicer.EmbedAnchors,
                     request_deserializer=silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsResponse.SerializeToString,
@@ -177,7 +179,7 @@ class SiloService:
             _registered_method=True)
 
     @staticmethod
-    def EmbedAnchors(request_iterator,
+    def EmbedAnchors(request,
             target,
             options=(),
             channel_credentials=None,
@@ -187,8 +189,8 @@ class SiloService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
+        return grpc.experimental.unary_stream(
+            request,
             target,
             '/silobridge.v1.SiloService/EmbedAnchors',
             silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsRequest.SerializeToString,

@@ -37,8 +37,11 @@ class SiloServiceStub:
     """Embed texts with the silo's own model. Only for identities the silo's config allows
     (normally its own organization's clients), so query text never leaves the organization.
     """
-    EmbedAnchors: _grpc.StreamStreamMultiCallable[_silo_pb2.EmbedAnchorsRequest, _silo_pb2.EmbedAnchorsResponse]
-    """Embed a stream of public anchor texts; replies with one vector per text, in order."""
+    EmbedAnchors: _grpc.UnaryStreamMultiCallable[_silo_pb2.EmbedAnchorsRequest, _silo_pb2.EmbedAnchorsResponse]
+    """Embed a public anchor set named by the caller: the silo fetches its texts from its own
+    coordinator (GetAnchorSet), refuses them unless they hash to the sha256 named, embeds them
+    in bounded batches and streams one vector per text back, in order, in bounded chunks.
+    """
     Search: _grpc.UnaryUnaryMultiCallable[_silo_pb2.SearchRequest, _silo_pb2.SearchResponse]
     """Nearest documents to a vector given in the silo's own space."""
 
@@ -51,8 +54,11 @@ class SiloServiceAsyncStub(SiloServiceStub):
     """Embed texts with the silo's own model. Only for identities the silo's config allows
     (normally its own organization's clients), so query text never leaves the organization.
     """
-    EmbedAnchors: _aio.StreamStreamMultiCallable[_silo_pb2.EmbedAnchorsRequest, _silo_pb2.EmbedAnchorsResponse]  # type: ignore[assignment]
-    """Embed a stream of public anchor texts; replies with one vector per text, in order."""
+    EmbedAnchors: _aio.UnaryStreamMultiCallable[_silo_pb2.EmbedAnchorsRequest, _silo_pb2.EmbedAnchorsResponse]  # type: ignore[assignment]
+    """Embed a public anchor set named by the caller: the silo fetches its texts from its own
+    coordinator (GetAnchorSet), refuses them unless they hash to the sha256 named, embeds them
+    in bounded batches and streams one vector per text back, in order, in bounded chunks.
+    """
     Search: _aio.UnaryUnaryMultiCallable[_silo_pb2.SearchRequest, _silo_pb2.SearchResponse]  # type: ignore[assignment]
     """Nearest documents to a vector given in the silo's own space."""
 
@@ -78,10 +84,13 @@ class SiloServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def EmbedAnchors(
         self,
-        request_iterator: _MaybeAsyncIterator[_silo_pb2.EmbedAnchorsRequest],
+        request: _silo_pb2.EmbedAnchorsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_silo_pb2.EmbedAnchorsResponse], _abc.AsyncIterator[_silo_pb2.EmbedAnchorsResponse]]:
-        """Embed a stream of public anchor texts; replies with one vector per text, in order."""
+        """Embed a public anchor set named by the caller: the silo fetches its texts from its own
+        coordinator (GetAnchorSet), refuses them unless they hash to the sha256 named, embeds them
+        in bounded batches and streams one vector per text back, in order, in bounded chunks.
+        """
 
     @_abc_1.abstractmethod
     def Search(

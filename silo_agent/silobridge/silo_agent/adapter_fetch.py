@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +28,25 @@ from silobridge.adapters.artifact import (
 from silobridge.adapters.signing import load_verify_key
 from silobridge.core.durable import publish_directory, stage_directory
 from silobridge.core.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     SiloBridgeError,
+    Unavailable,
 )
 from silobridge.core.spaces import SpaceDescriptor
-from silobridge.rpc.coordinator_client import CoordinatorClient
 from silobridge.silo_agent.config import SiloConfig
+from silobridge.silo_agent.registration import link_client
 
-_ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Matched with fullmatch: "$" alone would let a trailing newline through.
+_ADAPTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 FETCH_TIMEOUT_S = 10.0
+# Ids the coordinator said it does not have are not asked for again for this long, and at most
+# this many are remembered (oldest forgotten first).
+MISSING_TTL_S = 30.0
+MAX_MISSING = 1024
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,11 @@ class AdapterFetcher:
         self.accepts = accepts
         self.cache_dir = config.data_dir / "adapters"
         self._adapters: dict[str, Translation] = {}
-        self._lock = asyncio.Lock()
+        # One load per id at a time (single flight); different ids load side by side.
+        self._loading: dict[str, asyncio.Task[Translation]] = {}
+        # Ids the coordinator does not have -> when that answer expires (monotonic seconds).
+        self._missing: OrderedDict[str, float] = OrderedDict()
+        self._clock = time.monotonic
 
     def cached(self, adapter_id: str, source_space: str) -> Translation | None:
         """The adapter if it is already verified and loaded for ``source_space``, else None."""
@@ -71,22 +85,54 @@ class AdapterFetcher:
         return hit
 
     async def get(self, adapter_id: str, source_space: str) -> Translation:
-        if not _ADAPTER_ID.match(adapter_id):
+        """Call only for an admitted query a coordinator forwarded (``handlers`` checks)."""
+        if not _ADAPTER_ID.fullmatch(adapter_id):
             raise InvalidArgument(f"adapter id {adapter_id!r} is not a valid adapter id")
-        async with self._lock:
-            hit = self._adapters.get(adapter_id)
-            if hit is not None and not self.accepts(hit.target):
-                del self._adapters[adapter_id]
-                shutil.rmtree(self.cache_dir / adapter_id, ignore_errors=True)
-                hit = None
-            if hit is None:
-                hit = await self._load(adapter_id)
-                self._adapters[adapter_id] = hit
+        hit = self._adapters.get(adapter_id)
+        if hit is not None and not self.accepts(hit.target):
+            del self._adapters[adapter_id]
+            shutil.rmtree(self.cache_dir / adapter_id, ignore_errors=True)
+            hit = None
+        if hit is None:
+            self._check_not_missing(adapter_id)
+            loading = self._loading.get(adapter_id)
+            if loading is None:
+                loading = asyncio.get_running_loop().create_task(
+                    self._load_and_keep(adapter_id), name=f"adapter-fetch-{adapter_id}"
+                )
+                self._loading[adapter_id] = loading
+                loading.add_done_callback(lambda _task: self._loading.pop(adapter_id, None))
+            # Shielded: one asker giving up does not cancel the load the others wait for.
+            hit = await asyncio.shield(loading)
         if hit.source_space != source_space:
             raise PermissionDenied(
                 f"adapter {adapter_id} translates from {hit.source_space}, not from the query's "
                 f"space {source_space}"
             )
+        return hit
+
+    def _check_not_missing(self, adapter_id: str) -> None:
+        expires = self._missing.get(adapter_id)
+        if expires is None:
+            return
+        if expires <= self._clock():
+            del self._missing[adapter_id]
+            return
+        raise _not_found(adapter_id)
+
+    def _remember_missing(self, adapter_id: str) -> None:
+        self._missing[adapter_id] = self._clock() + MISSING_TTL_S
+        self._missing.move_to_end(adapter_id)
+        while len(self._missing) > MAX_MISSING:
+            self._missing.popitem(last=False)
+
+    async def _load_and_keep(self, adapter_id: str) -> Translation:
+        try:
+            hit = await self._load(adapter_id)
+        except NotFound:
+            self._remember_missing(adapter_id)
+            raise
+        self._adapters[adapter_id] = hit
         return hit
 
     async def _load(self, adapter_id: str) -> Translation:
@@ -119,10 +165,16 @@ class AdapterFetcher:
         link = self.config.coordinator
         assert link is not None
         try:
-            async with CoordinatorClient(
-                link.endpoint, self.config.tls, insecure=self.config.server.insecure
-            ) as hub:
+            async with link_client(self.config, link) as hub:
                 reply = await hub.get_adapter(adapter_id, timeout=FETCH_TIMEOUT_S)
+        except NotFound:
+            # The asker (the coordinator that named the id) can act on this: no traceback.
+            raise _not_found(adapter_id) from None
+        except (Unavailable, DeadlineExceeded) as error:
+            raise Unavailable(
+                f"silo {self.config.name!r} cannot fetch adapter {adapter_id} from its "
+                "coordinator right now; retry later"
+            ) from error
         except SiloBridgeError as error:
             # Our link to our coordinator is not the asker's business: it sees an internal
             # error, and this silo's log the cause.
@@ -136,6 +188,13 @@ class AdapterFetcher:
             SIGNATURE_FILE: reply.signature,
         }
         await asyncio.to_thread(_write_atomically, directory, files)
+
+
+def _not_found(adapter_id: str) -> NotFound:
+    return NotFound(
+        f"adapter {adapter_id} is not at this silo's coordinator (retrained or removed?); "
+        "list the current adapters and query again"
+    )
 
 
 def _write_atomically(directory: Path, files: Mapping[str, bytes]) -> None:

@@ -49,7 +49,7 @@ class SiloAdmin:
         self.commands = ThreadPoolExecutor(max_workers=2, thread_name_prefix="silo-migration")
 
     def _admit(self, caller: PeerIdentity) -> PeerIdentity:
-        caller = self.gatekeeper.admit(caller)
+        caller = self.gatekeeper.admit_peer(caller)  # the per-peer budget, before authorization
         self.service.authorize("admin", caller)
         self.gatekeeper.limit(caller)
         return caller

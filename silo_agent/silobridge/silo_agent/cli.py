@@ -19,7 +19,7 @@ from silobridge.core.cli_support import (
     stderr_console,
     stdout_console,
 )
-from silobridge.silo_agent.migrate_cli import migrate_app
+from silobridge.silo_agent.migrate_cli import expected_home, migrate_app
 
 if TYPE_CHECKING:
     from silobridge.client.config import ClientConfig
@@ -142,7 +142,9 @@ def _ingest_live(
     cfg, target = _admin_target(client, silo)
 
     async def run() -> IngestSummary:
-        async with SiloClient(target, cfg.tls, insecure=cfg.insecure) as peer:
+        async with SiloClient(
+            target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
+        ) as peer:
             with _progress_bar() as bar:
                 task = bar.add_task("ingest", total=None)
                 return await ingest_live(
@@ -168,7 +170,9 @@ def delete(
     cfg, target = _admin_target(client, silo)
 
     async def run() -> DeleteReceipt:
-        async with SiloClient(target, cfg.tls, insecure=cfg.insecure) as peer:
+        async with SiloClient(
+            target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
+        ) as peer:
             return await delete_live(doc_ids, peer)
 
     receipt = run_async_or_exit(run)
@@ -213,6 +217,7 @@ def search(
             return hits, service.data.texts([h.doc_id for h in hits])
         finally:
             service.data.close()
+            service.replay.close()
 
     hits, texts = run_or_exit(run)
     if as_json:

@@ -24,10 +24,15 @@ from silobridge.core.config import (
     server_basics,
     tls_from_config,
 )
-from silobridge.core.errors import ConfigError
-from silobridge.security.identity import PeerIdentity
+from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.security.identity import PeerIdentity, validate_component
+from silobridge.security.ratelimit import DEFAULT_PEER_BURST, DEFAULT_PEER_RATE_PER_SECOND
 from silobridge.security.rules import RulePolicy, matches_any, rules_of
+from silobridge.security.signed_query.replay import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SKEW_S
 from silobridge.silo_agent.store.index import IndexSettings
+
+# What the consortium's coordinator is conventionally called (its certificate's name).
+DEFAULT_COORDINATOR_NAME = "hub"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Access rule keys: one per RPC of SiloService, and "admin" for SiloAdminService (live writes).
@@ -57,6 +62,13 @@ class Limits:
     # bucket refilled at this rate. Beyond it: RESOURCE_EXHAUSTED, audited.
     rate_per_second: float = 50.0
     burst: int = 100
+    # Per calling peer (its certificate's identity), every call of both services, spent before
+    # authorization: the coordinator's calls carry every client's queries, so keep it well
+    # above the per-asker budget. Beyond it: RESOURCE_EXHAUSTED (refusals summarised in audit).
+    peer_rate_per_second: float = DEFAULT_PEER_RATE_PER_SECOND
+    peer_burst: int = DEFAULT_PEER_BURST
+    # How far in the future (by this silo's clock) a signed query may have been signed.
+    max_clock_skew_s: float = DEFAULT_MAX_SKEW_S
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,9 @@ class CoordinatorLink:
     advertise: str | None = None
     # The coordinator's Ed25519 adapter public key: adapters fetched from it must verify.
     adapter_key: Path | None = None
+    # The coordinator's certificate name: the silo connects expecting
+    # spiffe://<its own consortium>/coordinator/<name> and refuses any other server there.
+    name: str = DEFAULT_COORDINATOR_NAME
 
 
 @dataclass(frozen=True)
@@ -155,9 +170,19 @@ def load_silo_config(path: Path) -> SiloConfig:
         max_rerank_depth=lim.positive("max_rerank_depth", Limits.max_rerank_depth),
         rate_per_second=lim.get("rate_per_second", float, Limits.rate_per_second),
         burst=lim.positive("burst", Limits.burst),
+        peer_rate_per_second=lim.get("peer_rate_per_second", float, Limits.peer_rate_per_second),
+        peer_burst=lim.positive("peer_burst", Limits.peer_burst),
+        max_clock_skew_s=lim.get("max_clock_skew_s", float, Limits.max_clock_skew_s),
     )
     if not limits.rate_per_second > 0:
         raise ConfigError(f"{path}: [limits] rate_per_second must be positive")
+    if not limits.peer_rate_per_second > 0:
+        raise ConfigError(f"{path}: [limits] peer_rate_per_second must be positive")
+    if not 0 <= limits.max_clock_skew_s <= DEFAULT_MAX_AGE_S:
+        raise ConfigError(
+            f"{path}: [limits] max_clock_skew_s must be between 0 and {DEFAULT_MAX_AGE_S:g} "
+            f"seconds, got {limits.max_clock_skew_s}"
+        )
     lim.finish()
 
     acc = Section.of(path, doc, "access")
@@ -179,11 +204,17 @@ def load_silo_config(path: Path) -> SiloConfig:
         # An empty advertise means unset: the listen host and the bound port.
         advertise = coord.endpoint("advertise") if doc["coordinator"].get("advertise") else ""
         adapter_key = coord.path("adapter_key") if "adapter_key" in doc["coordinator"] else None
+        coordinator_name = coord.get("name", str, DEFAULT_COORDINATOR_NAME)
         coord.finish()
+        try:
+            validate_component(coordinator_name, "coordinator name")
+        except InvalidArgument as error:
+            raise ConfigError(f"{path}: [coordinator] name: {error.message}") from None
         coordinator = CoordinatorLink(
             adapter_key=adapter_key,
             endpoint=endpoint,
             advertise=advertise or None,
+            name=coordinator_name,
         )
 
     # Always on: every call, allowed or denied, leaves a hash-chained line.

@@ -1,32 +1,38 @@
 """Each call a peer makes to the silo, from admission to audit line: the servicer's one domain call.
 
 Per call, in this order: the caller's certificate against the denylist, the silo's access rule
-for the RPC (authorization happens here once, nowhere else), the asker's rate budget, the work
-itself on the worker pool (embedding and FAISS are CPU-bound; the event loop stays free), and
-an audit line for the answer. Refusals raise domain errors; the gRPC boundary audits them.
+for the RPC (authorization happens here once, nowhere else), the asker's rate budget, for a
+signed query its nonce (last, so a refused query never burns it), the work itself on the worker
+pool (embedding and FAISS are CPU-bound; the event loop stays free), and an audit line for the
+answer. Refusals raise domain errors; the gRPC boundary audits them (a refusal after a forwarded
+query's signature verified: under its signer, ``via`` the forwarder). Only a coordinator's
+forward makes the silo fetch an adapter.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
+import re
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from silobridge.core.errors import ResourceExhausted
+from silobridge.core.errors import InvalidArgument, PermissionDenied
 from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
 from silobridge.core.offload import off_loop
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.security.gatekeeper import Gatekeeper
-from silobridge.security.identity import PeerIdentity
+from silobridge.security.identity import PeerIdentity, Role
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher, Translation
-from silobridge.silo_agent.service import SiloService
+from silobridge.silo_agent.registration import fetch_checked_anchor_set, vectors_per_message
+from silobridge.silo_agent.service import SiloService, refused_on_behalf_of
 
 T = TypeVar("T")
-# One request message of an anchor stream: (anchor set name, its texts).
-AnchorBatch = tuple[str, Sequence[str]]
+# One reply of an anchor stream: (offset of its first row, texts in the set, the rows).
+AnchorRows = tuple[int, int, FloatMatrix]
+_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 class SiloHandlers:
@@ -54,7 +60,9 @@ class SiloHandlers:
         return await off_loop(self.executor, work)
 
     def _admit(self, caller: PeerIdentity, rpc: str) -> PeerIdentity:
-        caller = self.gatekeeper.admit(caller)
+        # The peer's per-call budget and the denylist come before authorization: a refused
+        # call costs its caller a token too, so a flood of them is cut off early.
+        caller = self.gatekeeper.admit_peer(caller)
         self.service.authorize(rpc, caller)
         return caller
 
@@ -73,35 +81,65 @@ class SiloHandlers:
         return vectors
 
     async def embed_anchors(
-        self, caller: PeerIdentity, batches: AsyncIterable[AnchorBatch]
-    ) -> AsyncGenerator[FloatMatrix, None]:
-        """The vectors of each batch of anchor texts, batch by batch, as they are read."""
-        caller = self._admit(caller, "embed_anchors")  # before reading any text
-        limit = self.service.config.limits.max_anchor_texts
-        total = 0
-        anchor_set = ""
-        async for name, texts in batches:
-            anchor_set = name
-            total += len(texts)
-            if total > limit:
-                raise ResourceExhausted(f"anchor stream exceeds this silo's limit of {limit} texts")
-            yield await self._run(functools.partial(self.service.embed_anchors, texts))
+        self, caller: PeerIdentity, anchor_set: str, version: str, sha256: str
+    ) -> AsyncGenerator[AnchorRows, None]:
+        """The vectors of a public anchor set the caller names, in bounded chunks, in order.
+
+        The texts are fetched from this silo's own coordinator and checked against ``sha256``
+        before anything is embedded: a caller cannot have arbitrary texts embedded, and each
+        reply carries a bounded number of rows, so no reply can outgrow the message limit.
+        """
+        caller = self._admit(caller, "embed_anchors")
+        if not anchor_set or not version:
+            raise InvalidArgument("name the anchor set and its version (e.g. public v1)")
+        if not _SHA256.fullmatch(sha256):
+            raise InvalidArgument(
+                f"sha256 {sha256[:80]!r} of anchor set {anchor_set!r} is not 64 lower-case hex "
+                "digits"
+            )
+        texts = await fetch_checked_anchor_set(
+            self.service.config,
+            anchor_set,
+            version,
+            sha256,
+            max_texts=self.service.config.limits.max_anchor_texts,
+        )
+        per_reply = vectors_per_message(self.space.dimension)
+        for offset in range(0, len(texts), per_reply):
+            part = texts[offset : offset + per_reply]
+            rows = await self._run(functools.partial(self.service.embed_anchors, part))
+            yield offset, len(texts), rows
         self.gatekeeper.record(
-            caller, "EmbedAnchors", allowed=True, results=total, anchor_set=anchor_set
+            caller,
+            "EmbedAnchors",
+            allowed=True,
+            results=len(texts),
+            anchor_set=anchor_set,
+            version=version,
         )
 
     async def search(self, caller: PeerIdentity, query: SiloQuery) -> list[Hit]:
         """The hits for ``query``; a forwarded one answers to its signer's rights, not ours."""
         caller = self._admit(caller, "search")  # an unauthorized caller learns nothing more
         translate = self.service.translates(query)
+        if translate and caller.role != Role.COORDINATOR:
+            # Adapter ids are the coordinator's to name: a direct caller naming one would make
+            # this silo fetch whatever it likes from the coordinator.
+            raise PermissionDenied(
+                f"a query from space {query.source_space!r} needs the coordinator's adapter and is "
+                "served only when forwarded by a coordinator; send it through the coordinator"
+            )
         # The silo translates forwarded queries itself, with an adapter it verified.
         adapter = self.adapters.cached(query.adapter_id, query.source_space) if translate else None
 
         def admit() -> PeerIdentity:
             asker = self.service.admit_query(caller, query)
             # The signer of a forwarded query answers to the denylist too, and to its budget.
-            self.gatekeeper.admit(asker)
-            self.gatekeeper.limit(asker)
+            with refused_on_behalf_of(asker, caller):
+                self.gatekeeper.admit(asker)
+                self.gatekeeper.limit(asker)
+                # Last: a query refused by a check above keeps its nonce for the genuine forward.
+                self.service.remember_nonce(query, asker)
             return asker
 
         def answer(translation: Translation | None) -> list[Hit]:

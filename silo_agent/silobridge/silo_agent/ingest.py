@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from silobridge.core.documents import Document
+from silobridge.core.documents import INVISIBLE_TEXT_MESSAGE, Document, has_visible_text
 from silobridge.core.errors import ConfigError, FailedPrecondition
 from silobridge.silo_agent.store.data import EmbedderLike, SiloData
 from silobridge.silo_agent.store.index import space_mismatch_message
@@ -157,6 +157,8 @@ def checked_document(doc_id: Any, text: Any, metadata: Any) -> Document | str:
         return f"field 'id' is longer than {MAX_ID_CHARS} characters"
     if not isinstance(text, str) or not text.strip() or not _valid_string(text):
         return "field 'text' must be a non-empty string"
+    if not has_visible_text(text):
+        return f"field 'text' {INVISIBLE_TEXT_MESSAGE}"
     if not isinstance(metadata, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) and _valid_string(k) and _valid_string(v)
         for k, v in metadata.items()

@@ -50,6 +50,11 @@ def admin_target(client: Path, silo: str | None) -> tuple[ClientConfig, str]:
     return cfg, target
 
 
+def expected_home(cfg: ClientConfig, silo: str | None) -> str | None:
+    """The identity the admin's home silo must hold; None with ``--silo`` (any silo there)."""
+    return cfg.expected_home_silo() if silo is None else None
+
+
 @migrate_app.command()
 def plan(
     to: Annotated[str, typer.Option("--to", help="The new model's spec, e.g. minilm-l6.")],
@@ -68,7 +73,9 @@ def plan(
     cfg, target = admin_target(client, silo)
 
     async def run() -> MigrationPlan:
-        async with SiloClient(target, cfg.tls, insecure=cfg.insecure) as peer:
+        async with SiloClient(
+            target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
+        ) as peer:
             return await peer.plan_migration(to, sample_size=sample, timeout=600)
 
     result = run_async_or_exit(run)
@@ -113,7 +120,9 @@ def _control(
     cfg, target = admin_target(client, silo)
 
     async def run() -> MigrationStatus:
-        async with SiloClient(target, cfg.tls, insecure=cfg.insecure) as peer:
+        async with SiloClient(
+            target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
+        ) as peer:
             return await peer.control_migration(
                 command,
                 timeout=COMMAND_TIMEOUT_S,
@@ -201,7 +210,9 @@ def _watch(client: Path, silo: str | None, as_json: bool) -> None:
     cfg, target = admin_target(client, silo)
 
     async def run() -> MigrationStatus:
-        async with SiloClient(target, cfg.tls, insecure=cfg.insecure) as peer:
+        async with SiloClient(
+            target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
+        ) as peer:
             with Progress(
                 TextColumn("re-encoding"),
                 BarColumn(),

@@ -17,12 +17,15 @@ from silobridge.core.endpoints import endpoint_host
 from silobridge.core.errors import (
     ConfigError,
     FailedPrecondition,
+    ResourceExhausted,
     SiloBridgeError,
 )
+from silobridge.core.listings import anchor_texts_sha256
 from silobridge.core.spaces import FloatMatrix
 from silobridge.embedding.embedders import Embedder
 from silobridge.rpc.coordinator_client import CoordinatorClient
 from silobridge.rpc.transport import MAX_MESSAGE_BYTES
+from silobridge.security.identity import Role, expected_peer
 from silobridge.silo_agent.config import CoordinatorLink, SiloConfig
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,26 @@ def advertise_address(config: SiloConfig, bound_port: int) -> str:
 
 
 def _client(config: SiloConfig, link: CoordinatorLink) -> CoordinatorClient:
-    return CoordinatorClient(link.endpoint, config.tls, insecure=config.server.insecure)
+    return link_client(config, link)
+
+
+def link_client(config: SiloConfig, link: CoordinatorLink) -> CoordinatorClient:
+    """A client of ``link``'s coordinator that refuses any server but the named coordinator.
+
+    Expected: ``spiffe://<the silo's consortium>/coordinator/<[coordinator] name>``, so another
+    consortium member at the endpoint never receives the silo's anchors or adapter requests.
+    """
+    expect = (
+        None if config.tls is None else expected_peer(config.tls.cert, Role.COORDINATOR, link.name)
+    )
+    return CoordinatorClient(
+        link.endpoint, config.tls, insecure=config.server.insecure, expect=expect
+    )
+
+
+def coordinator_client(config: SiloConfig) -> CoordinatorClient:
+    """A client of the silo's coordinator (``[coordinator]``), over mTLS with its certificate."""
+    return _client(config, _link(config))
 
 
 async def register_with_coordinator(
@@ -258,3 +280,58 @@ async def push_anchor_embeddings(
         space_id=space.space_id,
         stored=stored,
     )
+
+
+def vectors_per_message(dimension: int) -> int:
+    """How many vectors of ``dimension`` one message carries: well under the transport's bound
+    whatever the model (at most ``SUBMIT_CHUNK_VECTORS``)."""
+    return max(1, min(SUBMIT_CHUNK_VECTORS, MAX_MESSAGE_BYTES // 2 // (4 * dimension)))
+
+
+async def fetch_checked_anchor_set(
+    config: SiloConfig,
+    name: str,
+    version: str,
+    sha256: str,
+    *,
+    max_texts: int,
+    timeout: float = 120.0,
+) -> list[str]:
+    """The texts of anchor set ``name`` ``version`` from this silo's own coordinator, refused
+    unless they hash to ``sha256`` (and, before they are read, if the set has more than
+    ``max_texts`` texts): what ``EmbedAnchors`` embeds, never texts a caller sent."""
+    if config.coordinator is None:
+        raise FailedPrecondition(
+            f"silo {config.name!r} has no [coordinator] section, so it cannot fetch anchor set "
+            f"{name!r} to embed it; add one with the coordinator's endpoint"
+        )
+    texts: list[str] = []
+    async with coordinator_client(config) as hub:
+        async for chunk in hub.anchor_set(name, version, timeout=timeout):
+            if chunk.version != version or chunk.name != name:
+                raise FailedPrecondition(
+                    f"the coordinator sent {chunk.name!r} {chunk.version} when asked for "
+                    f"anchor set {name!r} {version}"
+                )
+            if chunk.sha256 != sha256:
+                raise FailedPrecondition(
+                    f"anchor set {name!r} {version} at the coordinator has sha256 "
+                    f"{chunk.sha256[:12]}…, not the {sha256[:12]}… asked for; nothing embedded"
+                )
+            if chunk.total > max_texts:
+                raise ResourceExhausted(
+                    f"anchor set {name!r} {version} has {chunk.total} texts; this silo embeds "
+                    f"at most {max_texts} ([limits] max_anchor_texts)"
+                )
+            if chunk.offset != len(texts) or len(texts) + len(chunk.texts) > chunk.total:
+                raise FailedPrecondition(
+                    f"coordinator sent anchor set {name!r} out of order (chunk at offset "
+                    f"{chunk.offset} after {len(texts)} texts)"
+                )
+            texts.extend(chunk.texts)
+    if not texts or anchor_texts_sha256(texts) != sha256:
+        raise FailedPrecondition(
+            f"the texts of anchor set {name!r} {version} fetched from the coordinator do not "
+            f"hash to the sha256 {sha256[:12]}… asked for; nothing embedded"
+        )
+    return texts

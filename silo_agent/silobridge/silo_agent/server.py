@@ -16,6 +16,7 @@ from silobridge.rpc.server_kit import RunningServer, serve_until_stopped, start_
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher
 from silobridge.silo_agent.admin import IndexCompactor, SiloAdmin
+from silobridge.silo_agent.audit_anchor import HeadAnchor
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.handlers import SiloHandlers
 from silobridge.silo_agent.migration.announce import announce_primary
@@ -81,7 +82,17 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         rate_per_second=config.limits.rate_per_second,
         burst=config.limits.burst,
         audit=config.audit,
+        peer_rate_per_second=config.limits.peer_rate_per_second,
+        peer_burst=config.limits.peer_burst,
     )
+    # Each signed audit checkpoint goes to the coordinator too: evidence outside this host.
+    heads = HeadAnchor(config) if config.coordinator is not None else None
+    if heads is not None and gatekeeper.audit is not None:
+        gatekeeper.audit.on_checkpoint = heads.checkpointed
+        latest = gatekeeper.audit.latest_head()
+        if latest is not None:
+            heads.checkpointed(latest)  # recorded already, or not yet if the last stop was hard
+        heads.start()
     # A lambda, not the bound method: a migration swaps ``service.routes`` whole.
     adapters = AdapterFetcher(config, lambda space: service.routes.serves(space))  # noqa: PLW0108
     servicer = SiloServicer(SiloHandlers(service, executor, gatekeeper, adapters))
@@ -120,7 +131,10 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         executor.shutdown(wait=True)
         await asyncio.to_thread(compactor.join, REBUILD_JOIN_SECONDS)
         service.data.close()
+        service.replay.close()
         gatekeeper.close()
+        if heads is not None:
+            await heads.close()  # after the log's last checkpoint
         log.info("silo %r stopped", config.name)
 
     running = await start_server(

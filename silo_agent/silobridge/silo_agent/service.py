@@ -7,15 +7,23 @@ message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from silobridge.core.config import TrustedCa
 from silobridge.core.disclosure import DisclosurePolicy
-from silobridge.core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from silobridge.core.documents import INVISIBLE_TEXT_MESSAGE, has_visible_text
+from silobridge.core.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    SiloBridgeError,
+)
 from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
 from silobridge.core.queries import SiloQuery
@@ -23,10 +31,16 @@ from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import FloatVector, validate_k, validate_query_vector
 from silobridge.embedding.embedders import Embedder
 from silobridge.security.identity import PeerIdentity, Role
-from silobridge.security.signed_query.replay import ReplayCache
+from silobridge.security.signed_query.claims import decode_claims
+from silobridge.security.signed_query.replay import (
+    DEFAULT_MAX_AGE_S,
+    NonceStore,
+    ReplayCache,
+)
+from silobridge.security.signed_query.signing import now_ms
 from silobridge.security.signed_query.verify import verify_signed_query
 from silobridge.silo_agent.adapter_fetch import Translation
-from silobridge.silo_agent.config import SiloConfig
+from silobridge.silo_agent.config import Limits, SiloConfig
 from silobridge.silo_agent.routes import Route, RouteTable
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.generation import Generation
@@ -34,6 +48,30 @@ from silobridge.silo_agent.store.generation import Generation
 log = logging.getLogger(__name__)
 # First-stage candidates re-scored when the caller names no rerank_depth (at least k).
 DEFAULT_RERANK_DEPTH = 100
+# The silo's nonce memory in its data directory (SQLite).
+NONCE_FILE = "replay-nonces.sqlite"
+# Even a very high rate limit does not make the nonce memory of one signer unbounded.
+MAX_NONCES_PER_SIGNER = 1_000_000
+
+
+def nonces_per_signer(limits: Limits) -> int:
+    """Room for every signed query the rate limit lets one signer make while its nonces live,
+    so the cap never refuses a query the rate limit admits (and bites only on that signer)."""
+    lifetime_s = DEFAULT_MAX_AGE_S + limits.max_clock_skew_s
+    allowed = limits.burst + math.ceil(limits.rate_per_second * lifetime_s)
+    return min(allowed, MAX_NONCES_PER_SIGNER)
+
+
+@contextlib.contextmanager
+def refused_on_behalf_of(asker: PeerIdentity, caller: PeerIdentity) -> Iterator[None]:
+    """Mark a domain error raised inside as ``asker``'s refusal when ``asker`` (a verified
+    signer) is not the calling peer, so the boundary audits it under the signer."""
+    try:
+        yield
+    except SiloBridgeError as error:
+        if asker != caller and error.asker is None:
+            error.asker = asker
+        raise
 
 
 class SiloService:
@@ -43,8 +81,13 @@ class SiloService:
         self.config = config
         self.embedder = embedder
         self.data = data
-        # Nonces of signed queries seen within their validity window: a replay is refused.
-        self.replay = ReplayCache()
+        # Nonces of signed queries seen within their validity window, kept in the data directory
+        # so that a replay is refused after a restart too.
+        self.replay = ReplayCache(
+            max_per_signer=nonces_per_signer(config.limits),
+            store=NonceStore(config.data_dir / NONCE_FILE),
+            now_ms=now_ms(),
+        )
         self.trusted_ca = TrustedCa(
             config.tls, f"silo {config.name!r} runs without TLS and cannot verify signed queries"
         )
@@ -74,6 +117,7 @@ class SiloService:
                     "client signed them"
                 )
             asker = caller
+            signed_k = None
         else:
             if not query.source_space:
                 raise InvalidArgument("a signed query must name its source space")
@@ -83,25 +127,43 @@ class SiloService:
                 vector=query.vector,
                 source_space=query.source_space,
                 silo=name,
-                replay=self.replay,
+                # Only the coordinator the client signed for may hand it to us (issue 11, 7).
+                audience=caller.spiffe_id,
+                # The nonce is recorded last, by remember_nonce, once every check passed.
+                replay=None,
                 rerank_text=query.rerank_text,
+                max_skew_s=self.config.limits.max_clock_skew_s,
             )
             asker = verified.signer
-            if query.k > verified.claims.k:
+            signed_k = verified.claims.k
+        # From here on a refusal is the signer's, audited under it (``via`` the forwarder).
+        with refused_on_behalf_of(asker, caller):
+            if signed_k is not None and query.k > signed_k:
                 raise PermissionDenied(
-                    f"k={query.k} exceeds the k={verified.claims.k} the client signed for"
+                    f"k={query.k} exceeds the k={signed_k} the client signed for"
                 )
-        if not access.may_ask(asker):
-            raise PermissionDenied(
-                f"silo {name!r} does not serve queries from {asker.spiffe_id or 'this caller'} "
-                f"(organization {asker.org or 'none'})"
-            )
-        if self.translates(query) and not access.accepts_space(query.source_space):
-            raise PermissionDenied(
-                f"silo {name!r} does not accept queries translated from space "
-                f"{query.source_space!r}"
-            )
+            if not access.may_ask(asker):
+                raise PermissionDenied(
+                    f"silo {name!r} does not serve queries from "
+                    f"{asker.spiffe_id or 'this caller'} (organization {asker.org or 'none'})"
+                )
+            if self.translates(query) and not access.accepts_space(query.source_space):
+                raise PermissionDenied(
+                    f"silo {name!r} does not accept queries translated from space "
+                    f"{query.source_space!r}"
+                )
         return asker
+
+    def remember_nonce(self, query: SiloQuery, asker: PeerIdentity) -> None:
+        """Record a signed query's nonce (``PermissionDenied`` for a replay): the last step of
+        admission, after the policy, denylist and rate checks, so a query refused by any of them
+        leaves its nonce to the genuine forward. ``asker`` is the signer ``admit_query`` named."""
+        if query.signed is None:
+            return
+        claims = decode_claims(query.signed.claims)  # verified by admit_query
+        self.replay.check_and_remember(
+            asker.spiffe_id, claims.nonce, claims.issued_unix_ms, now_ms()
+        )
 
     def translates(self, query: SiloQuery) -> bool:
         """Whether ``query`` comes from a space this silo does not answer in, so it needs the
@@ -131,6 +193,8 @@ class SiloService:
                 )
             if not text.strip():
                 raise InvalidArgument(f"text #{position} is empty")
+            if not has_visible_text(text):
+                raise InvalidArgument(f"text #{position} {INVISIBLE_TEXT_MESSAGE}")
 
     def describe(self) -> SiloDescription:
         access, limits = self.config.access, self.config.limits
@@ -241,7 +305,7 @@ class SiloService:
             raise ResourceExhausted(
                 f"rerank_text has {len(text)} characters; the limit is {max_chars}"
             )
-        if not text.strip():
+        if not has_visible_text(text):
             raise InvalidArgument("rerank_text is blank; send the query text or leave it empty")
         depth = self.rerank_depth(k, requested_depth)
         native = self.embedder.embed([text])[0]

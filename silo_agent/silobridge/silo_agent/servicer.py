@@ -14,7 +14,7 @@ from silobridge.rpc import convert
 from silobridge.rpc.status import stream_boundary, unary_boundary
 from silobridge.rpc.transport import peer_identity
 from silobridge.silo_agent.admin import SiloAdmin
-from silobridge.silo_agent.handlers import AnchorBatch, SiloHandlers
+from silobridge.silo_agent.handlers import SiloHandlers
 from silobridge.v1 import silo_pb2, silo_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -52,20 +52,19 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
 
     @stream_boundary
     async def EmbedAnchors(
-        self, request_iterator: AsyncIterator[silo_pb2.EmbedAnchorsRequest], context: Context
+        self, request: silo_pb2.EmbedAnchorsRequest, context: Context
     ) -> AsyncIterator[silo_pb2.EmbedAnchorsResponse]:
         self.handled["EmbedAnchors"] += 1
-
-        async def batches() -> AsyncIterator[AnchorBatch]:
-            async for chunk in request_iterator:
-                yield chunk.anchor_set, list(chunk.texts)
-
-        answers = self.handlers.embed_anchors(peer_identity(context), batches())
+        answers = self.handlers.embed_anchors(
+            peer_identity(context), request.anchor_set, request.version, request.sha256
+        )
         # Closed at once when the caller goes away mid-stream, not whenever it is collected.
         async with contextlib.aclosing(answers):
-            async for vectors in answers:
+            async for offset, total, vectors in answers:
                 yield silo_pb2.EmbedAnchorsResponse(
-                    vectors=[convert.vector_to_proto(row) for row in vectors]
+                    vectors=[convert.vector_to_proto(row) for row in vectors],
+                    offset=offset,
+                    total=total,
                 )
 
     @unary_boundary

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 
 from silobridge.core.errors import InvalidArgument, ResourceExhausted
+
+# The hash that pins an anchor set's texts lives beside AnchorChunk: silos check it too.
+from silobridge.core.listings import anchor_texts_sha256
+
+__all__ = ["anchor_texts_sha256"]
 
 ANCHOR_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 MAX_ANCHOR_TEXTS = 200_000
@@ -39,22 +43,6 @@ def validate_anchor_set_version(version: str) -> str:
 def version_number(version: str) -> int:
     """The number of a valid version name: ``"v12"`` is 12 (versions sort by it, not as text)."""
     return int(version[1:])
-
-
-def anchor_texts_sha256(texts: Sequence[str]) -> str:
-    """Hex SHA-256 over each text as its UTF-8 byte length (8 bytes, big-endian) then its bytes.
-
-    The length prefix makes the hash unambiguous: ["ab", "c"] and ["a", "bc"] differ.
-    """
-    digest = hashlib.sha256()
-    for index, text in enumerate(texts):
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidArgument(f"anchor text at index {index} is not valid Unicode") from None
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return digest.hexdigest()
 
 
 def check_text(text: str, where: str) -> None:

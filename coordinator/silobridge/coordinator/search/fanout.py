@@ -24,7 +24,7 @@ from silobridge.core.federation import FederatedAnswer, SiloOutcome, SiloStatus
 from silobridge.core.offload import off_loop
 from silobridge.core.queries import FederatedQuery, SignedQuery, SiloQuery
 from silobridge.core.vectors import FloatVector, WireVector, validate_k, validate_query_vector
-from silobridge.security.identity import PeerIdentity
+from silobridge.security.identity import PeerIdentity, identity_from_certificate_file
 from silobridge.security.signed_query.verify import verify_signed_query
 
 # Time kept back from the caller's deadline for merging and replying once the slowest silo has
@@ -53,6 +53,8 @@ class FederatedSearch:
         self.trusted_ca = TrustedCa(
             config.tls, "this coordinator cannot verify signed queries without TLS"
         )
+        # Read once: a renewed certificate keeps the identity.
+        self._own_id: str | None = None
 
     async def answer(
         self, caller: PeerIdentity, query: FederatedQuery, *, time_remaining: float | None = None
@@ -61,8 +63,9 @@ class FederatedSearch:
         started = time.monotonic()
         vector = query.vector.decode()
         validate_k(query.k, self.config.server.max_k)
+        targets = query.silos
         if query.signed is not None:
-            self._check_signature(caller, query, query.signed)
+            targets = self._check_signature(caller, query, query.signed)
         elif self.config.policy.require_signed:
             raise PermissionDenied(
                 "this coordinator forwards only queries the client signed; sign the query with "
@@ -72,7 +75,7 @@ class FederatedSearch:
         plan = await off_loop(
             self.executor,
             lambda: self.planner.plan(
-                caller, query.source_space, query.silos, reranked=bool(query.rerank_text)
+                caller, query.source_space, targets, reranked=bool(query.rerank_text)
             ),
         )
         normalised = validate_query_vector(vector, plan.source.dimension)
@@ -91,14 +94,19 @@ class FederatedSearch:
 
     def _check_signature(
         self, caller: PeerIdentity, query: FederatedQuery, signed: SignedQuery
-    ) -> None:
-        """The caller signed this very query (the silos check it again, and for replays)."""
+    ) -> tuple[str, ...]:
+        """The caller signed this very query (the silos check it again, and for replays).
+
+        Returns the silos to ask: the request's, all of them signed, or else the signed list.
+        """
         verified = verify_signed_query(
             signed,
             ca_certificate_pem=self.trusted_ca.pem(),
             vector=query.vector,
             source_space=query.source_space,
             silo=None,
+            # Refused when signed for another coordinator (and captured on its way there).
+            audience=self._own_identity(),
             replay=None,
             rerank_text=query.rerank_text,
         )
@@ -112,8 +120,20 @@ class FederatedSearch:
                 f"k={query.k} exceeds the k={verified.claims.k} the client signed"
             )
         addressed = set(verified.claims.silos)
-        if addressed and not set(query.silos) <= addressed:
+        if not set(query.silos) <= addressed:
             raise PermissionDenied("the request names silos the client's signature does not")
+        # The signature always names its targets (verify refuses an empty list), so an empty
+        # request list means exactly the silos signed, never "any silo".
+        return query.silos or verified.claims.silos
+
+    def _own_identity(self) -> str:
+        """This coordinator's SPIFFE id, from its own certificate (the audience it accepts)."""
+        if self._own_id is None:
+            tls = self.config.tls
+            if tls is None:
+                raise PermissionDenied("this coordinator cannot verify signed queries without TLS")
+            self._own_id = identity_from_certificate_file(tls.cert).spiffe_id
+        return self._own_id
 
     async def _search_one(
         self,
@@ -132,7 +152,10 @@ class FederatedSearch:
             # The gRPC deadline ends the call; wait_for guards against a transport that hangs.
             hits = await asyncio.wait_for(
                 self.gateway.search(
-                    route.silo.endpoint, _silo_query(route, query, normalised), timeout=budget
+                    route.silo.endpoint,
+                    _silo_query(route, query, normalised),
+                    expect=route.silo.spiffe_id,
+                    timeout=budget,
                 ),
                 timeout=budget + TRANSPORT_GUARD_S,
             )

@@ -97,7 +97,7 @@ class Translator:
         self.verify_key = verify_key
         self._lock = threading.Lock()
         self._adapters: dict[tuple[str, float], tuple[Adapter, Calibration | None]] = {}
-        self._identity: dict[str, Calibration | None] = {}
+        self._identity: dict[tuple[str, str], Calibration | None] = {}
 
     def route(self, source: SpaceDescriptor, silo: SiloRecord) -> Route:
         """The route to ``silo`` for vectors of ``source``; raises when none may be used.
@@ -108,7 +108,7 @@ class Translator:
         """
         native = silo.serves(source.fingerprint)
         if native is not None:
-            return Route(silo, None, "", self.identity_calibration(source), native)
+            return Route(silo, None, "", self.identity_calibration(source, silo.name), native)
         found: list[AdapterRecord] = []
         for served in silo.served_spaces():
             record = self.newest_adapter(source, served)
@@ -157,17 +157,19 @@ class Translator:
             self._adapters[key] = loaded
         return loaded
 
-    def identity_calibration(self, space: SpaceDescriptor) -> Calibration | None:
-        """Null statistics of a space against itself, from anchors stored for it (if any)."""
+    def identity_calibration(self, space: SpaceDescriptor, silo: str) -> Calibration | None:
+        """Null statistics of a space against itself, from the anchors ``silo`` sent in it (if
+        any): a silo's scores are calibrated on its own vectors, never another silo's."""
+        key = (space.fingerprint, silo)
         with self._lock:
-            if space.fingerprint in self._identity:
-                return self._identity[space.fingerprint]
+            if key in self._identity:
+                return self._identity[key]
         calibration = None
         for record in sorted(self.state.adapters(), key=lambda r: -r.created_at):
             if space.fingerprint not in (record.source.fingerprint, record.target.fingerprint):
                 continue
             vectors = self.state.anchor_embeddings(
-                record.anchor_set, record.anchor_set_version, space.fingerprint
+                record.anchor_set, record.anchor_set_version, space.fingerprint, silo=silo
             )
             if vectors is not None and vectors.shape[0] >= 2:
                 calibration = fit_calibration(vectors, vectors)
@@ -175,5 +177,5 @@ class Translator:
         with self._lock:
             # Only a found calibration is cached: anchors may arrive with the next training.
             if calibration is not None:
-                self._identity[space.fingerprint] = calibration
+                self._identity[key] = calibration
         return calibration

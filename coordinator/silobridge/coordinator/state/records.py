@@ -14,8 +14,8 @@ from silobridge.core.spaces import SpaceDescriptor
 # Statements are spelled out in full (no string assembly), so no value can reach SQL text. Their
 # column order is what ``silo_from_row`` and ``adapter_from_row`` unpack.
 SELECT_SILOS = (
-    "SELECT name, endpoint, spiffe_id, org, space, document_count, registered_at, also_serves "
-    "FROM silos"
+    "SELECT name, endpoint, spiffe_id, org, space, document_count, registered_at, also_serves, "
+    "cert_serial, cert_fingerprint, server_serial, server_fingerprint, disabled FROM silos"
 )
 SELECT_ADAPTERS = (
     "SELECT adapter_id, kind, source, target, anchor_set, anchor_set_version, "
@@ -30,6 +30,12 @@ class SiloRecord:
     ``also_serves``: the other spaces the silo answers in natively, without an adapter from the
     coordinator (while it migrates to another model: the new space before cut-over, the old one
     after), as its Describe said at registration or at the latest ListSilos probe.
+
+    ``cert_serial``/``cert_fingerprint``: the certificate the silo registered with;
+    ``server_serial``/``server_fingerprint``: the one its endpoint presented to the coordinator
+    then (empty for silos registered before the coordinator recorded them). The denylist is
+    checked against both before any query is routed to the silo. ``disabled``: an admin's
+    reason for routing it nothing (empty: enabled); registering again does not clear it.
     """
 
     name: str
@@ -40,6 +46,11 @@ class SiloRecord:
     document_count: int
     registered_at: float  # unix seconds
     also_serves: tuple[SpaceDescriptor, ...] = ()
+    cert_serial: str = ""
+    cert_fingerprint: str = ""
+    server_serial: str = ""
+    server_fingerprint: str = ""
+    disabled: str = ""
 
     def served_spaces(self) -> tuple[SpaceDescriptor, ...]:
         """Every space the silo answers in natively: its own first, then ``also_serves``."""
@@ -136,12 +147,18 @@ def silo_to_row(record: SiloRecord) -> tuple[Any, ...]:
         record.document_count,
         record.registered_at,
         spaces_to_json(record.also_serves),
+        record.cert_serial,
+        record.cert_fingerprint,
+        record.server_serial,
+        record.server_fingerprint,
+        record.disabled,
     )
 
 
 def silo_from_row(row: tuple[Any, ...]) -> SiloRecord:
     """A silo record from a ``SELECT_SILOS`` row."""
-    name, endpoint, spiffe_id, org, space, document_count, registered_at, also_serves = row
+    (name, endpoint, spiffe_id, org, space, document_count, registered_at, also_serves) = row[:8]
+    cert_serial, cert_fingerprint, server_serial, server_fingerprint, disabled = row[8:]
     return SiloRecord(
         name=name,
         endpoint=endpoint,
@@ -151,6 +168,11 @@ def silo_from_row(row: tuple[Any, ...]) -> SiloRecord:
         document_count=int(document_count),
         registered_at=float(registered_at),
         also_serves=spaces_from_json(also_serves),
+        cert_serial=str(cert_serial),
+        cert_fingerprint=str(cert_fingerprint),
+        server_serial=str(server_serial),
+        server_fingerprint=str(server_fingerprint),
+        disabled=str(disabled),
     )
 
 

@@ -13,7 +13,10 @@ from silobridge.core.errors import FailedPrecondition
 # is brought up to this one by the steps in ``_UPGRADES``, in the same transaction as the check.
 #   1: the first schema.
 #   2: silos.also_serves (the spaces a migrating silo answers in besides its own; JSON list).
-SCHEMA_VERSION = 2
+#   3: silos.cert_serial, cert_fingerprint (the certificate it registered with),
+#      server_serial, server_fingerprint (the one its endpoint presented then), disabled
+#      (an admin's reason; empty: enabled): what revocation and `coordinator silo` act on.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE silos (
@@ -24,7 +27,12 @@ CREATE TABLE silos (
     space          TEXT NOT NULL,
     document_count INTEGER NOT NULL,
     registered_at  REAL NOT NULL,
-    also_serves    TEXT NOT NULL DEFAULT '[]'
+    also_serves    TEXT NOT NULL DEFAULT '[]',
+    cert_serial        TEXT NOT NULL DEFAULT '',
+    cert_fingerprint   TEXT NOT NULL DEFAULT '',
+    server_serial      TEXT NOT NULL DEFAULT '',
+    server_fingerprint TEXT NOT NULL DEFAULT '',
+    disabled           TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE anchor_embeddings (
     silo        TEXT NOT NULL REFERENCES silos(name) ON DELETE CASCADE,
@@ -58,6 +66,15 @@ CREATE TABLE adapters (
 # (columns with defaults), so every row an older coordinator wrote reads the same afterwards.
 _UPGRADES: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE silos ADD COLUMN also_serves TEXT NOT NULL DEFAULT '[]'",),
+    # Silos registered before version 3 have no certificate on record: only the live check of
+    # their endpoint's certificate (and a re-registration) covers them.
+    2: (
+        "ALTER TABLE silos ADD COLUMN cert_serial TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE silos ADD COLUMN cert_fingerprint TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE silos ADD COLUMN server_serial TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE silos ADD COLUMN server_fingerprint TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE silos ADD COLUMN disabled TEXT NOT NULL DEFAULT ''",
+    ),
 }
 
 

@@ -109,15 +109,36 @@ class CoordinatorState:
         with self._write() as conn:
             # ON CONFLICT ... DO UPDATE, not INSERT OR REPLACE: REPLACE deletes the row first,
             # and the cascade would drop the silo's stored anchor embeddings with it.
+            # ``disabled`` is not updated: registering again must not undo an admin's decision.
             conn.execute(
                 "INSERT INTO silos (name, endpoint, spiffe_id, org, space, document_count, "
-                "registered_at, also_serves) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "registered_at, also_serves, cert_serial, cert_fingerprint, server_serial, "
+                "server_fingerprint, disabled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET endpoint=excluded.endpoint, "
                 "spiffe_id=excluded.spiffe_id, org=excluded.org, space=excluded.space, "
                 "document_count=excluded.document_count, registered_at=excluded.registered_at, "
-                "also_serves=excluded.also_serves",
+                "also_serves=excluded.also_serves, cert_serial=excluded.cert_serial, "
+                "cert_fingerprint=excluded.cert_fingerprint, "
+                "server_serial=excluded.server_serial, "
+                "server_fingerprint=excluded.server_fingerprint",
                 silo_to_row(record),
             )
+
+    def set_silo_disabled(self, name: str, reason: str) -> SiloRecord:
+        """Disable silo ``name`` with ``reason`` (``""``: enable it again); the record after."""
+        with self._write() as conn:
+            cursor = conn.execute("UPDATE silos SET disabled = ? WHERE name = ?", (reason, name))
+            if cursor.rowcount == 0:
+                raise NotFound(f"no silo named {name!r} is registered; see `silobridge silos`")
+        return self.silo(name)
+
+    def remove_silo(self, name: str) -> None:
+        """Forget silo ``name`` and the anchor embeddings it sent; it must register again."""
+        with self._write() as conn:
+            # The foreign key's ON DELETE CASCADE drops its anchor embeddings with it.
+            cursor = conn.execute("DELETE FROM silos WHERE name = ?", (name,))
+            if cursor.rowcount == 0:
+                raise NotFound(f"no silo named {name!r} is registered; see `silobridge silos`")
 
     def update_also_serves(
         self, name: str, space: SpaceDescriptor, also_serves: Sequence[SpaceDescriptor]
@@ -191,18 +212,18 @@ class CoordinatorState:
             )
 
     def anchor_embeddings(
-        self, anchor_set: str, version: str, fingerprint: str
+        self, anchor_set: str, version: str, fingerprint: str, *, silo: str
     ) -> FloatMatrix | None:
-        """The newest stored embeddings of this anchor-set version in the space ``fingerprint``.
+        """The embeddings of this anchor-set version that ``silo`` sent in space ``fingerprint``.
 
-        Any silo running the same model gives the same embeddings, so which silo sent them does
-        not matter; ``None`` when no silo in that space has sent them.
+        Kept per silo, never shared between silos of the same model: one silo's submission must
+        not become another's training data (a silo can send whatever it likes about its own
+        model). ``None`` when ``silo`` has not sent them in that space.
         """
         rows = self._read(
             "SELECT silo, dim, count, vectors FROM anchor_embeddings "
-            "WHERE anchor_set = ? AND version = ? AND fingerprint = ? "
-            "ORDER BY stored_at DESC, rowid DESC LIMIT 1",
-            (anchor_set, version, fingerprint),
+            "WHERE silo = ? AND anchor_set = ? AND version = ? AND fingerprint = ?",
+            (silo, anchor_set, version, fingerprint),
         )
         if not rows:
             return None

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from silobridge.adapters import Adapter, FitConfig, fit
-from silobridge.adapters.artifact import load_adapter, save_adapter
+from silobridge.adapters.artifact import load_adapter, save_adapter, weights_sha256
 from silobridge.coordinator.search.calibration import fit_calibration
 from silobridge.coordinator.state.records import AdapterRecord
 from silobridge.coordinator.state.store import CoordinatorState, FloatMatrix
-from silobridge.core.errors import InvalidArgument
+from silobridge.core.errors import FailedPrecondition, InvalidArgument
 from silobridge.core.spaces import SpaceDescriptor
 
 if TYPE_CHECKING:
@@ -25,13 +25,40 @@ if TYPE_CHECKING:
     from silobridge.coordinator.anchors.manifest import AnchorSetInfo
 
 ProgressFn = Callable[[str, str], None]  # (stage, message)
+# The fit's held-out quality, as ``silobridge.adapters.fit`` measures it; the floor applies to it.
+QUALITY_METRIC = "heldout_ndcg@10"
+QUALITY_FLOOR_KEY = "[training] min_heldout_ndcg"
 
 
 def adapter_id_for(
-    source: SpaceDescriptor, target: SpaceDescriptor, anchor_set_sha256: str, kind: str
+    source: SpaceDescriptor,
+    target: SpaceDescriptor,
+    anchor_set_sha256: str,
+    kind: str,
+    weights_sha256: str,
 ) -> str:
-    """The stable id of an adapter: retraining the same pair on the same anchors replaces it."""
-    return f"{source.fingerprint[:8]}-{target.fingerprint[:8]}-{anchor_set_sha256[:8]}-{kind}"
+    """The id of an adapter: its spaces, anchors and kind, and the hash of its weights.
+
+    Retraining that changes the weights gives a new id, so a silo that cached the old artifact
+    by id fetches the new one instead of serving stale weights.
+    """
+    return (
+        f"{source.fingerprint[:8]}-{target.fingerprint[:8]}-{anchor_set_sha256[:8]}-{kind}-"
+        f"{weights_sha256[:12]}"
+    )
+
+
+def check_quality(metrics: dict[str, float], floor: float) -> None:
+    """Refuse (``FailedPrecondition``) an adapter whose held-out quality is below ``floor``."""
+    value = metrics.get(QUALITY_METRIC)
+    if value is None or not value >= floor:
+        shown = "not measured" if value is None else f"{value:.3f}"
+        raise FailedPrecondition(
+            f"the fitted adapter's {QUALITY_METRIC} is {shown}, below the quality floor "
+            f"{floor:.3f} ({QUALITY_FLOOR_KEY} in coordinator.toml); it was not signed. Check "
+            "both silos' anchor vectors (an adapter this poor maps queries to noise), or lower "
+            "the floor knowingly"
+        )
 
 
 def train_adapter(
@@ -45,12 +72,14 @@ def train_adapter(
     fit_config: FitConfig,
     signing_key: Ed25519PrivateKey,
     progress: ProgressFn | None = None,
+    quality_floor: float = 0.0,
 ) -> AdapterRecord:
     """Fit a ``source`` -> ``target`` adapter on the anchor pairs, calibrate it, sign and store it.
 
     Row i of ``source_vectors`` and ``target_vectors`` is anchor i of ``anchor_set`` embedded
     in each space. The calibration statistics go into the adapter's metrics before it is saved,
     so the signed manifest carries them. Stages reported: ``fit``, ``calibrate``, ``store``.
+    An adapter whose held-out nDCG is below ``quality_floor`` is refused before it is signed.
     """
     report: ProgressFn = progress if progress is not None else _silent
     source_rows = _checked_anchor_matrix(source_vectors, source, anchor_set, "source")
@@ -61,6 +90,7 @@ def train_adapter(
     adapter = fit(
         source_rows, target_rows, fit_config, progress=lambda message: report("fit", message)
     )
+    check_quality(adapter.metrics, quality_floor)
 
     report("calibrate", f"estimating the unrelated-score null of {adapter.kind} on the anchors")
     translated = adapter.apply(source_rows)
@@ -71,7 +101,9 @@ def train_adapter(
         f"null mean {calibration.null_mean:.3f}, std {calibration.null_std:.3f}",
     )
 
-    adapter_id = adapter_id_for(source, target, anchor_set.sha256, fit_config.kind)
+    adapter_id = adapter_id_for(
+        source, target, anchor_set.sha256, fit_config.kind, weights_sha256(adapter)
+    )
     directory = state.adapters_dir / adapter_id
     report("store", f"signing and storing adapter {adapter_id}")
     save_adapter(

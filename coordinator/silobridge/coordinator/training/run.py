@@ -1,5 +1,10 @@
 """One training run as an admin asks for it: both spaces' anchor vectors (stored, or asked of the
-silos), then the fit off the event loop, with progress streamed back as it happens."""
+silos), then the fit off the event loop, with progress streamed back as it happens.
+
+An adapter source -> target is fitted on the anchor vectors of two silos only: the source
+space's silo and the target space's silo (the first enabled one of each space, by name), each
+its own submission. Vectors another silo of the same model sent are never used.
+"""
 
 from __future__ import annotations
 
@@ -80,7 +85,8 @@ class AdapterTrainer:
                 vectors = await self.exchange.collect(silo, anchors)
             else:
                 yield TrainProgress(
-                    "collect anchors", f"using stored vectors from {silo.space.space_id}"
+                    "collect anchors",
+                    f"using the vectors silo {silo.name} stored in {silo.space.space_id}",
                 )
             matrices.append(vectors)
         fit_config = FitConfig(
@@ -92,7 +98,8 @@ class AdapterTrainer:
     def _silo_in_space(self, space_id: str) -> SiloRecord:
         silos = self.state.silos()
         for silo in silos:
-            if silo.space.space_id == space_id:
+            # A disabled silo receives nothing, so it is not asked for anchors either.
+            if silo.space.space_id == space_id and not silo.disabled:
                 return silo
         known = ", ".join(sorted({s.space.space_id for s in silos})) or "none"
         raise NotFound(f"no registered silo has space {space_id!r}; registered spaces: {known}")
@@ -122,6 +129,7 @@ class AdapterTrainer:
                 fit_config=fit_config,
                 signing_key=self.signing_key,
                 progress=progress,
+                quality_floor=self.settings.min_heldout_ndcg,
             )
 
         # Fitting runs in its own pool, off the event loop: queries keep flowing meanwhile.

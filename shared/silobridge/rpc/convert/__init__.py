@@ -1,12 +1,14 @@
 """All protobuf <-> domain conversion, in one place: protobuf lives only at the wire.
 
 ``queries`` (what travels with each query), ``listings`` (what servers say about what they
-hold), ``documents`` (live writes to a silo) and ``migration`` (moving a silo to another
-model); every name is importable from here, so callers write ``convert.hit_to_proto``.
+hold), ``documents`` (live writes to a silo), ``migration`` (moving a silo to another model)
+and ``audit`` (audit checkpoint heads); every name is importable from here, so callers
+write ``convert.hit_to_proto``.
 """
 
 from __future__ import annotations
 
+from silobridge.rpc.convert.audit import audit_head_from_proto, audit_head_to_proto
 from silobridge.rpc.convert.documents import (
     delete_receipt_from_proto,
     delete_receipt_to_proto,
@@ -30,10 +32,14 @@ from silobridge.rpc.convert.listings import (
     description_to_proto,
     disclosure_from_proto,
     disclosure_to_proto,
+    manage_silo_from_proto,
+    manage_silo_to_proto,
     progress_from_proto,
     progress_to_proto,
     silo_listing_from_proto,
     silo_listing_to_proto,
+    silo_state_from_proto,
+    silo_state_to_proto,
 )
 from silobridge.rpc.convert.migration import (
     migration_command_from_proto,
@@ -74,6 +80,8 @@ __all__ = [
     "anchor_vectors_to_proto",
     "answer_from_proto",
     "answer_to_proto",
+    "audit_head_from_proto",
+    "audit_head_to_proto",
     "delete_receipt_from_proto",
     "delete_receipt_to_proto",
     "description_from_proto",
@@ -86,6 +94,8 @@ __all__ = [
     "federated_query_to_proto",
     "hit_from_proto",
     "hit_to_proto",
+    "manage_silo_from_proto",
+    "manage_silo_to_proto",
     "matrix_from_protos",
     "migration_command_from_proto",
     "migration_command_to_proto",
@@ -101,6 +111,8 @@ __all__ = [
     "silo_listing_to_proto",
     "silo_query_from_proto",
     "silo_query_to_proto",
+    "silo_state_from_proto",
+    "silo_state_to_proto",
     "space_from_proto",
     "space_to_proto",
     "status_from_proto",

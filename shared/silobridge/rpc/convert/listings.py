@@ -9,8 +9,10 @@ from silobridge.core.listings import (
     AdapterListing,
     AnchorChunk,
     AnchorVectors,
+    SiloAction,
     SiloDescription,
     SiloListing,
+    SiloState,
     TrainProgress,
 )
 from silobridge.core.spaces import SpaceDescriptor
@@ -83,6 +85,7 @@ def silo_listing_to_proto(listing: SiloListing) -> coordinator_pb2.SiloInfo:
         message=listing.message,
         policy=disclosure_to_proto(listing.policy) if listing.policy is not None else None,
         also_serves=[space_to_proto(space) for space in listing.also_serves],
+        denied_reason=listing.denied_reason,
     )
 
 
@@ -98,6 +101,7 @@ def silo_listing_from_proto(message: coordinator_pb2.SiloInfo) -> SiloListing:
         registered_unix=message.registered_unix,
         policy=disclosure_from_proto(message.policy) if message.HasField("policy") else None,
         also_serves=tuple(space_from_proto(space) for space in message.also_serves),
+        denied_reason=message.denied_reason,
     )
 
 
@@ -199,3 +203,37 @@ def adapter_files_from_proto(message: coordinator_pb2.GetAdapterResponse) -> Ada
     return AdapterFiles(
         manifest=message.manifest, weights=message.weights, signature=message.signature
     )
+
+
+# --- managing silos -------------------------------------------------------------------------
+
+_ACTIONS = {
+    coordinator_pb2.ManageSiloRequest.ACTION_DISABLE: SiloAction.DISABLE,
+    coordinator_pb2.ManageSiloRequest.ACTION_ENABLE: SiloAction.ENABLE,
+    coordinator_pb2.ManageSiloRequest.ACTION_REMOVE: SiloAction.REMOVE,
+}
+
+
+def manage_silo_to_proto(
+    silo: str, action: SiloAction, reason: str
+) -> coordinator_pb2.ManageSiloRequest:
+    wire = next(code for code, known in _ACTIONS.items() if known is action)
+    return coordinator_pb2.ManageSiloRequest(silo=silo, action=wire, reason=reason)
+
+
+def manage_silo_from_proto(
+    message: coordinator_pb2.ManageSiloRequest,
+) -> tuple[str, SiloAction | None, str]:
+    """The silo, the action (``None``: none the coordinator knows; refused once the caller is
+    authorized, so a stranger learns nothing from it) and the reason."""
+    return message.silo, _ACTIONS.get(message.action), message.reason
+
+
+def silo_state_to_proto(state: SiloState) -> coordinator_pb2.ManageSiloResponse:
+    return coordinator_pb2.ManageSiloResponse(
+        silo=state.silo, state=state.state, reason=state.reason
+    )
+
+
+def silo_state_from_proto(message: coordinator_pb2.ManageSiloResponse) -> SiloState:
+    return SiloState(message.silo, message.state, message.reason)

@@ -6,12 +6,19 @@ import datetime as dt
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from silobridge.core.errors import InvalidArgument, PermissionDenied
-from silobridge.security.identity import SPIFFE_SCHEME, Role, parse_spiffe_id
+from silobridge.security.identity import (
+    SPIFFE_SCHEME,
+    Role,
+    is_reserved_dns_name,
+    parse_spiffe_id,
+    server_dns_name,
+)
 
 # Certificates start a little in the past so a peer whose clock runs slightly behind accepts them.
 CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -103,9 +110,14 @@ def _checked_request(ca: CertificateAuthority, csr_pem: bytes) -> _CheckedReques
     """Validate a CSR against the CA's rules before anything is signed."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise InvalidArgument("not a PEM certificate signing request") from None
-    public_key = csr.public_key()
+    try:
+        public_key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm):  # parsed lazily: a damaged key only fails here
+        raise InvalidArgument(
+            "the request's public key cannot be read; it was altered or damaged"
+        ) from None
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
         public_key.curve, ec.SECP256R1
     ):
@@ -144,6 +156,73 @@ def _request_org(csr: x509.CertificateSigningRequest) -> str:
     if len(orgs) != 1 or not isinstance(orgs[0].value, str):
         raise InvalidArgument("the request's subject must name exactly one organization (O)")
     return validate_org(orgs[0].value)
+
+
+@dataclass(frozen=True)
+class RequestSummary:
+    """What a CSR asks the CA to sign, shown to the approver before anything is signed."""
+
+    spiffe_id: str
+    role: Role
+    name: str
+    org: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    key_type: str
+
+
+@dataclass(frozen=True)
+class ExpectedIdentity:
+    """Who the approver expects a request to be for, as they learnt it outside the request."""
+
+    role: str
+    name: str
+    org: str
+
+
+def describe_request(ca: CertificateAuthority, csr_pem: bytes) -> RequestSummary:
+    """Check a CSR as ``approve_request`` would and say what it asks for; nothing is signed."""
+    request = _checked_request(ca, csr_pem)
+    san = request.csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return RequestSummary(
+        spiffe_id=request.spiffe_id,
+        role=request.role,
+        name=request.name,
+        org=_request_org(request.csr),
+        dns_names=tuple(san.get_values_for_type(x509.DNSName)),
+        ip_addresses=tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+        # ``_checked_request`` admits no other key.
+        key_type="ECDSA P-256",
+    )
+
+
+def check_expected_request(
+    request: RequestSummary, expected: ExpectedIdentity, *, allow_coordinator: bool
+) -> None:
+    """Refuse (``PermissionDenied``) a request that is not for whom the approver expects.
+
+    A request names its own role, name and organization; without this check the CA would sign
+    whatever a member asked for, a coordinator certificate included.
+    """
+    mismatches = [
+        f"{what} {asked!r} (expected {wanted!r})"
+        for what, asked, wanted in (
+            ("role", request.role.value, expected.role),
+            ("name", request.name, expected.name),
+            ("organization", request.org, expected.org),
+        )
+        if asked != wanted
+    ]
+    if mismatches:
+        raise PermissionDenied(
+            f"refusing to sign {request.spiffe_id}: the request asks for "
+            f"{', '.join(mismatches)}; check with the requester before approving"
+        )
+    if request.role is Role.COORDINATOR and not allow_coordinator:
+        raise PermissionDenied(
+            f"refusing to sign {request.spiffe_id}: a coordinator certificate can route every "
+            "query of the consortium; approve it only with --allow-coordinator"
+        )
 
 
 def _validity(
@@ -191,7 +270,16 @@ def approve_request(
     if role is Role.CLIENT:
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     else:
-        names += [x509.DNSName(host) for host in san.get_values_for_type(x509.DNSName)]
+        requested = san.get_values_for_type(x509.DNSName)
+        reserved = [host for host in requested if is_reserved_dns_name(host)]
+        if reserved:
+            raise PermissionDenied(
+                f"the request asks for CA-assigned server names {reserved}; only the CA assigns "
+                "those (drop them from --dns)"
+            )
+        # The name a channel expecting this identity checks: the CA's, derived from the id.
+        names.append(x509.DNSName(server_dns_name(spiffe_id)))
+        names += [x509.DNSName(host) for host in requested]
         names += [x509.IPAddress(address) for address in san.get_values_for_type(x509.IPAddress)]
         # Silos and the coordinator call each other, so each is both server and client.
         usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from silobridge.core.errors import ConfigError, InvalidArgument
-from silobridge.security.identity import Role, make_spiffe_id, validate_component, validate_role
+from silobridge.security.identity import (
+    SERVER_NAME_SUFFIX,
+    Role,
+    is_reserved_dns_name,
+    make_spiffe_id,
+    validate_component,
+    validate_role,
+)
 from silobridge.security.pki.approve import (
     CLOCK_SKEW,
     CertificateAuthority,
@@ -188,10 +195,14 @@ def request_certificate(
     ips = [_parse_ip(address) for address in ip_addresses]
     if parsed_role is Role.CLIENT and (dns or ips):
         raise InvalidArgument("a client certificate carries no DNS or IP names; drop --dns/--ip")
-    if parsed_role is not Role.CLIENT and not dns and not ips:
-        # Servers on one machine (tests, the local launcher) are reached on loopback.
-        dns = ["localhost"]
-        ips = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    reserved = [host for host in dns if is_reserved_dns_name(host)]
+    if reserved:
+        raise InvalidArgument(
+            f"{', '.join(reserved)}: names under {SERVER_NAME_SUFFIX} are assigned by the CA; "
+            "drop them from --dns"
+        )
+    # No default names: the CA adds the server's own name (derived from its SPIFFE id), which is
+    # what peers expecting it check; --dns/--ip add names for callers that dial without one.
 
     files = RequestFiles(key=out_dir / f"{name}.key", csr=out_dir / f"{name}.csr")
     refuse_existing([files.key, files.csr])

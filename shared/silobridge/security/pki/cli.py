@@ -7,16 +7,25 @@ hidden prompt. Errors print ``error: <message>`` to stderr and exit with status 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from silobridge.core.cli_support import run_or_exit, stdout_console
+from silobridge.core.cli_support import fail, run_or_exit, stdout_console
 from silobridge.core.errors import ConfigError
 from silobridge.security.identity import Role
 from silobridge.security.pki import ca as pki
+from silobridge.security.pki.approve import (
+    ExpectedIdentity,
+    RequestSummary,
+    check_expected_request,
+    describe_request,
+)
+from silobridge.security.pki.files import refuse_existing
+from silobridge.security.pki.issued import sign_once
 
 # The name of an environment variable, not a secret.
 PASSPHRASE_ENV = "SILOBRIDGE_CA_PASSPHRASE"  # noqa: S105
@@ -40,6 +49,14 @@ IpOption = Annotated[
 ]
 ValidDaysOption = Annotated[
     int, typer.Option("--valid-days", help="Days the certificate is valid.")
+]
+RotateOption = Annotated[
+    bool,
+    typer.Option(
+        "--rotate",
+        help="Renew a name this CA already issued (same role and organization); without it a "
+        "name already issued is refused.",
+    ),
 ]
 
 
@@ -131,7 +148,56 @@ def request_command(
     console.print(f"  request:     {escape(str(files.csr))} (send this to the CA operator)")
 
 
-@pki_app.command("approve")
+def _print_request(csr: Path, request: RequestSummary) -> None:
+    out = stdout_console()
+    out.print(f"Request {escape(str(csr))} asks for:")
+    out.print(f"  identity:  {escape(request.spiffe_id)}")
+    out.print(f"  role:      {request.role.value}")
+    out.print(f"  name:      {escape(request.name)}")
+    out.print(f"  org:       {escape(request.org)}")
+    out.print(f"  DNS names: {escape(', '.join(request.dns_names)) or '-'}")
+    out.print(f"  IPs:       {', '.join(request.ip_addresses) or '-'}")
+    out.print(f"  key:       {request.key_type}")
+
+
+def _given_expectation(
+    role: Role | None, name: str | None, org: str | None
+) -> ExpectedIdentity | None:
+    """The identity given with the --expect-* flags; None when none was given."""
+    given = {"--expect-role": role, "--expect-name": name, "--expect-org": org}
+    missing = [flag for flag, value in given.items() if value is None]
+    if len(missing) == len(given):
+        if not sys.stdin.isatty():
+            fail(
+                "no terminal to confirm the request on: pass --expect-role, --expect-name and "
+                "--expect-org with the identity you agreed with the requester"
+            )
+        return None
+    if missing or role is None or name is None or org is None:
+        fail(f"give all of --expect-role, --expect-name and --expect-org (missing {missing})")
+    return ExpectedIdentity(role=role.value, name=name, org=org)
+
+
+def _typed_expectation() -> ExpectedIdentity:
+    # Typed, not a yes/no: the approver has to know who they expect, not just glance at it.
+    stdout_console().print("Type who you expect this request to be from, to approve it:")
+    role: str = typer.prompt("  role (silo, coordinator, client)")
+    name: str = typer.prompt("  name")
+    org: str = typer.prompt("  organization")
+    return ExpectedIdentity(role=role.strip(), name=name.strip(), org=org.strip())
+
+
+_APPROVE_HELP = (
+    "Sign a participant's request with the consortium CA, once you confirm who it is for.\n\n"
+    "The request is shown first; then type the role, name and organization you agreed with "
+    "the requester, or pass them with --expect-role, --expect-name and --expect-org (scripts; "
+    "without a terminal they are required). A mismatch, a name this CA already issued "
+    "(without --rotate) or a coordinator request (without --allow-coordinator) is refused and "
+    "nothing is signed."
+)
+
+
+@pki_app.command("approve", help=_APPROVE_HELP)
 def approve_command(
     *,
     csr: Annotated[Path, typer.Argument(help="The certificate signing request (.csr) to sign.")],
@@ -140,12 +206,46 @@ def approve_command(
         Path | None, typer.Option("--out", help="Certificate file (default: CSR with .crt).")
     ] = None,
     valid_days: ValidDaysOption = 365,
+    expect_role: Annotated[
+        Role | None,
+        typer.Option("--expect-role", help="Role the request must ask for (for scripts)."),
+    ] = None,
+    expect_name: Annotated[
+        str | None,
+        typer.Option("--expect-name", help="Name the request must ask for (for scripts)."),
+    ] = None,
+    expect_org: Annotated[
+        str | None,
+        typer.Option("--expect-org", help="Organization the request must name (for scripts)."),
+    ] = None,
+    allow_coordinator: Annotated[
+        bool,
+        typer.Option("--allow-coordinator", help="Allow signing a coordinator-role certificate."),
+    ] = False,
+    rotate: RotateOption = False,
 ) -> None:
-    """Sign a participant's request with the consortium CA."""
+    """Sign a participant's request once the approver confirmed who it is for."""
     target = out if out is not None else csr.with_suffix(".crt")
     csr_pem = run_or_exit(lambda: _read_request(csr))
+    given = _given_expectation(expect_role, expect_name, expect_org)
     ca = _load_ca(ca_dir)
-    cert_pem = run_or_exit(lambda: pki.approve_request(ca, csr_pem, valid_days=valid_days))
+    request = run_or_exit(lambda: describe_request(ca, csr_pem))
+    _print_request(csr, request)
+    expected = given if given is not None else _typed_expectation()
+    run_or_exit(
+        lambda: check_expected_request(request, expected, allow_coordinator=allow_coordinator)
+    )
+    cert_pem = run_or_exit(
+        lambda: sign_once(
+            ca_dir,
+            role=request.role.value,
+            name=request.name,
+            org=request.org,
+            rotate=rotate,
+            sign=lambda: pki.approve_request(ca, csr_pem, valid_days=valid_days),
+            before_recording=[lambda: refuse_existing([target])],
+        )
+    )
     run_or_exit(lambda: pki.write_certificate(target, cert_pem))
     console = stdout_console()
     console.print(f"Signed {escape(str(csr))}:")
@@ -164,11 +264,14 @@ def issue_command(
     dns: DnsOption = None,
     ip: IpOption = None,
     valid_days: ValidDaysOption = 365,
+    rotate: RotateOption = False,
 ) -> None:
     """Request and approve in one step (for participants the CA operator provisions itself)."""
     ca = _load_ca(ca_dir)
-    files = run_or_exit(
-        lambda: pki.issue_certificate(
+    issued: list[pki.IssuedFiles] = []
+
+    def issue() -> bytes:
+        files = pki.issue_certificate(
             ca,
             out,
             role=role.value,
@@ -178,10 +281,16 @@ def issue_command(
             ip_addresses=ip or (),
             valid_days=valid_days,
         )
+        issued.append(files)
+        return files.cert.read_bytes()
+
+    cert_pem = run_or_exit(
+        lambda: sign_once(ca_dir, role=role.value, name=name, org=org, rotate=rotate, sign=issue)
     )
     console = stdout_console()
     console.print(f"Issued {escape(name)}:")
-    _print_summary(files.cert.read_bytes())
+    _print_summary(cert_pem)
+    files = issued[0]
     console.print(f"  private key:    {escape(str(files.key))}")
     console.print(f"  certificate:    {escape(str(files.cert))}")
     console.print(f"  CA certificate: {escape(str(files.ca_cert))}")

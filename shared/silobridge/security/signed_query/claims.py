@@ -22,17 +22,20 @@ __all__ = ["QueryClaims", "SignedQuery", "decode_claims", "encode_claims", "text
 
 @dataclass(frozen=True)
 class QueryClaims:
-    """The signed statement: this vector, from this space, to these silos, for k hits, now."""
+    """The signed statement: this vector, from this space, to these silos through this
+    coordinator (the audience), for k hits, now."""
 
     source_space: str
     vector_sha256: bytes
-    # Sorted and de-duplicated; empty means every silo the client may query.
+    # Sorted and de-duplicated, never empty: verifiers refuse a query that names no silo.
     silos: tuple[str, ...]
     k: int
     issued_unix_ms: int
     nonce: bytes
     # sha256 of the query text sent for re-ranking; empty when no text is sent.
     rerank_text_sha256: bytes = b""
+    # The SPIFFE id of the coordinator that may forward it; silos accept it only from that caller.
+    audience: str = ""
 
 
 def text_sha256(text: str) -> bytes:
@@ -49,6 +52,7 @@ def encode_claims(claims: QueryClaims) -> bytes:
         issued_unix_ms=claims.issued_unix_ms,
         nonce=claims.nonce,
         rerank_text_sha256=claims.rerank_text_sha256,
+        audience=claims.audience,
     )
     return message.SerializeToString(deterministic=True)
 
@@ -67,4 +71,5 @@ def decode_claims(data: bytes) -> QueryClaims:
         issued_unix_ms=message.issued_unix_ms,
         nonce=message.nonce,
         rerank_text_sha256=message.rerank_text_sha256,
+        audience=message.audience,
     )

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from silobridge.core.errors import ConfigError, InvalidArgument
 from silobridge.core.vectors import WireVector
+from silobridge.security.identity import SPIFFE_SCHEME
 from silobridge.security.signed_query.claims import (
     MAX_K,
     NONCE_BYTES,
@@ -72,14 +73,31 @@ class QuerySigner:
         source_space: str,
         silos: Sequence[str],
         k: int,
+        audience: str,
         rerank_text: str = "",
         now_ms: int | None = None,
         nonce: bytes | None = None,
     ) -> SignedQuery:
-        """Sign a query (ECDSA P-256, SHA-256); a fresh nonce unless given."""
+        """Sign a query (ECDSA P-256, SHA-256); a fresh nonce unless given.
+
+        ``silos`` names every target (a query for "every silo" is resolved into names first)
+        and ``audience`` is the SPIFFE id of the coordinator it is sent to: only that
+        coordinator may forward it, so a captured query is worthless to anyone else.
+        """
         if not source_space:
             raise InvalidArgument(
                 "a signed query needs the source space its vector was embedded in"
+            )
+        targets = tuple(sorted(set(silos)))
+        if not targets or not all(targets):
+            raise InvalidArgument(
+                "a signed query names its target silos; list the silos to search "
+                "(the client resolves 'every silo' through ListSilos)"
+            )
+        if not audience.startswith(SPIFFE_SCHEME):
+            raise InvalidArgument(
+                f"a signed query's audience is the coordinator's SPIFFE id "
+                f"(spiffe://<consortium>/coordinator/<name>), got {audience!r}"
             )
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
@@ -91,11 +109,12 @@ class QuerySigner:
             source_space=source_space,
             vector_sha256=vector.sha256(),
             # Sorted and de-duplicated so the same target set always signs the same bytes.
-            silos=tuple(sorted(set(silos))),
+            silos=targets,
             k=k,
             issued_unix_ms=_now() if now_ms is None else now_ms,
             nonce=nonce,
             rerank_text_sha256=text_sha256(rerank_text) if rerank_text else b"",
+            audience=audience,
         )
         claims_bytes = encode_claims(claims)
         signature = self.key.sign(SIGNATURE_CONTEXT + claims_bytes, SIGNATURE_ALGORITHM)
@@ -116,6 +135,7 @@ def sign_query(
     k: int,
     key_pem: bytes,
     certificate_pem: bytes,
+    audience: str,
     rerank_text: str = "",
     now_ms: int | None = None,
     nonce: bytes | None = None,
@@ -126,6 +146,7 @@ def sign_query(
         source_space=source_space,
         silos=silos,
         k=k,
+        audience=audience,
         rerank_text=rerank_text,
         now_ms=now_ms,
         nonce=nonce,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from silobridge.core.errors import ConfigError, PermissionDenied
 from silobridge.core.vectors import WireVector
@@ -23,7 +24,11 @@ from silobridge.security.signed_query.claims import (
     decode_claims,
     text_sha256,
 )
-from silobridge.security.signed_query.replay import DEFAULT_MAX_AGE_S, ReplayCache
+from silobridge.security.signed_query.replay import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_SKEW_S,
+    ReplayCache,
+)
 from silobridge.security.signed_query.signing import SIGNATURE_ALGORITHM
 from silobridge.security.signed_query.signing import now_ms as _now_ms
 
@@ -41,16 +46,65 @@ class VerifiedQuery:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_ca_certificate(ca_certificate_pem: bytes) -> x509.Certificate:
-    # The CA certificate is the verifier's own configuration: parse it once, not per query.
+def _load_ca_certificates(ca_certificate_pem: bytes) -> tuple[x509.Certificate, ...]:
+    # The CA bundle is the verifier's own configuration: parse it once per content, not per
+    # query. Keyed on the bytes, so a rewritten CA file (rotation) is parsed afresh.
     try:
-        return x509.load_pem_x509_certificate(ca_certificate_pem)
+        certificates = tuple(x509.load_pem_x509_certificates(ca_certificate_pem))
     except ValueError:
-        raise ConfigError("the consortium CA certificate is not a PEM certificate") from None
+        raise ConfigError("the consortium CA file holds no readable PEM certificate") from None
+    return certificates
+
+
+def _issued_by_any(certificate: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> bool:
+    # Every CA of the bundle is trusted: during a CA rotation both the old and the new one are.
+    for ca in cas:
+        try:
+            certificate.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+        return True
+    return False
+
+
+def _check_signer_usage(certificate: x509.Certificate) -> None:
+    """Refuse a certificate the CA did not issue for signing as a client.
+
+    The CA's signature alone is not enough: a server-only certificate, a CA certificate or one
+    whose key is not for digital signatures must not sign queries.
+    """
+    extensions = certificate.extensions
+    try:
+        usages = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = x509.ExtendedKeyUsage([])
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise PermissionDenied(
+            "the query's certificate is not a client certificate (no clientAuth extended key "
+            "usage); only client certificates sign queries"
+        )
+    try:
+        key_usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        key_usage = None
+    if key_usage is None or not key_usage.digital_signature:
+        raise PermissionDenied(
+            "the query's certificate does not allow digital signatures (key usage "
+            "digitalSignature); it cannot sign queries"
+        )
+    try:
+        is_ca = extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if is_ca:
+        raise PermissionDenied(
+            "the query's certificate is a CA certificate (basic constraints CA:TRUE); "
+            "only client certificates sign queries"
+        )
 
 
 def _verified_certificate(
-    certificate_pem: bytes, ca: x509.Certificate, now: dt.datetime
+    certificate_pem: bytes, cas: tuple[x509.Certificate, ...], now: dt.datetime
 ) -> x509.Certificate:
     if not certificate_pem:
         raise PermissionDenied("the signed query carries no client certificate")
@@ -65,12 +119,9 @@ def _verified_certificate(
         raise PermissionDenied(
             "the signed query's certificate is not a readable PEM certificate"
         ) from None
-    try:
-        certificate.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        raise PermissionDenied(
-            "the query's certificate was not issued by this consortium's CA"
-        ) from None
+    if not _issued_by_any(certificate, cas):
+        raise PermissionDenied("the query's certificate was not issued by this consortium's CA")
+    _check_signer_usage(certificate)
     if now < certificate.not_valid_before_utc:
         raise PermissionDenied(
             f"the query's certificate is not valid before {certificate.not_valid_before_utc}"
@@ -103,16 +154,41 @@ def _check_signature(certificate: x509.Certificate, claims_bytes: bytes, signatu
         ) from None
 
 
-def _check_time(issued_ms: int, now_ms: int, max_age_s: float) -> None:
+def _check_time(issued_ms: int, now_ms: int, max_age_s: float, max_skew_s: float) -> None:
     age_s = (now_ms - issued_ms) / 1000.0
     if age_s > max_age_s:
         raise PermissionDenied(
             f"the query was signed {age_s:.1f} s ago; at most {max_age_s:g} s allowed"
         )
-    if -age_s > max_age_s:
+    # Bounded apart from the age: a query from the future would stay valid for its whole age
+    # window on top of its lead, and every silo would have to remember it that much longer.
+    if -age_s > max_skew_s:
         raise PermissionDenied(
-            f"the query was signed {-age_s:.1f} s in the future; at most {max_age_s:g} s of "
+            f"the query was signed {-age_s:.1f} s in the future; at most {max_skew_s:g} s of "
             "clock skew allowed (check the client's clock)"
+        )
+
+
+def _check_scope(claims: QueryClaims, *, silo: str | None, audience: str) -> None:
+    """The query names its targets and its audience, and they include ``silo`` and ``audience``.
+
+    Without the audience anyone allowed to search could submit a captured signed query before
+    its coordinator does and get the answers (the genuine forward then reads as a replay).
+    """
+    if not claims.silos:
+        raise PermissionDenied(
+            "the signed query names no target silos; a client signs the explicit list"
+        )
+    if silo is not None and silo not in claims.silos:
+        raise PermissionDenied(f"the query was not addressed to silo {silo!r}")
+    if not claims.audience:
+        raise PermissionDenied(
+            "the signed query names no audience; a client signs the coordinator it sends to"
+        )
+    if claims.audience != audience:
+        raise PermissionDenied(
+            f"the query was signed for {claims.audience}, not for {audience or 'this caller'}; "
+            "only its audience may send it on"
         )
 
 
@@ -123,13 +199,19 @@ def verify_signed_query(
     vector: WireVector,
     source_space: str,
     silo: str | None,
+    audience: str,
     replay: ReplayCache | None,
     now_ms: int | None = None,
     max_age_s: float = DEFAULT_MAX_AGE_S,
+    max_skew_s: float = DEFAULT_MAX_SKEW_S,
     rerank_text: str = "",
 ) -> VerifiedQuery:
     """Check a signed query against the request it came with; ``PermissionDenied`` if anything
     is off. ``k`` is not checked here: the caller compares ``claims.k`` with the request's.
+
+    ``audience`` is who must be named as the query's audience: a coordinator passes its own
+    SPIFFE id, a silo the id of the caller forwarding the query. A query naming no silo is
+    refused: "every silo" is resolved into names before signing.
 
     The nonce is recorded in ``replay`` only after every other check passed, so a rejected
     query cannot burn a nonce for a later genuine one.
@@ -145,9 +227,9 @@ def verify_signed_query(
             f"the signed query's claims are {len(signed.claims)} bytes; "
             f"at most {MAX_CLAIMS_BYTES} allowed"
         )
-    ca = _load_ca_certificate(ca_certificate_pem)
+    cas = _load_ca_certificates(ca_certificate_pem)
     now = dt.datetime.fromtimestamp(now_ms / 1000.0, tz=dt.UTC)
-    certificate = _verified_certificate(signed.certificate, ca, now)
+    certificate = _verified_certificate(signed.certificate, cas, now)
     signer = identity_from_certificate(certificate)
     if signer.role != Role.CLIENT:
         raise PermissionDenied(
@@ -164,9 +246,8 @@ def verify_signed_query(
         raise PermissionDenied(
             f"the query was signed for source space {claims.source_space!r}, not {source_space!r}"
         )
-    if silo is not None and claims.silos and silo not in claims.silos:
-        raise PermissionDenied(f"the query was not addressed to silo {silo!r}")
-    _check_time(claims.issued_unix_ms, now_ms, max_age_s)
+    _check_scope(claims, silo=silo, audience=audience)
+    _check_time(claims.issued_unix_ms, now_ms, max_age_s, max_skew_s)
     if rerank_text and not hmac.compare_digest(claims.rerank_text_sha256, text_sha256(rerank_text)):
         raise PermissionDenied("the re-rank text is not the text the client signed")
     if len(claims.nonce) != NONCE_BYTES:

@@ -13,10 +13,10 @@ import logging
 
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder
-from silobridge.rpc.coordinator_client import CoordinatorClient
 from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.registration import (
     advertise_address,
+    link_client,
     push_anchor_embeddings,
     register_with_coordinator,
 )
@@ -33,7 +33,7 @@ async def announce_primary(
         return []
     await register_with_coordinator(config, advertise_address(config, bound_port))
     link = config.coordinator
-    async with CoordinatorClient(link.endpoint, config.tls, insecure=config.server.insecure) as hub:
+    async with link_client(config, link) as hub:
         adapters = await hub.list_adapters(timeout=LIST_TIMEOUT_S)
     wanted = sorted(
         {

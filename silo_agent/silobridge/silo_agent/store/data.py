@@ -203,6 +203,9 @@ class SiloData:
                 f"vectors have shape {matrix.shape}; space {self.source.space.space_id} "
                 f"expects (n, {dimension})"
             )
+        for vectors_of, space in ((matrix, self.source.space), (target, None)):
+            if vectors_of is not None:
+                _refuse_zero_rows(docs, np.asarray(vectors_of), space)
         return self.docstore.upsert(docs, matrix, target)
 
     def write(
@@ -334,6 +337,21 @@ class SiloData:
 
     def close(self) -> None:
         self.docstore.close()
+
+
+def _refuse_zero_rows(
+    docs: Sequence[Document], matrix: np.ndarray, space: SpaceDescriptor | None
+) -> None:
+    # A zero vector has no direction: it matches nothing and makes cosine scores meaningless.
+    norms = np.linalg.norm(matrix.astype(np.float64), axis=1) if matrix.size else np.zeros(0)
+    zero = np.flatnonzero(~(norms > 0))
+    if zero.size:
+        doc = docs[int(zero[0])]
+        where = f" in space {space.space_id}" if space is not None else " in the target space"
+        raise InvalidArgument(
+            f"document {doc.doc_id!r:.80} embeds to a zero vector{where} (the model found "
+            "nothing in its text); nothing of this batch was stored"
+        )
 
 
 def rebuild_lock(data_dir: Path) -> contextlib.AbstractContextManager[None]:
