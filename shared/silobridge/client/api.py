@@ -15,6 +15,7 @@ peer's gRPC status and its message ending with which peer it was, e.g.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import cast
@@ -39,6 +40,9 @@ from silobridge.rpc.silo_client import SiloClient
 from silobridge.security.signed_query.signing import QuerySigner, load_client_signer
 
 _UINT32_MAX = 2**32 - 1
+
+# How long a listing of "every silo" is reused for queries that name no silos.
+EVERY_SILO_SECONDS = 10.0
 
 
 def _count(name: str, value: int, *, minimum: int) -> int:
@@ -89,6 +93,8 @@ class FederatedClient:
         # Each channel expects one identity: the query text goes to the home silo named in
         # client.toml and nobody else, whatever certificate answers at its address.
         self._audience = config.expected_coordinator()
+        # "Every silo", as last listed: (when, names). A query naming no silos signs these.
+        self._every: tuple[float, tuple[str, ...]] | None = None
         self._home = SiloClient(
             config.home_silo,
             config.tls,
@@ -207,12 +213,20 @@ class FederatedClient:
         )
 
     async def _every_silo(self) -> tuple[str, ...]:
-        """The names of every registered silo: "every silo", made explicit for signing."""
+        """The names of every registered silo: "every silo", made explicit for signing.
+
+        Listed again after ``EVERY_SILO_SECONDS``, not per query: a silo registered since then
+        is searched once the list is renewed.
+        """
+        now = time.monotonic()
+        if self._every is not None and now - self._every[0] < EVERY_SILO_SECONDS:
+            return self._every[1]
         names = tuple(sorted({listing.silo for listing in await self.list_silos()}))
         if not names:
             raise InvalidArgument(
                 "no silos are registered with the coordinator; there is nothing to search"
             )
+        self._every = (now, names)
         return names
 
     async def list_silos(self) -> list[SiloListing]:
