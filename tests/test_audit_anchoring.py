@@ -8,6 +8,7 @@ those the cut is found. Real silo and coordinator servers over real mTLS.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,14 @@ def test_a_silos_checkpoints_reach_the_coordinator_and_expose_a_cut_back_log(
     book = anchored.coordinator.service.audit_heads
     recorded = book.heads("kjv")
     assert recorded, "no audit head reached the coordinator"
+    # Each head was accepted (not recorded and then failed): the coordinator audits it allowed.
+    coordinator_log = anchored.coordinator.service.config.audit.log
+    accepted = [
+        json.loads(line)
+        for line in coordinator_log.read_text().splitlines()
+        if '"RecordAuditHead"' in line
+    ]
+    assert accepted and all(line["allowed"] for line in accepted), accepted[-1:]
     config = load_silo_config(anchored.silo_config)
     assert config.audit is not None
     log, pub = config.audit.log, Path(f"{config.audit.key}.pub")

@@ -165,7 +165,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         caller = self._caller(context)
         head = convert.audit_head_from_proto(request.head)
         recorded = await self.service.record_audit_head(caller, head)
-        self.gatekeeper.record(caller, "RecordAuditHead", allowed=True, covers=head.covers)
+        self.gatekeeper.record(caller, "RecordAuditHead", allowed=True, checkpoint_of=head.covers)
         return coordinator_pb2.RecordAuditHeadResponse(recorded=recorded)
 
     @unary_boundary
