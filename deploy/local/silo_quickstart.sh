@@ -44,6 +44,7 @@ ca = "$ABS/certs/kjv/ca.crt"
 describe = ["org:bible"]
 embed = ["org:bible/client"]          # only our own organization's clients may send text
 search = ["org:bible/client"]
+query = ["org:bible"]                 # on whose behalf queries are answered (none if absent)
 disclose_fields = ["book"]            # hits reveal the book, nothing else
 TOML
 cat "$DEMO_DIR/kjv/silo.toml"
