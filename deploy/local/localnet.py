@@ -243,6 +243,7 @@ anchors = ["{spiffe}/silo/*"]
 adapters = ["{spiffe}/silo/*"]      # silos fetch signed adapters to translate queries
 list = ["{spiffe}/client/*", "{spiffe}/silo/*"]
 train = ["{spiffe}/client/{self.admin}"]
+manage = ["{spiffe}/client/{self.admin}"]  # `silobridge coordinator silo disable|enable|remove`
 rate_per_second = 1000.0            # per caller; the demo's retention table is a burst
 burst = 1000
 
