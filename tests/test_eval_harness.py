@@ -207,7 +207,8 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvalResult]:
 def test_rows_carry_the_schema_fields(small_run: EvalResult) -> None:
     rows = [row.to_json() for row in small_run.rows]
     assert [(r["method"], r["kind"]) for r in rows] == [
-        ("native", None),  # no "none": 384 and 64 dimensions cannot be compared
+        ("native", None),
+        ("source-native", None),  # no "none": 384 and 64 dimensions cannot be compared
         ("adapter", "procrustes"),
         ("two-stage", "procrustes"),
         ("adapter", "affine"),
@@ -218,7 +219,9 @@ def test_rows_carry_the_schema_fields(small_run: EvalResult) -> None:
     native = rows[0]
     assert (native["anchors"], native["anchor_count"], native["train_s"]) == (None, None, None)
     assert native["arr@10"] == 1.0 and native["retention_ndcg@10"] == 1.0
-    for row in rows[1:]:
+    source_native = rows[1]
+    assert (source_native["anchors"], source_native["train_s"]) == (None, None)
+    for row in rows[2:]:
         assert (row["anchors"], row["anchor_count"]) == ("public", 500)
         assert row["train_s"] > 0
     assert all(row["apply_us"] > 0 for row in rows if row["method"] == "adapter")
@@ -236,6 +239,20 @@ def test_retention_is_the_ratio_of_the_reported_scores(small_run: EvalResult) ->
             row.ndcg <= native.ndcg
         )
         assert row.arr is not None and 0.0 <= row.arr <= 1.0
+
+
+def test_retention_of_achievable_is_measured_against_the_weaker_native(
+    small_run: EvalResult,
+) -> None:
+    native, source_native = small_run.rows[0], small_run.rows[1]
+    assert source_native.method == "source-native"
+    assert native.ndcg is not None and source_native.ndcg is not None
+    achievable = min(native.ndcg, source_native.ndcg)
+    for row in small_run.rows:
+        assert row.source_native_ndcg == pytest.approx(source_native.ndcg)
+        assert row.ndcg is not None
+        assert row.retention_achievable_ndcg == pytest.approx(row.ndcg / achievable)
+        assert row.to_json()["retention_achievable_ndcg@10"] == row.retention_achievable_ndcg
 
 
 def test_native_scores_match_a_hand_computed_search(small_run: EvalResult) -> None:
@@ -285,13 +302,15 @@ def test_cli_runs_a_beir_directory_to_json_and_plot(tmp_path: Path) -> None:
     report = json.loads(out_json.read_text())
     rows = report["rows"]
     assert {"config", "date", "machine"} <= set(report)
-    # native, none, then 2 anchor sets x 2 counts x (procrustes, its two-stage, affine).
-    assert len(rows) == 2 + 2 * 2 * 3
-    none = rows[1]
+    # native, source-native, none, then 2 anchor sets x 2 counts x (procrustes, its two-stage,
+    # affine).
+    assert len(rows) == 3 + 2 * 2 * 3
+    assert rows[1]["method"] == "source-native"
+    none = rows[2]
     # The same model on both sides: the untranslated vector is the native one.
     assert none["method"] == "none" and none["arr@10"] == 1.0
-    assert {r["anchors"] for r in rows[2:]} == {"in-domain", "file:anchors.txt"}
-    assert {r["anchor_count"] for r in rows[2:]} == {60, 120}
+    assert {r["anchors"] for r in rows[3:]} == {"in-domain", "file:anchors.txt"}
+    assert {r["anchor_count"] for r in rows[3:]} == {60, 120}
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out_png.stat().st_size > 10_000
 
