@@ -255,6 +255,43 @@ def test_retention_of_achievable_is_measured_against_the_weaker_native(
         assert row.to_json()["retention_achievable_ndcg@10"] == row.retention_achievable_ndcg
 
 
+def test_the_identity_protocol_reports_r1_and_mrr_beside_the_labelled_rows(
+    tmp_path: Path,
+) -> None:
+    config = EvalConfig(
+        source_model="static-64",
+        target_model="static-64",
+        dataset="bible-web2kjv",
+        corpus_size=200,
+        queries=20,
+        anchors=("public",),
+        anchor_counts=(300,),
+        adapters=("procrustes",),
+        two_stage=False,
+        protocol="identity",
+        identity_docs=50,
+    )
+    session = EvalSession(cache_dir=tmp_path)
+    try:
+        result = run_evaluation(config, session)
+    finally:
+        session.close()
+    by_method = {row.method: row for row in result.rows}
+    # The same model on both sides: a document's own vector finds it (unless a duplicate text
+    # ties), with or without the (near-identity) adapter.
+    for method in ("native", "none", "adapter"):
+        row = by_method[method]
+        assert row.identity_r1 is not None and row.identity_mrr is not None
+        assert 0.9 <= row.identity_r1 <= row.identity_mrr <= 1.0, method
+        assert row.ndcg is not None  # the labelled metrics stay beside it
+    assert by_method["source-native"].identity_r1 is None
+    assert by_method["adapter"].to_json()["identity_r@1"] == by_method["adapter"].identity_r1
+
+
+def test_the_labelled_protocol_alone_reports_no_identity_figures(small_run: EvalResult) -> None:
+    assert all(row.identity_r1 is None and row.identity_mrr is None for row in small_run.rows)
+
+
 def test_native_scores_match_a_hand_computed_search(small_run: EvalResult) -> None:
     data = load_builtin("bible-web2kjv", corpus_size=300, queries=50, seed=0)
     target = load_embedder(TARGET)

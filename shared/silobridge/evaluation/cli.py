@@ -59,6 +59,16 @@ def eval_command(
     rerank_depth: Annotated[
         int, typer.Option(help="How many adapter hits the two-stage row re-ranks.")
     ] = 100,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="labelled (the dataset's judged queries), or identity: also the seed paper's "
+            "protocol, a document's source vector translated must find that document (R@1, MRR)."
+        ),
+    ] = "labelled",
+    identity_docs: Annotated[
+        int, typer.Option(help="Documents sampled for the identity protocol.")
+    ] = 1000,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the rows and config as JSON here.")
     ] = None,
@@ -96,6 +106,8 @@ def eval_command(
             adapters=kinds,
             two_stage=two_stage,
             rerank_depth=rerank_depth,
+            protocol=protocol,
+            identity_docs=identity_docs,
         )
     )
 

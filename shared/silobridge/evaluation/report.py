@@ -27,7 +27,9 @@ def result_table(result: EvalResult) -> Table:
     headers = ("method", "kind", "anchors", "count", "nDCG@10", "R@10", "MRR@10")
     for header in headers:
         table.add_column(header, justify="left" if header in headers[:3] else "right")
-    for header in ("retention", "of achievable", "ARR@10", "train s", "apply µs"):
+    identity = result.config.protocol == "identity"
+    extra = ("identity R@1", "identity MRR") if identity else ()
+    for header in ("retention", "of achievable", *extra, "ARR@10", "train s", "apply µs"):
         table.add_column(header, justify="right")
     for row in result.rows:
         table.add_row(
@@ -40,6 +42,7 @@ def result_table(result: EvalResult) -> Table:
             _num(row.mrr),
             _num(row.retention_ndcg),
             _num(row.retention_achievable_ndcg),
+            *((_num(row.identity_r1), _num(row.identity_mrr)) if identity else ()),
             _num(row.arr),
             _num(row.train_s, 2),
             _num(row.apply_us, 1),

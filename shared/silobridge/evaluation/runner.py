@@ -1,4 +1,5 @@
-"""The evaluation matrix: native, none, each adapter kind and two-stage, per anchor set/count."""
+"""The evaluation matrix: native, source-native, none, each adapter kind and two-stage, per anchor
+set and count; optionally the identity protocol beside the labelled one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -43,6 +45,8 @@ ROW_FIELDS: tuple[str, ...] = (
     "retention_recall@10",
     "source_native_ndcg@10",
     "retention_achievable_ndcg@10",
+    "identity_r@1",
+    "identity_mrr@10",
     "arr@10",
     "train_s",
     "apply_us",
@@ -52,6 +56,11 @@ ROW_FIELDS: tuple[str, ...] = (
 METHODS: tuple[str, ...] = ("native", "source-native", "none", "adapter", "two-stage")
 CUTOFF = 10
 AUTO = "auto"
+# ``labelled``: the dataset's judged queries. ``identity`` adds the seed paper's protocol beside
+# it: a document's source-space vector, translated, must find the same document in the target
+# index (R@1, MRR@10), over a sample of ``identity_docs`` documents.
+PROTOCOLS = ("labelled", "identity")
+DEFAULT_IDENTITY_DOCS = 1000
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,16 @@ class EvalConfig:
     two_stage: bool = True
     rerank_depth: int = 100
     apply_calls: int = MIN_APPLY_CALLS
+    protocol: str = "labelled"
+    identity_docs: int = DEFAULT_IDENTITY_DOCS
 
     def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise InvalidArgument(
+                f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}"
+            )
+        if self.identity_docs < 1:
+            raise InvalidArgument("--identity-docs must be at least 1")
         if not self.anchor_counts or min(self.anchor_counts) < 1:
             raise InvalidArgument("every --anchor-count must be at least 1")
         if not self.adapters:
@@ -115,6 +132,9 @@ class EvalRow:
     source_native_ndcg: float | None = None
     # nDCG@10 over min(native, source-native): what an adapter can be expected to reach.
     retention_achievable_ndcg: float | None = None
+    # The identity protocol (``--protocol identity``), None otherwise.
+    identity_r1: float | None = None
+    identity_mrr: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,6 +149,8 @@ class EvalRow:
             "retention_recall@10": self.retention_recall,
             "source_native_ndcg@10": self.source_native_ndcg,
             "retention_achievable_ndcg@10": self.retention_achievable_ndcg,
+            "identity_r@1": self.identity_r1,
+            "identity_mrr@10": self.identity_mrr,
             "arr@10": self.arr,
             "train_s": self.train_s,
             "apply_us": self.apply_us,
@@ -160,6 +182,8 @@ class EvalRow:
             heldout_ndcg=row.get("heldout_ndcg@10"),
             source_native_ndcg=row.get("source_native_ndcg@10"),
             retention_achievable_ndcg=row.get("retention_achievable_ndcg@10"),
+            identity_r1=row.get("identity_r@1"),
+            identity_mrr=row.get("identity_mrr@10"),
         )
 
 
@@ -274,12 +298,19 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
         }
     source_native = top_k(source_queries, source_corpus, CUTOFF)
     scorer = _Scorer(config, dataset, top_k(native_queries, corpus, CUTOFF), source_native)
+    identity = _Identity(config, source_corpus, corpus)
     rows = [
-        scorer.row("native", scorer.native, train_s=None, apply_us=None),
-        scorer.row("source-native", source_native, train_s=None, apply_us=None),
+        scorer.row("native", scorer.native, identity=identity.of(identity.targets)),
+        scorer.row("source-native", source_native),
     ]
     if source_model.dimension == target_model.dimension:
-        rows.append(scorer.row("none", top_k(source_queries, corpus, CUTOFF)))
+        rows.append(
+            scorer.row(
+                "none",
+                top_k(source_queries, corpus, CUTOFF),
+                identity=identity.of(identity.sources),
+            )
+        )
     for name, (source_anchors, target_anchors) in anchor_pairs.items():
         for count in sorted(set(config.anchor_counts)):
             for position, kind in enumerate(dict.fromkeys(config.adapters)):
@@ -305,6 +336,7 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
                         apply_us=median_apply_us(adapter, source_queries, config.apply_calls),
                         chosen_kind=chosen,
                         heldout=_heldout_ndcg(adapter.metrics),
+                        identity=identity.of(adapter.apply(identity.sources)),
                     )
                 )
                 if position == 0 and config.two_stage:
@@ -368,8 +400,10 @@ class _Scorer:
         apply_us: float | None = None,
         chosen_kind: str | None = None,
         heldout: float | None = None,
+        identity: tuple[float, float] | None = None,
     ) -> EvalRow:
         ndcg, recall, mrr = self._metrics(ranked)
+        identity_r1, identity_mrr = identity if identity is not None else (None, None)
         return EvalRow(
             method=method,
             kind=kind,
@@ -390,7 +424,33 @@ class _Scorer:
             heldout_ndcg=heldout,
             source_native_ndcg=self.source_native_ndcg,
             retention_achievable_ndcg=retention(ndcg, self.achievable_ndcg),
+            identity_r1=identity_r1,
+            identity_mrr=identity_mrr,
         )
+
+
+class _Identity:
+    """The identity protocol: each sampled document's own vector, in the query's space, must
+    find that document in the target index. Off (every ``of`` is None) unless asked for."""
+
+    def __init__(self, config: EvalConfig, source_corpus: FloatMatrix, corpus: FloatMatrix):
+        self.on = config.protocol == "identity"
+        count = min(config.identity_docs, corpus.shape[0])
+        rng = np.random.default_rng(config.seed)
+        self.docs = np.sort(rng.choice(corpus.shape[0], size=count, replace=False))
+        self.sources = source_corpus[self.docs]
+        self.targets = corpus[self.docs]
+        self.corpus = corpus
+
+    def of(self, vectors: FloatMatrix) -> tuple[float, float] | None:
+        """(R@1, MRR@10) of ``vectors`` (one per sampled document, in the target space)."""
+        if not self.on:
+            return None
+        ranked = top_k(vectors, self.corpus, CUTOFF)
+        found = ranked == self.docs[:, None]
+        rank = np.where(found.any(axis=1), found.argmax(axis=1) + 1, 0)
+        reciprocal = np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0)
+        return float(np.mean(rank == 1)), float(np.mean(reciprocal))
 
 
 def _heldout_ndcg(metrics: dict[str, float]) -> float | None:
