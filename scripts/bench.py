@@ -64,13 +64,13 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 def markdown_table(result: EvalResult) -> str:
     lines = [
-        "| method | kind | anchors | count | nDCG@10 | R@10 | MRR@10 | retention nDCG | "
-        "of achievable | retention R | ARR@10 | train s | apply µs |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | kind | receiving | anchors | count | nDCG@10 | R@10 | MRR@10 | "
+        "retention nDCG | of achievable | retention R | ARR@10 | train s | apply µs |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result.rows:
         lines.append(
-            f"| {row.method} | {row.kind or ''} | {row.anchors or ''} | "
+            f"| {row.method} | {row.kind or ''} | {row.receiving} | {row.anchors or ''} | "
             f"{'' if row.anchor_count is None else row.anchor_count} | {fmt(row.ndcg)} | "
             f"{fmt(row.recall)} | {fmt(row.mrr)} | {fmt(row.retention_ndcg)} | "
             f"{fmt(row.retention_achievable_ndcg)} | {fmt(row.retention_recall)} | "
@@ -93,7 +93,8 @@ def targets_table(results: list[EvalResult]) -> str:
             row
             for result in headline
             for row in result.rows
-            if row.method == method and row.anchors in PUBLIC_SOURCES
+            # Receiving-side rows are harness measurements until the silo runs those steps.
+            if row.method == method and row.anchors in PUBLIC_SOURCES and not row.receiving
         ]
         scored = [(getattr(row, field), row) for row in rows if getattr(row, field) is not None]
         if not scored:

@@ -206,12 +206,13 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvalResult]:
 
 def test_rows_carry_the_schema_fields(small_run: EvalResult) -> None:
     rows = [row.to_json() for row in small_run.rows]
-    assert [(r["method"], r["kind"]) for r in rows] == [
-        ("native", None),
-        ("source-native", None),  # no "none": 384 and 64 dimensions cannot be compared
-        ("adapter", "procrustes"),
-        ("two-stage", "procrustes"),
-        ("adapter", "affine"),
+    assert [(r["method"], r["kind"], r["receiving"]) for r in rows] == [
+        ("native", None, ""),
+        ("source-native", None, ""),  # no "none": 384 and 64 dimensions cannot be compared
+        ("adapter", "procrustes", ""),
+        ("adapter", "procrustes", "hubness(anchors)"),
+        ("two-stage", "procrustes", ""),
+        ("adapter", "affine", ""),
     ]
     for row in rows:
         assert set(ROW_FIELDS) <= set(row)
@@ -224,7 +225,9 @@ def test_rows_carry_the_schema_fields(small_run: EvalResult) -> None:
     for row in rows[2:]:
         assert (row["anchors"], row["anchor_count"]) == ("public", 500)
         assert row["train_s"] > 0
-    assert all(row["apply_us"] > 0 for row in rows if row["method"] == "adapter")
+    assert all(
+        row["apply_us"] > 0 for row in rows if row["method"] == "adapter" and not row["receiving"]
+    )
 
 
 def test_retention_is_the_ratio_of_the_reported_scores(small_run: EvalResult) -> None:
@@ -276,7 +279,7 @@ def test_the_identity_protocol_reports_r1_and_mrr_beside_the_labelled_rows(
         result = run_evaluation(config, session)
     finally:
         session.close()
-    by_method = {row.method: row for row in result.rows}
+    by_method = {row.method: row for row in result.rows if not row.receiving}
     # The same model on both sides: a document's own vector finds it (unless a duplicate text
     # ties), with or without the (near-identity) adapter.
     for method in ("native", "none", "adapter"):
@@ -339,9 +342,9 @@ def test_cli_runs_a_beir_directory_to_json_and_plot(tmp_path: Path) -> None:
     report = json.loads(out_json.read_text())
     rows = report["rows"]
     assert {"config", "date", "machine"} <= set(report)
-    # native, source-native, none, then 2 anchor sets x 2 counts x (procrustes, its two-stage,
-    # affine).
-    assert len(rows) == 3 + 2 * 2 * 3
+    # native, source-native, none, then 2 anchor sets x 2 counts x (procrustes, its hubness
+    # correction, its two-stage, affine).
+    assert len(rows) == 3 + 2 * 2 * 4
     assert rows[1]["method"] == "source-native"
     none = rows[2]
     # The same model on both sides: the untranslated vector is the native one.

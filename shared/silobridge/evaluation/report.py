@@ -24,9 +24,9 @@ def result_table(result: EvalResult) -> Table:
             f"({dataset['queries']} queries, {dataset['corpus']} documents)"
         )
     )
-    headers = ("method", "kind", "anchors", "count", "nDCG@10", "R@10", "MRR@10")
+    headers = ("method", "kind", "receiving", "anchors", "count", "nDCG@10", "R@10", "MRR@10")
     for header in headers:
-        table.add_column(header, justify="left" if header in headers[:3] else "right")
+        table.add_column(header, justify="left" if header in headers[:4] else "right")
     identity = result.config.protocol == "identity"
     extra = ("identity R@1", "identity MRR") if identity else ()
     for header in ("retention", "of achievable", *extra, "ARR@10", "train s", "apply µs"):
@@ -35,6 +35,7 @@ def result_table(result: EvalResult) -> Table:
         table.add_row(
             row.method,
             row.kind or "",
+            row.receiving,
             row.anchors or "",
             "" if row.anchor_count is None else str(row.anchor_count),
             _num(row.ndcg),

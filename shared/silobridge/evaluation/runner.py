@@ -29,6 +29,7 @@ from silobridge.evaluation.metrics import (
     mean_recall,
     retention,
 )
+from silobridge.evaluation.receiving import hubness, hubness_rerank
 from silobridge.evaluation.search import rerank, top_k
 from silobridge.evaluation.timing import MIN_APPLY_CALLS, describe_machine, median_apply_us
 
@@ -36,6 +37,7 @@ from silobridge.evaluation.timing import MIN_APPLY_CALLS, describe_machine, medi
 ROW_FIELDS: tuple[str, ...] = (
     "method",
     "kind",
+    "receiving",
     "anchors",
     "anchor_count",
     "ndcg@10",
@@ -84,6 +86,9 @@ class EvalConfig:
     apply_calls: int = MIN_APPLY_CALLS
     protocol: str = "labelled"
     identity_docs: int = DEFAULT_IDENTITY_DOCS
+    # Receiving-side rows for the first adapter kind: hubness correction against its
+    # translated anchors (``receiving.py``).
+    hubness: bool = True
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -135,11 +140,14 @@ class EvalRow:
     # The identity protocol (``--protocol identity``), None otherwise.
     identity_r1: float | None = None
     identity_mrr: float | None = None
+    # The receiving silo's steps after the adapter ("" for none), e.g. "hubness(anchors)".
+    receiving: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "kind": self.kind,
+            "receiving": self.receiving,
             "anchors": self.anchors,
             "anchor_count": self.anchor_count,
             "ndcg@10": self.ndcg,
@@ -184,6 +192,7 @@ class EvalRow:
             retention_achievable_ndcg=row.get("retention_achievable_ndcg@10"),
             identity_r1=row.get("identity_r@1"),
             identity_mrr=row.get("identity_mrr@10"),
+            receiving=row.get("receiving", ""),
         )
 
 
@@ -339,6 +348,30 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
                         identity=identity.of(adapter.apply(identity.sources)),
                     )
                 )
+                if position == 0 and config.hubness:
+                    # The silo's side: each document's hubness against the translated anchors
+                    # (which it has), subtracted while re-scoring the index's top candidates.
+                    penalty = hubness(corpus, adapter.apply(source_anchors[:count]))
+                    candidates = (
+                        ranked
+                        if ranked.shape[1] >= config.rerank_depth
+                        else top_k(adapter.apply(source_queries), corpus, config.rerank_depth)
+                    )
+                    corrected = hubness_rerank(
+                        candidates, adapter.apply(source_queries), corpus, penalty, CUTOFF
+                    )
+                    rows.append(
+                        scorer.row(
+                            "adapter",
+                            corrected,
+                            kind=label,
+                            anchors=name,
+                            count=count,
+                            train_s=train_s,
+                            chosen_kind=chosen,
+                            receiving="hubness(anchors)",
+                        )
+                    )
                 if position == 0 and config.two_stage:
                     # The adapter shortlists; the target model's own query vector orders it.
                     reranked = rerank(ranked, native_queries, corpus, CUTOFF)
@@ -401,6 +434,7 @@ class _Scorer:
         chosen_kind: str | None = None,
         heldout: float | None = None,
         identity: tuple[float, float] | None = None,
+        receiving: str = "",
     ) -> EvalRow:
         ndcg, recall, mrr = self._metrics(ranked)
         identity_r1, identity_mrr = identity if identity is not None else (None, None)
@@ -426,6 +460,7 @@ class _Scorer:
             retention_achievable_ndcg=retention(ndcg, self.achievable_ndcg),
             identity_r1=identity_r1,
             identity_mrr=identity_mrr,
+            receiving=receiving,
         )
 
 

@@ -36,6 +36,12 @@ def rerank(candidates: IntMatrix, queries: FloatMatrix, corpus: FloatMatrix, k: 
     return np.take_along_axis(candidates, picks, axis=1)
 
 
+def rerank_scored(candidates: IntMatrix, scores: npt.NDArray[np.float32], k: int) -> IntMatrix:
+    """Re-order each row of ``candidates`` by the given ``scores`` (same shape) and keep k."""
+    picks = _best(scores, min(k, candidates.shape[1]))
+    return np.take_along_axis(candidates, picks, axis=1)
+
+
 def _best(scores: npt.NDArray[np.float32], k: int) -> IntMatrix:
     # argpartition finds the top k without a full sort; a stable sort on (-score) then orders
     # them, breaking ties by position so runs are reproducible.
