@@ -65,8 +65,9 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def markdown_table(result: EvalResult) -> str:
     lines = [
         "| method | kind | receiving | anchors | count | nDCG@10 | R@10 | MRR@10 | "
-        "retention nDCG | of achievable | retention R | ARR@10 | train s | apply µs |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "retention nDCG | of achievable | retention R | identity R@1 | ARR@10 | train s | "
+        "apply µs |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result.rows:
         lines.append(
@@ -74,12 +75,14 @@ def markdown_table(result: EvalResult) -> str:
             f"{'' if row.anchor_count is None else row.anchor_count} | {fmt(row.ndcg)} | "
             f"{fmt(row.recall)} | {fmt(row.mrr)} | {fmt(row.retention_ndcg)} | "
             f"{fmt(row.retention_achievable_ndcg)} | {fmt(row.retention_recall)} | "
+            f"{fmt(row.identity_r1)} | "
             f"{fmt(row.arr)} | {fmt(row.train_s, 2)} | "
             f"{fmt(row.apply_us, 1)} |"
         )
     return "\n".join(lines)
 
 
+BENCH_TRAFFIC = 4_000
 PUBLIC_SOURCES = ("public", "synthetic")  # anchors a real consortium can have
 
 
@@ -201,6 +204,10 @@ def main(argv: list[str]) -> int:
                 anchors=sources,
                 anchor_counts=counts,
                 adapters=adapters,
+                # Receiving-side rows: hubness correction against 4k translated traffic queries
+                # too, and the seed paper's identity protocol beside the labelled one.
+                traffic=BENCH_TRAFFIC,
+                protocol="identity",
             )
             console.print(f"[bold]== {source} → {target}[/bold]")
             pair_started = time.perf_counter()

@@ -291,6 +291,36 @@ def test_the_identity_protocol_reports_r1_and_mrr_beside_the_labelled_rows(
     assert by_method["adapter"].to_json()["identity_r@1"] == by_method["adapter"].identity_r1
 
 
+def test_traffic_is_disjoint_from_the_test_queries_and_adds_its_hubness_row(
+    tmp_path: Path,
+) -> None:
+    data = load_builtin("bible-web2kjv", corpus_size=200, queries=20, seed=0)
+    assert len(data.traffic_pool) > 1000
+    assert not set(data.traffic_pool) & set(data.query_texts)
+    config = EvalConfig(
+        source_model="static-64",
+        target_model="static-64",
+        dataset="bible-web2kjv",
+        corpus_size=200,
+        queries=20,
+        anchors=("public",),
+        anchor_counts=(300,),
+        adapters=("procrustes",),
+        two_stage=False,
+        traffic=200,
+    )
+    session = EvalSession(cache_dir=tmp_path)
+    try:
+        result = run_evaluation(config, session)
+        receiving = [row.receiving for row in result.rows if row.method == "adapter"]
+        assert receiving == ["", "hubness(anchors)", "hubness(traffic)"]
+        too_many = EvalConfig(**{**config.__dict__, "traffic": 10**6})
+        with pytest.raises(InvalidArgument, match="--traffic"):
+            run_evaluation(too_many, session)
+    finally:
+        session.close()
+
+
 def test_the_labelled_protocol_alone_reports_no_identity_figures(small_run: EvalResult) -> None:
     assert all(row.identity_r1 is None and row.identity_mrr is None for row in small_run.rows)
 

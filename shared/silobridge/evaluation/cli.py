@@ -69,6 +69,13 @@ def eval_command(
     identity_docs: Annotated[
         int, typer.Option(help="Documents sampled for the identity protocol.")
     ] = 1000,
+    traffic: Annotated[
+        int,
+        typer.Option(
+            help="Unlabelled queries besides the test ones that the receiving silo has answered: "
+            "adds a hubness-correction row against them (0: none)."
+        ),
+    ] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the rows and config as JSON here.")
     ] = None,
@@ -108,6 +115,7 @@ def eval_command(
             rerank_depth=rerank_depth,
             protocol=protocol,
             identity_docs=identity_docs,
+            traffic=traffic,
         )
     )
 

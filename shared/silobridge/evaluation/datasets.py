@@ -42,6 +42,9 @@ class RetrievalDataset:
     qrels: tuple[Mapping[int, float], ...]
     labelled: bool
     in_domain_pool: tuple[str, ...]
+    # Unlabelled queries of the same source, disjoint from the test queries (seeded order): the
+    # "traffic" a receiving silo sees besides them (``--traffic``).
+    traffic_pool: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, object]:
         """A JSON-able summary for result files."""
@@ -173,6 +176,8 @@ def _subsample_labelled(
     kept_position = {corpus_ids[i]: n for n, i in enumerate(keep)}
     # Some texts recur under other ids (repeated verses); such a twin must not be an anchor.
     held_out = {query_texts[i] for i in picked} | {corpus_texts[position[d]] for d in relevant}
+    chosen = set(picked)
+    untested = [text for i, text in enumerate(query_texts) if i not in chosen]
     return RetrievalDataset(
         name=name,
         query_ids=tuple(test_ids),
@@ -184,6 +189,7 @@ def _subsample_labelled(
         ),
         labelled=True,
         in_domain_pool=_without(pool_builder(set(test_ids), relevant), held_out),
+        traffic_pool=_without(_shuffled(untested, seed, salt=3), held_out),
     )
 
 

@@ -79,7 +79,8 @@ def write_plot(result: EvalResult, path: Path) -> None:
     lines: dict[tuple[str, str, bool], list[tuple[int, float]]] = defaultdict(list)
     for row in result.rows:
         value = _plotted(row, labelled)
-        if row.anchor_count is None or value is None:
+        # Receiving-side rows are points of their own in the table, not lines over counts here.
+        if row.anchor_count is None or value is None or row.receiving:
             continue
         # Group auto by what was asked, not the per-count winner, so it stays one line.
         kind = (row.kind or "").split("→")[0]

@@ -89,6 +89,9 @@ class EvalConfig:
     # Receiving-side rows for the first adapter kind: hubness correction against its
     # translated anchors (``receiving.py``).
     hubness: bool = True
+    # Unlabelled queries disjoint from the test ones (the dataset's traffic pool) the receiving
+    # silo has answered: 0 for none; with N, a hubness row against the translated traffic.
+    traffic: int = 0
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -97,6 +100,8 @@ class EvalConfig:
             )
         if self.identity_docs < 1:
             raise InvalidArgument("--identity-docs must be at least 1")
+        if self.traffic < 0:
+            raise InvalidArgument("--traffic must not be negative")
         if not self.anchor_counts or min(self.anchor_counts) < 1:
             raise InvalidArgument("every --anchor-count must be at least 1")
         if not self.adapters:
@@ -298,6 +303,11 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
         native_queries = embed(target_model, dataset.query_texts, f"{dataset.name} queries")
         source_queries = embed(source_model, dataset.query_texts, f"{dataset.name} queries")
         source_corpus = embed(source_model, dataset.corpus_texts, f"{dataset.name} corpus")
+        traffic = (
+            embed(source_model, _traffic_texts(dataset, config.traffic), f"{dataset.name} traffic")
+            if config.traffic
+            else None
+        )
         anchor_pairs = {
             name: (
                 embed(source_model, texts, f"{name} anchors"),
@@ -351,27 +361,31 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
                 if position == 0 and config.hubness:
                     # The silo's side: each document's hubness against the translated anchors
                     # (which it has), subtracted while re-scoring the index's top candidates.
-                    penalty = hubness(corpus, adapter.apply(source_anchors[:count]))
                     candidates = (
                         ranked
                         if ranked.shape[1] >= config.rerank_depth
                         else top_k(adapter.apply(source_queries), corpus, config.rerank_depth)
                     )
-                    corrected = hubness_rerank(
-                        candidates, adapter.apply(source_queries), corpus, penalty, CUTOFF
-                    )
-                    rows.append(
-                        scorer.row(
-                            "adapter",
-                            corrected,
-                            kind=label,
-                            anchors=name,
-                            count=count,
-                            train_s=train_s,
-                            chosen_kind=chosen,
-                            receiving="hubness(anchors)",
+                    references = {"anchors": adapter.apply(source_anchors[:count])}
+                    if traffic is not None:
+                        references["traffic"] = adapter.apply(traffic)
+                    for reference, vectors in references.items():
+                        penalty = hubness(corpus, vectors)
+                        corrected = hubness_rerank(
+                            candidates, adapter.apply(source_queries), corpus, penalty, CUTOFF
                         )
-                    )
+                        rows.append(
+                            scorer.row(
+                                "adapter",
+                                corrected,
+                                kind=label,
+                                anchors=name,
+                                count=count,
+                                train_s=train_s,
+                                chosen_kind=chosen,
+                                receiving=f"hubness({reference})",
+                            )
+                        )
                 if position == 0 and config.two_stage:
                     # The adapter shortlists; the target model's own query vector orders it.
                     reranked = rerank(ranked, native_queries, corpus, CUTOFF)
@@ -486,6 +500,16 @@ class _Identity:
         rank = np.where(found.any(axis=1), found.argmax(axis=1) + 1, 0)
         reciprocal = np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0)
         return float(np.mean(rank == 1)), float(np.mean(reciprocal))
+
+
+def _traffic_texts(dataset: RetrievalDataset, count: int) -> list[str]:
+    pool = dataset.traffic_pool
+    if len(pool) < count:
+        raise InvalidArgument(
+            f"--traffic {count}: {dataset.name} has {len(pool)} queries besides the test ones; "
+            "lower --traffic or sample fewer test queries with --queries"
+        )
+    return list(pool[:count])
 
 
 def _heldout_ndcg(metrics: dict[str, float]) -> float | None:
