@@ -227,6 +227,37 @@ def ingest_kjv(config_path: Path, count: int) -> None:
     data.close()
 
 
+def write_client_config(
+    path: Path,
+    tls: TlsFiles,
+    *,
+    coordinator: str = "127.0.0.1:9",
+    home_silo: str = "127.0.0.1:9",
+    home_silo_name: str = "kjv",
+    coordinator_name: str = "hub",
+    timeout_seconds: float = 30.0,
+) -> Path:
+    """A client.toml at ``path`` over mTLS with ``tls`` (an unused address where the test has no
+    such peer)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"""
+[client]
+coordinator = "{coordinator}"
+coordinator_name = "{coordinator_name}"
+home_silo = "{home_silo}"
+home_silo_name = "{home_silo_name}"
+timeout_seconds = {timeout_seconds}
+
+[tls]
+cert = "{tls.cert}"
+key = "{tls.key}"
+ca = "{tls.ca}"
+"""
+    )
+    return path
+
+
 def write_coordinator_config(directory: Path, tls: TlsFiles, policy: str) -> Path:
     """A coordinator.toml over mTLS with the given ``[policy]`` (and ``[policy.query]``) text."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from .conftest import (
     ServerThread,
     ingest_kjv,
     run_cli,
+    write_client_config,
     write_coordinator_config,
     write_silo_config,
 )
@@ -106,23 +107,7 @@ class Anchored:
 
 
 def _client_toml(directory: Path, tls: TlsFiles, coordinator: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "client.toml"
-    path.write_text(
-        f"""
-[client]
-coordinator = "{coordinator}"
-coordinator_name = "hub"
-home_silo = "127.0.0.1:9"
-home_silo_name = "kjv"
-
-[tls]
-cert = "{tls.cert}"
-key = "{tls.key}"
-ca = "{tls.ca}"
-"""
-    )
-    return path
+    return write_client_config(directory / "client.toml", tls, coordinator=coordinator)
 
 
 @pytest.fixture

@@ -19,7 +19,15 @@ from silobridge.core.hits import Hit
 from silobridge.evaluation.corpus import load_records
 from silobridge.rpc.silo_client import SiloClient
 
-from .conftest import Pki, ServerThread, SiloProcess, ingest_kjv, run_cli, write_silo_config
+from .conftest import (
+    Pki,
+    ServerThread,
+    SiloProcess,
+    ingest_kjv,
+    run_cli,
+    write_client_config,
+    write_silo_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,23 +115,7 @@ def test_a_caller_who_is_not_an_admin_is_refused_and_nothing_changes(
 
 
 def _client_toml(directory: Path, tls: TlsFiles, silo: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "client.toml"
-    path.write_text(
-        f"""
-[client]
-coordinator = "127.0.0.1:9"
-home_silo = "{silo}"
-home_silo_name = "kjv"
-timeout_seconds = 30.0
-
-[tls]
-cert = "{tls.cert}"
-key = "{tls.key}"
-ca = "{tls.ca}"
-"""
-    )
-    return path
+    return write_client_config(directory / "client.toml", tls, home_silo=silo)
 
 
 def test_acknowledged_live_writes_survive_kill_9(

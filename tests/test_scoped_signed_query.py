@@ -43,6 +43,7 @@ from .conftest import (
     Pki,
     ServerThread,
     ingest_kjv,
+    write_client_config,
     write_coordinator_config,
     write_silo_config,
 )
@@ -160,18 +161,11 @@ def test_the_coordinator_refuses_a_query_signed_for_another_coordinator(net: Net
 
 def test_a_client_signs_every_silo_by_name(net: Net, tmp_path: Path) -> None:
     """ "Every silo" (no --silos) is resolved through ListSilos and answered as before."""
-    tls = net.pki.home_client
-    path = tmp_path / "client.toml"
-    path.write_text(
-        f"""[client]
-coordinator = "{net.coordinator.target}"
-home_silo = "{net.silo.target}"
-home_silo_name = "kjv"
-[tls]
-cert = "{tls.cert}"
-key = "{tls.key}"
-ca = "{tls.ca}"
-"""
+    path = write_client_config(
+        tmp_path / "client.toml",
+        net.pki.home_client,
+        coordinator=net.coordinator.target,
+        home_silo=net.silo.target,
     )
 
     async def run() -> list[tuple[str, SiloOutcome]]:

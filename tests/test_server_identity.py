@@ -39,6 +39,7 @@ from .conftest import (
     CoordinatorThread,
     Pki,
     ingest_kjv,
+    write_client_config,
     write_coordinator_config,
     write_silo_config,
 )
@@ -90,22 +91,13 @@ def impostor_tls(pki: Pki) -> TlsFiles:
 
 
 def _client_toml(tmp_path: Path, pki: Pki, *, home_silo: str, coordinator: str) -> Path:
-    tls = pki.home_client
-    path = tmp_path / "client.toml"
-    path.write_text(
-        f"""[client]
-coordinator = "{coordinator}"
-coordinator_name = "hub"
-home_silo = "{home_silo}"
-home_silo_name = "kjv"
-timeout_seconds = 10
-[tls]
-cert = "{tls.cert}"
-key = "{tls.key}"
-ca = "{tls.ca}"
-"""
+    return write_client_config(
+        tmp_path / "client.toml",
+        pki.home_client,
+        coordinator=coordinator,
+        home_silo=home_silo,
+        timeout_seconds=10,
     )
-    return path
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from .conftest import (
     ServerThread,
     ingest_kjv,
     run_cli,
+    write_client_config,
     write_coordinator_config,
     write_silo_config,
 )
@@ -172,21 +173,13 @@ def _message(answer: FederatedAnswer, silo: str) -> str:
 
 
 def _client_toml(net: Net, tls: TlsFiles, name: str) -> Path:
-    path = net.root / f"{name}-client.toml"
-    path.write_text(
-        f"""
-[client]
-coordinator = "{net.coordinator.target}"
-home_silo = "{net.silos["kjv"].target}"
-home_silo_name = "kjv"
-timeout_seconds = 20
-[tls]
-cert = "{tls.cert}"
-key = "{tls.key}"
-ca = "{tls.ca}"
-"""
+    return write_client_config(
+        net.root / f"{name}-client.toml",
+        tls,
+        coordinator=net.coordinator.target,
+        home_silo=net.silos["kjv"].target,
+        timeout_seconds=20,
     )
-    return path
 
 
 def test_a_denylisted_silo_receives_no_query_and_shows_denied_with_the_reason(net: Net) -> None:
