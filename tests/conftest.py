@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from silobridge.core.config import TlsFiles
 from silobridge.security.pki.ca import (
@@ -25,6 +26,11 @@ from silobridge.security.pki.ca import (
     load_ca,
     request_certificate,
 )
+
+# No hypothesis deadline: a per-example time limit is a timed assertion, and on the shared
+# 2-core machines it fails on load alone (speed is the benchmarks' business).
+settings.register_profile("silobridge", deadline=None)
+settings.load_profile("silobridge")
 
 REPO = Path(__file__).resolve().parents[1]
 # The demo corpus is repository data; servers started by tests inherit where it is.

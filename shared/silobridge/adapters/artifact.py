@@ -8,6 +8,7 @@ neither file can be changed or swapped for another artifact's without breaking i
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import safetensors.numpy
 
 from silobridge.adapters import signing
+from silobridge.adapters.hubness import RECEIVING_PREFIX
 from silobridge.adapters.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -82,6 +84,9 @@ class LoadedAdapter:
     adapter: Adapter
     manifest: AdapterManifest
     verified: bool
+    # Tensors for the receiving silo (``hubness.RECEIVING_PREFIX``), such as the hubness
+    # reference: signed with the weights, never passed to the adapter.
+    receiving: Mapping[str, np.ndarray[Any, Any]] = dataclasses.field(default_factory=dict)
 
 
 def signed_payload(manifest_bytes: bytes, weights_bytes: bytes) -> bytes:
@@ -104,11 +109,14 @@ def save_adapter(
     target: SpaceDescriptor,
     anchor_set_sha256: str,
     signing_key: Ed25519PrivateKey | None = None,
+    receiving: Mapping[str, np.ndarray[Any, Any]] | None = None,
 ) -> AdapterManifest:
     """Write ``adapter`` as an artifact directory, replacing any artifact already there.
 
     Readers see the old artifact or the new one, never a mix: the files are written and fsynced
     in a sibling temporary directory first. The signature is written only when a key is given.
+    ``receiving`` tensors (names starting with ``receiving.``) are stored and signed beside the
+    weights for the silo that receives through the adapter.
     """
     if source.dimension != adapter.source_dim:
         raise InvalidArgument(
@@ -124,7 +132,14 @@ def save_adapter(
         raise InvalidArgument(
             f"anchor_set_sha256 must be 64 lower-case hex digits, got {anchor_set_sha256!r}"
         )
-    weights_bytes = safetensors.numpy.save(_contiguous_tensors(adapter))
+    tensors = _contiguous_tensors(adapter)
+    for name, value in (receiving or {}).items():
+        if not name.startswith(RECEIVING_PREFIX) or name in tensors:
+            raise InvalidArgument(
+                f"receiving tensor {name!r} must be named {RECEIVING_PREFIX}<name>"
+            )
+        tensors[name] = _contiguous(name, value)
+    weights_bytes = safetensors.numpy.save(tensors)
     manifest = AdapterManifest(
         format_version=FORMAT_VERSION,
         kind=adapter.kind,
@@ -157,13 +172,19 @@ def weights_sha256(adapter: Adapter) -> str:
 def _contiguous_tensors(adapter: Adapter) -> dict[str, np.ndarray[Any, Any]]:
     tensors: dict[str, np.ndarray[Any, Any]] = {}
     for name, value in adapter.tensors().items():
-        array = np.ascontiguousarray(value)
-        if array.dtype.kind not in "fiub":
-            raise InvalidArgument(
-                f"adapter tensor {name!r} has dtype {array.dtype}; only numeric arrays are stored"
-            )
-        tensors[name] = array
+        if name.startswith(RECEIVING_PREFIX):
+            raise InvalidArgument(f"adapter tensor {name!r} uses the reserved receiving. prefix")
+        tensors[name] = _contiguous(name, value)
     return tensors
+
+
+def _contiguous(name: str, value: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    array = np.ascontiguousarray(value)
+    if array.dtype.kind not in "fiub":
+        raise InvalidArgument(
+            f"adapter tensor {name!r} has dtype {array.dtype}; only numeric arrays are stored"
+        )
+    return array
 
 
 def _write_directory_atomically(directory: Path, files: Mapping[str, bytes]) -> None:
@@ -218,8 +239,10 @@ def load_adapter(
             "sha256 recorded in its manifest"
         )
     check_spaces(manifest, expected_source=expected_source, expected_target=expected_target)
-    adapter = _rebuild(manifest, weights_bytes)
-    return LoadedAdapter(adapter=adapter, manifest=manifest, verified=verify_key is not None)
+    adapter, receiving = _rebuild(manifest, weights_bytes)
+    return LoadedAdapter(
+        adapter=adapter, manifest=manifest, verified=verify_key is not None, receiving=receiving
+    )
 
 
 def _read_artifact(directory: Path) -> tuple[bytes, bytes, bytes | None]:
@@ -290,7 +313,9 @@ def _space_problem(role: str, expected: SpaceDescriptor, actual: SpaceDescriptor
     )
 
 
-def _rebuild(manifest: AdapterManifest, weights_bytes: bytes) -> Adapter:
+def _rebuild(
+    manifest: AdapterManifest, weights_bytes: bytes
+) -> tuple[Adapter, dict[str, np.ndarray[Any, Any]]]:
     # Imported here, not at module top: the package's __init__ may re-export this module.
     from silobridge.adapters import adapter_from_state
 
@@ -301,8 +326,10 @@ def _rebuild(manifest: AdapterManifest, weights_bytes: bytes) -> Adapter:
         raise ArtifactCorrupt(
             f"{WEIGHTS_FILE} is not a readable safetensors file ({type(err).__name__})"
         ) from None
+    receiving = {n: t for n, t in tensors.items() if n.startswith(RECEIVING_PREFIX)}
+    weights = {n: t for n, t in tensors.items() if not n.startswith(RECEIVING_PREFIX)}
     try:
-        adapter = adapter_from_state(manifest.kind, manifest.params, tensors)
+        adapter = adapter_from_state(manifest.kind, manifest.params, weights)
     except (KeyError, ValueError, TypeError, IndexError) as err:
         # Defence in depth for unsigned artifacts: tensors that hash correctly can still be
         # hand-made nonsense, and the registry's own checks may not name every case.
@@ -314,4 +341,4 @@ def _rebuild(manifest: AdapterManifest, weights_bytes: bytes) -> Adapter:
             f"the weights give a {adapter.source_dim} -> {adapter.target_dim} adapter but the "
             f"manifest says {manifest.source_dim} -> {manifest.target_dim}"
         )
-    return adapter
+    return adapter, receiving

@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -18,7 +20,7 @@ from silobridge.embedding.embedders import Embedder, load_embedder
 from silobridge.evaluation.anchors import resolve_anchor_sources
 from silobridge.evaluation.cache import EmbeddingCache, default_cache_dir, embed_cached
 from silobridge.evaluation.datasets import RetrievalDataset, load_beir, load_builtin
-from silobridge.evaluation.receiving import hubness, hubness_rerank
+from silobridge.evaluation.receiving import hubness, hubness_rerank, reference_from_translated
 from silobridge.evaluation.results import (
     AUTO,
     CUTOFF,
@@ -177,7 +179,11 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
                         if ranked.shape[1] >= config.rerank_depth
                         else top_k(adapter.apply(source_queries), corpus, config.rerank_depth)
                     )
-                    references = {"anchors": adapter.apply(source_anchors[:count])}
+                    # As the silo gets them: sampled to the artifact's budget, float16.
+                    translated = adapter.apply(source_anchors[:count])
+                    references: dict[str, npt.NDArray[np.generic]] = {
+                        "anchors": reference_from_translated(translated, config.seed)
+                    }
                     if traffic is not None:
                         references["traffic"] = adapter.apply(traffic)
                     for reference, vectors in references.items():

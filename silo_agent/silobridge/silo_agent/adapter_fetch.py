@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from silobridge.adapters import Adapter
 from silobridge.adapters.artifact import (
     MANIFEST_FILE,
@@ -25,6 +28,7 @@ from silobridge.adapters.artifact import (
     SpaceMismatch,
     load_adapter,
 )
+from silobridge.adapters.hubness import REFERENCE_TENSOR
 from silobridge.adapters.signing import load_verify_key
 from silobridge.core.durable import publish_directory, stage_directory
 from silobridge.core.errors import (
@@ -56,6 +60,9 @@ class Translation:
     adapter: Adapter
     source_space: str
     target: SpaceDescriptor
+    adapter_id: str = ""
+    # The receiving silo's hubness reference the coordinator signed into the artifact, if any.
+    hubness_reference: npt.NDArray[np.generic] | None = None
 
     @property
     def target_space(self) -> str:
@@ -159,7 +166,13 @@ class AdapterFetcher:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
         manifest = loaded.manifest
-        return Translation(loaded.adapter, manifest.source.space_id, manifest.target)
+        return Translation(
+            loaded.adapter,
+            manifest.source.space_id,
+            manifest.target,
+            adapter_id=adapter_id,
+            hubness_reference=loaded.receiving.get(REFERENCE_TENSOR),
+        )
 
     async def _download(self, adapter_id: str, directory: Path) -> None:
         link = self.config.coordinator

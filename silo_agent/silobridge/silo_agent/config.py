@@ -9,6 +9,7 @@ unless ``[access] accept_query_text = true``. An optional ``[coordinator]`` sect
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from silobridge.security.identity import PeerIdentity, validate_component
 from silobridge.security.ratelimit import DEFAULT_PEER_BURST, DEFAULT_PEER_RATE_PER_SECOND
 from silobridge.security.rules import RulePolicy, matches_any, rules_of
 from silobridge.security.signed_query.replay import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SKEW_S
+from silobridge.silo_agent.receiving.settings import ReceivingSettings, receiving_settings
 from silobridge.silo_agent.store.index import IndexSettings
 
 # What the consortium's coordinator is conventionally called (its certificate's name).
@@ -122,6 +124,7 @@ class SiloConfig:
     access: AccessPolicy
     coordinator: CoordinatorLink | None = None
     audit: AuditSettings | None = None
+    receiving: ReceivingSettings = dataclasses.field(default_factory=ReceivingSettings)
 
 
 def load_silo_config(path: Path) -> SiloConfig:
@@ -131,7 +134,17 @@ def load_silo_config(path: Path) -> SiloConfig:
     refuse_unknown_sections(
         path,
         doc,
-        {"silo", "server", "tls", "index", "limits", "access", "coordinator", "audit"},
+        {
+            "silo",
+            "server",
+            "tls",
+            "index",
+            "limits",
+            "access",
+            "coordinator",
+            "audit",
+            "receiving",
+        },
     )
 
     silo = Section.of(path, doc, "silo")
@@ -222,6 +235,7 @@ def load_silo_config(path: Path) -> SiloConfig:
 
     return SiloConfig(
         audit=audit,
+        receiving=receiving_settings(path, doc),
         source=path,
         name=name,
         data_dir=data_dir,

@@ -27,7 +27,7 @@ from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.security.identity import PeerIdentity, Role
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher, Translation
 from silobridge.silo_agent.registration import fetch_checked_anchor_set, vectors_per_message
-from silobridge.silo_agent.service import SiloService, refused_on_behalf_of
+from silobridge.silo_agent.service import Answer, SiloService, refused_on_behalf_of
 
 T = TypeVar("T")
 # One reply of an anchor stream: (offset of its first row, texts in the set, the rows).
@@ -142,17 +142,18 @@ class SiloHandlers:
                 self.service.remember_nonce(query, asker)
             return asker
 
-        def answer(translation: Translation | None) -> list[Hit]:
+        def answer(translation: Translation | None) -> Answer:
             return self.service.answer(query, translation)
 
         if translate and adapter is None:
             # Verified before anything is fetched: an unverified request triggers no download.
             asker = await self._run(admit)
             fetched = await self.adapters.get(query.adapter_id, query.source_space)
-            hits = await self._run(lambda: answer(fetched))
+            answered = await self._run(lambda: answer(fetched))
         else:
             # The usual case, one worker-thread hop: verify, admit, translate, search.
-            asker, hits = await self._run(lambda: (admit(), answer(adapter)))
+            asker, answered = await self._run(lambda: (admit(), answer(adapter)))
+        hits = answered.hits
         self.gatekeeper.record(
             asker,
             "Search",
@@ -162,5 +163,6 @@ class SiloHandlers:
             signed=query.signed is not None,
             source_space=query.source_space or self.space.space_id,
             reranked=bool(query.rerank_text),
+            receiving=answered.receiving or None,
         )
         return hits

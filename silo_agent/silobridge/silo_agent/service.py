@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from silobridge.adapters.hubness import HubnessCorrection
 from silobridge.core.config import TrustedCa
 from silobridge.core.disclosure import DisclosurePolicy
 from silobridge.core.documents import INVISIBLE_TEXT_MESSAGE, has_visible_text
@@ -41,6 +42,7 @@ from silobridge.security.signed_query.signing import now_ms
 from silobridge.security.signed_query.verify import verify_signed_query
 from silobridge.silo_agent.adapter_fetch import Translation
 from silobridge.silo_agent.config import Limits, SiloConfig
+from silobridge.silo_agent.receiving.hubness_routes import HubnessCorrections
 from silobridge.silo_agent.routes import Route, RouteTable
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.generation import Generation
@@ -74,6 +76,18 @@ def refused_on_behalf_of(asker: PeerIdentity, caller: PeerIdentity) -> Iterator[
         raise
 
 
+# What an answer's ``receiving`` names when the hubness correction re-scored it.
+HUBNESS_STEP = "hubness"
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A search's hits and the receiving-side steps applied to them ("" for none)."""
+
+    hits: list[Hit]
+    receiving: str = ""
+
+
 class SiloService:
     """One silo: its config (policy and limits), its embedder and its data."""
 
@@ -96,6 +110,8 @@ class SiloService:
         # The model specs it runs: its source model, and the one it migrates to if it does.
         self.model_spec = config.model
         self.migrating_to: str | None = None
+        # Receiving-side hubness correction of translated queries ([receiving] in silo.toml).
+        self.hubness = HubnessCorrections(config.receiving, data)
 
     @property
     def space(self) -> SpaceDescriptor:
@@ -222,18 +238,32 @@ class SiloService:
         self._check_texts(texts, self.config.limits.max_anchor_texts)
         return self.embedder.embed(texts, batch_size=self.config.limits.batch_size)
 
-    def answer(self, query: SiloQuery, translation: Translation | None) -> list[Hit]:
+    def answer(self, query: SiloQuery, translation: Translation | None) -> Answer:
         """Search with an admitted query, translated first by the coordinator's adapter if it
-        has one (into a space this silo answers in)."""
+        has one (into a space this silo answers in), with the receiving-side steps it used."""
         vector = query.vector.decode()
         space_id = query.source_space
+        correction: HubnessCorrection | None = None
         if translation is not None:
             adapter = translation.adapter
             vector = adapter.apply_one(validate_query_vector(vector, adapter.source_dim))
             space_id = translation.target_space
-        return self.search(
-            vector, query.k, query.rerank_text, query.rerank_depth, space_id=space_id
+            if not query.rerank_text:  # a two-stage answer is scored natively anyway
+                correction = self.hubness.get(
+                    translation.adapter_id,
+                    translation.source_space,
+                    translation.hubness_reference,
+                    self.route(space_id).generation,
+                )
+        hits = self.search(
+            vector,
+            query.k,
+            query.rerank_text,
+            query.rerank_depth,
+            space_id=space_id,
+            hubness=correction,
         )
+        return Answer(hits, HUBNESS_STEP if correction is not None else "")
 
     def route(self, space_id: str) -> Route:
         """How a vector in ``space_id`` (empty: the primary space) is searched here."""
@@ -254,12 +284,14 @@ class SiloService:
         rerank_depth: int = 0,
         *,
         space_id: str = "",
+        hubness: HubnessCorrection | None = None,
     ) -> list[Hit]:
         """Nearest documents to a vector in this silo's space; only disclosed fields leave.
 
         With ``rerank_text`` (two-stage re-ranking, only if the silo accepts query text) the top
         ``rerank_depth`` hits for ``vector`` are re-ordered by their cosine with the text embedded
-        by this silo's own model, and that native score is what is returned.
+        by this silo's own model, and that native score is what is returned. With ``hubness``
+        the top ``[receiving] hubness_depth`` candidates are re-scored by it.
         """
         if rerank_text and not self.config.access.accept_query_text:
             raise PermissionDenied(
@@ -273,6 +305,8 @@ class SiloService:
             query = route.adapter.apply_one(query)
         if rerank_text:
             hits = self._rerank(route.generation, query, k, rerank_text, rerank_depth)
+        elif hubness is not None:
+            hits = self._hubness_corrected(route.generation, query, k, hubness)
         else:
             hits = self.data.search_in(route.generation, query, k)
         disclosed = self.config.access.disclose_fields
@@ -324,6 +358,20 @@ class SiloService:
         order = np.argsort(-scores, kind="stable")[:k]
         log.debug("re-ranked %d candidates into %d hits", len(candidates.hits), len(order))
         return [dataclasses.replace(candidates.hits[i], score=float(scores[i])) for i in order]
+
+    def _hubness_corrected(
+        self, generation: Generation, query: FloatVector, k: int, correction: HubnessCorrection
+    ) -> list[Hit]:
+        depth = max(k, self.config.receiving.hubness_depth)
+        candidates = self.data.own_candidates_in(generation, query, depth)
+        hits = candidates.hits
+        if not hits or candidates.vectors is None:
+            return hits[:k]  # an index that cannot give vectors back: uncorrected
+        scores = correction.rescore(
+            [hit.doc_id for hit in hits], candidates.vectors, [hit.score for hit in hits]
+        )
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [dataclasses.replace(hits[i], score=float(scores[i])) for i in order]
 
     def search_text(self, text: str, k: int) -> list[Hit]:
         """Local debugging: embed and search with the silo's own model (no access check: local).

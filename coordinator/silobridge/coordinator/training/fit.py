@@ -10,6 +10,7 @@ import numpy as np
 
 from silobridge.adapters import Adapter, FitConfig, fit
 from silobridge.adapters.artifact import load_adapter, save_adapter, weights_sha256
+from silobridge.adapters.hubness import REFERENCE_TENSOR, reference_from_translated
 from silobridge.coordinator.search.calibration import fit_calibration
 from silobridge.coordinator.state.records import AdapterRecord
 from silobridge.coordinator.state.store import CoordinatorState, FloatMatrix
@@ -78,8 +79,10 @@ def train_adapter(
 
     Row i of ``source_vectors`` and ``target_vectors`` is anchor i of ``anchor_set`` embedded
     in each space. The calibration statistics go into the adapter's metrics before it is saved,
-    so the signed manifest carries them. Stages reported: ``fit``, ``calibrate``, ``store``.
-    An adapter whose held-out nDCG is below ``quality_floor`` is refused before it is signed.
+    so the signed manifest carries them; the translated anchors go into the artifact as the
+    receiving silo's hubness reference (``adapters/hubness.py``). Stages reported: ``fit``,
+    ``calibrate``, ``store``. An adapter whose held-out nDCG is below ``quality_floor`` is
+    refused before it is signed.
     """
     report: ProgressFn = progress if progress is not None else _silent
     source_rows = _checked_anchor_matrix(source_vectors, source, anchor_set, "source")
@@ -113,6 +116,8 @@ def train_adapter(
         target=target,
         anchor_set_sha256=anchor_set.sha256,
         signing_key=signing_key,
+        # The receiving silo's hubness reference: these public anchors as the adapter maps them.
+        receiving={REFERENCE_TENSOR: reference_from_translated(translated, fit_config.seed)},
     )
     record = AdapterRecord(
         adapter_id=adapter_id,

@@ -271,6 +271,17 @@ class SiloData:
         (the re-ranker's text is embedded by the primary model)."""
         return self._search(generation, vector, depth, with_vectors=True)
 
+    def own_candidates_in(
+        self, generation: Generation, vector: FloatVector, depth: int
+    ) -> Candidates:
+        """Top-``depth`` documents of one generation with their vectors in *its* space (what a
+        receiving-side re-scoring of that space needs)."""
+        return self._search(generation, vector, depth, with_vectors=True, own=True)
+
+    def sample_vectors(self, generation: Generation, count: int) -> FloatMatrix:
+        """Up to ``count`` of ``generation``'s stored vectors, spread evenly over its documents."""
+        return self.docstore.sample_vectors(count, generation.slot.table)
+
     def checked_query(self, generation: Generation, vector: FloatVector) -> FloatVector:
         """``vector`` as a query of ``generation``'s space, or a refusal saying why not."""
         index, overlay = generation.state()
@@ -285,7 +296,13 @@ class SiloData:
         return query
 
     def _search(
-        self, generation: Generation, vector: FloatVector, k: int, *, with_vectors: bool
+        self,
+        generation: Generation,
+        vector: FloatVector,
+        k: int,
+        *,
+        with_vectors: bool,
+        own: bool = False,
     ) -> Candidates:
         query = self.checked_query(generation, vector)
         found = generation.search(query, k)
@@ -298,7 +315,7 @@ class SiloData:
         ]
         if not with_vectors:
             return Candidates(scored, None)
-        return Candidates(scored, self._primary.vectors_of(kept))
+        return Candidates(scored, (generation if own else self._primary).vectors_of(kept))
 
     def rebuild_index(self) -> IndexManifest:
         """Rebuild every generation's index from the docstore, save and serve them.

@@ -1,0 +1,87 @@
+"""The hubness corrections a silo applies, one per (adapter, generation), built on first use.
+
+Each is centred on a sample of the generation's own documents (``HubnessCorrection``) and
+remembers per-document penalties, so a query pays only for candidates it is the first to see.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import numpy.typing as npt
+
+from silobridge.adapters.hubness import HubnessCorrection
+from silobridge.silo_agent.receiving.settings import ReceivingSettings
+from silobridge.silo_agent.store.data import SiloData
+from silobridge.silo_agent.store.generation import Generation
+
+log = logging.getLogger(__name__)
+# Documents sampled to centre the corrected scores on the uncorrected ones.
+CENTRING_SAMPLE = 2_000
+# Corrections kept at once (each holds its reference and the penalties it computed).
+MAX_CORRECTIONS = 16
+
+
+class HubnessCorrections:
+    """``corrections.get(adapter_id, source_space, reference, generation)`` -> one or None."""
+
+    def __init__(self, settings: ReceivingSettings, data: SiloData) -> None:
+        self.settings = settings
+        self.data = data
+        self._built: OrderedDict[tuple[str, str], HubnessCorrection | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        adapter_id: str,
+        source_space: str,
+        reference: npt.NDArray[np.generic] | None,
+        generation: Generation,
+    ) -> HubnessCorrection | None:
+        """The correction for queries through ``adapter_id`` into ``generation``, or None where
+        the config turns it off for ``source_space`` or the artifact carries no reference."""
+        if reference is None or not self.settings.hubness_for(source_space):
+            return None
+        key = (adapter_id, generation.space.space_id)
+        with self._lock:
+            if key in self._built:
+                self._built.move_to_end(key)
+                return self._built[key]
+            correction = self._build(adapter_id, reference, generation)
+            self._built[key] = correction
+            while len(self._built) > MAX_CORRECTIONS:
+                self._built.popitem(last=False)
+            return correction
+
+    def _build(
+        self, adapter_id: str, reference: npt.NDArray[np.generic], generation: Generation
+    ) -> HubnessCorrection | None:
+        dimension = generation.space.dimension
+        if reference.ndim != 2 or reference.shape[1] != dimension or reference.shape[0] < 1:
+            log.warning(
+                "adapter %s carries a hubness reference of shape %s, not (n, %d): answering "
+                "without hubness correction",
+                adapter_id,
+                reference.shape,
+                dimension,
+            )
+            return None
+        rows = np.asarray(reference, dtype=np.float32)
+        if not np.isfinite(rows).all():
+            log.warning("adapter %s carries a non-finite hubness reference: not used", adapter_id)
+            return None
+        sample = self.data.sample_vectors(generation, CENTRING_SAMPLE)
+        correction = HubnessCorrection.for_documents(rows, sample, self.settings.hubness_k)
+        log.info(
+            "hubness correction for adapter %s: %d reference vectors, k=%d, mean %.4f over %d "
+            "documents",
+            adapter_id,
+            rows.shape[0],
+            correction.k,
+            correction.mean_hubness,
+            sample.shape[0],
+        )
+        return correction
