@@ -7,20 +7,26 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from localnet import ClientSpec, LocalConsortium, SiloSpec
 
+from silobridge.adapters.artifact import load_adapter
+from silobridge.adapters.hubness import REFERENCE_TENSOR, hubness
 from silobridge.client.api import FederatedClient
 from silobridge.client.config import load_client_config
 from silobridge.core.errors import PermissionDenied
 from silobridge.core.federation import FederatedAnswer
 from silobridge.core.vectors import FloatVector
 from silobridge.evaluation.corpus import load_records
+from silobridge.silo_agent.config import load_silo_config
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +85,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             "kjv", "bible", "minilm-l3-onnx", kjv_file, ("book",), True, ("org:bible/client",)
         ),
         "pydocs": SiloSpec("pydocs", "pyorg", "minilm-l6", docs_file, ("source",)),
-        "web": SiloSpec("web", "openbible", "static-64", web_file, ("book",)),
+        # web also runs kjv's model: it fits its own adapter from bob's space (local fit).
+        "web": SiloSpec(
+            "web", "openbible", "static-64", web_file, ("book",), local_models=("minilm-l3-onnx",)
+        ),
     }
     clients = [
         ClientSpec("alice", "pyorg", "pydocs"),
@@ -176,6 +185,81 @@ def test_query_cli_prints_hits_and_statuses(net: Net) -> None:
     kjv_hits = [h for h in result["hits"] if h["silo"] == "kjv"]
     # Only disclosed fields leave a silo: the KJV silo discloses the book and nothing else.
     assert kjv_hits and all(set(h["fields"]) <= {"book"} for h in kjv_hits)
+
+
+def test_the_receiving_silo_corrects_the_hubness_of_translated_queries(net: Net) -> None:
+    """kjv answers alice's translated queries re-scored against the hubness reference the
+    coordinator signed into the adapter artifact, and says so in its audit log."""
+    config = load_silo_config(net.consortium.silo_config("kjv"))
+
+    async def ask() -> list[list[str]]:
+        async with _client(net, "alice") as alice:
+            return [
+                [h.doc_id for h in (await alice.search_vector(v, net.source_space, k=10,
+                                                              silos=["kjv"])).hits]
+                for v in net.vectors.values()
+            ]  # fmt: skip
+
+    answers = asyncio.run(ask())
+    [artifact] = (config.data_dir / "adapters").iterdir()  # the one the silo verified and uses
+    loaded = load_adapter(artifact)
+    reference = loaded.receiving[REFERENCE_TENSOR]
+    assert reference.shape[1] == loaded.adapter.target_dim
+    store = sqlite3.connect(f"file:{config.data_dir / 'docstore.sqlite'}?mode=ro", uri=True)
+    with closing(store):
+        for vector, ids in zip(net.vectors.values(), answers, strict=True):
+            assert ids, "kjv answered nothing"
+            marks = ",".join("?" * len(ids))
+            rows = dict(store.execute(
+                f"SELECT doc_id, vector FROM documents WHERE doc_id IN ({marks})", ids
+            ).fetchall())  # fmt: skip
+            docs = np.stack([np.frombuffer(rows[i], dtype="<f4") for i in ids])
+            query = loaded.adapter.apply_one(np.asarray(vector, dtype=np.float32))
+            corrected = docs @ query - 0.5 * hubness(docs, reference)
+            # The silo's order is the corrected one (ties aside), not necessarily the cosine's.
+            assert np.all(np.diff(corrected) <= 1e-4), (ids, corrected)
+    lines = [json.loads(line) for line in (config.source.parent / "audit" / "audit.log")
+             .read_text().splitlines()]  # fmt: skip
+    searches = [line for line in lines if line.get("rpc") == "Search" and line.get("via")]
+    assert searches and all(line.get("receiving") == "hubness" for line in searches[-4:])
+
+
+def test_a_silo_holding_the_querying_model_fits_its_own_adapter(net: Net) -> None:
+    """No coordinator adapter maps bob's space (kjv's model) into web's; web runs that model
+    too, fits an adapter on its own documents, lists the space as one it serves, and answers
+    bob's queries through it. Its own verses are found; nothing was trained for it."""
+    consortium = net.consortium
+    bob = str(consortium.client_config("bob"))
+    deadline = time.monotonic() + 240
+    while True:
+        silos = json.loads(consortium.run("silos", "--config", bob, "--json", capture=True))
+        listed = {s["silo"]: s for s in silos}
+        kjv_space = listed["kjv"]["space"]["space_id"]
+        if kjv_space in [a["space_id"] for a in listed["web"].get("also_serves", [])]:
+            break
+        assert time.monotonic() < deadline, f"web never listed {kjv_space}: {listed['web']}"
+        time.sleep(2)
+    config = load_silo_config(consortium.silo_config("web"))
+    assert (config.data_dir / "local-fit").is_dir()
+    web = load_records("web")
+    probes = [web[i] for i in range(5, len(web), 10)][::311][:8]  # verses web itself holds
+
+    async def ask() -> list[tuple[dict[str, str], list[str]]]:
+        async with _client(net, "bob") as client:
+            out = []
+            for record in probes:
+                answer = await client.query(record.text, k=10, silos=["web"])
+                out.append((_states(answer), [h.doc_id for h in answer.hits]))
+            return out
+
+    answers = asyncio.run(ask())
+    assert all(states == {"web": "ok"} for states, _ in answers), answers
+    found = sum(record.id in ids for record, (_s, ids) in zip(probes, answers, strict=True))
+    assert found >= 6, (found, answers)
+    lines = [json.loads(line) for line in (config.source.parent / "audit" / "audit.log")
+             .read_text().splitlines()]  # fmt: skip
+    served = [line for line in lines if line.get("rpc") == "Search" and line.get("via")]
+    assert served and served[-1]["source_space"] == kjv_space
 
 
 def test_caller_allowed_no_silo_is_refused_and_non_admin_cannot_train(net: Net) -> None:

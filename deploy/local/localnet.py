@@ -49,6 +49,8 @@ class SiloSpec:
     accept_query_text: bool = False
     # Who may write documents and migrate the silo while it serves ([access] admin).
     admins: tuple[str, ...] = ()
+    # Querying sides' models the silo also runs and fits its own adapters from ([receiving]).
+    local_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,9 +289,18 @@ accept_spaces = ["*"]                # translate queries from any space with a s
 disclose_fields = {_toml_list(spec.disclose)}
 accept_query_text = {"true" if spec.accept_query_text else "false"}
 admin = {_toml_list(spec.admins)}                 # live writes and migrations
-"""
+{self._receiving(spec)}"""
         )
         return path
+
+    @staticmethod
+    def _receiving(spec: SiloSpec) -> str:
+        if not spec.local_models:
+            return ""
+        return f"""
+[receiving]
+local_models = {_toml_list(spec.local_models)}   # fits its own adapter from each, locally
+"""
 
     def write_client_config(
         self, name: str, home_silo: str, coordinator: str, home_silo_name: str

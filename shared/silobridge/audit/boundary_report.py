@@ -73,7 +73,9 @@ def boundary_report(
         _row("hits", "silo -> coordinator -> client",
              f"opaque doc ids, scores and disclosed fields: {hits}",
              "document text or vectors beyond policy", surprising=disclosing),
-        _row("adapter artifacts", "coordinator -> silo (optional)", "signed weights + manifest",
+        _row("adapter artifacts", "coordinator -> silo (optional)",
+             "signed weights + manifest; the hubness reference (the public anchors' vectors in "
+             "the source space, as the adapter maps them)",
              "code: an artifact is data, never imported"),
     ]  # fmt: skip
     parties = [

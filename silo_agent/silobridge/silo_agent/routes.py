@@ -1,6 +1,7 @@
 """Which spaces a silo answers queries in, and how: natively in a generation, or adapted first.
 
-A silo that does not migrate answers in one space. While it migrates it answers in both its
+A silo that does not migrate answers in one space (plus those of its local fits,
+``receiving/local_fit``). While it migrates it answers in both its
 old and new spaces; after it finished, queries still in the old space are mapped by its local
 adapter. The table is immutable and swapped whole (one reference), so a search in flight sees
 one consistent set of routes.
@@ -23,6 +24,9 @@ class Route:
     space: SpaceDescriptor  # the space the query vector is in
     generation: Generation
     adapter: Adapter | None = None
+    # A querying side's space the silo maps itself (``receiving/local_fit``), not its own: the
+    # silo's ``accept_spaces`` policy applies to it as to a translated query.
+    local: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class RouteTable:
 
     def of(self, space_id: str) -> Route | None:
         return self.routes.get(space_id)
+
+    def is_local_fit(self, space_id: str) -> bool:
+        route = self.routes.get(space_id)
+        return route is not None and route.local
 
     def serves(self, space: SpaceDescriptor) -> bool:
         route = self.routes.get(space.space_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,12 +23,14 @@ from silobridge.silo_agent.handlers import SiloHandlers
 from silobridge.silo_agent.migration.announce import announce_primary
 from silobridge.silo_agent.migration.engine import MigrationEngine
 from silobridge.silo_agent.migration.startup import models_for
+from silobridge.silo_agent.receiving.local_fit import local_routes
 from silobridge.silo_agent.registration import (
     advertise_address,
     register_with_coordinator,
     start_registration,
     stop_registration,
 )
+from silobridge.silo_agent.routes import Route
 from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.servicer import SiloAdminServicer, SiloServicer
 from silobridge.silo_agent.store.data import SiloData
@@ -118,11 +121,18 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         name=f"silo-{config.name}-refresh",
     )
 
+    # Local fits ([receiving] local_models) run in the background once the server is up.
+    stop_fits = threading.Event()
+    fits: set[asyncio.Task[None]] = set()
+
     def add_servicers(server: grpc.aio.Server) -> None:
         silo_pb2_grpc.add_SiloServiceServicer_to_server(servicer, server)
         silo_pb2_grpc.add_SiloAdminServiceServicer_to_server(admin, server)
 
     async def close_resources() -> None:
+        stop_fits.set()
+        if fits:
+            await asyncio.wait(fits)
         refresher.cancel()
         await asyncio.wait({refresher})
         await asyncio.to_thread(migration.close)
@@ -147,7 +157,29 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         listen=listen,
     )
     announcer.port = running.port
+    if config.receiving.local_models:
+        fits.add(loop.create_task(_local_fits(service, announcer, stop_fits), name="local-fit"))
     return RunningSilo(running, servicer)
+
+
+async def _local_fits(service: SiloService, announcer: _Announcer, stop: threading.Event) -> None:
+    config = service.config
+
+    def add_route(route: Route) -> None:
+        service.routes = service.routes.with_route(route)
+        announcer.primary_changed()  # re-register: Describe now lists the space
+
+    await asyncio.to_thread(
+        local_routes,
+        service.data,
+        config.receiving.local_models,
+        accepts=config.access.accepts_space,
+        sample_size=config.receiving.local_fit_sample,
+        batch_size=config.limits.batch_size,
+        threads=config.server.threads,
+        stop=stop,
+        add_route=add_route,
+    )
 
 
 class _Announcer:

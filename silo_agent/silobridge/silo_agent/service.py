@@ -163,7 +163,8 @@ class SiloService:
                     f"silo {name!r} does not serve queries from "
                     f"{asker.spiffe_id or 'this caller'} (organization {asker.org or 'none'})"
                 )
-            if self.translates(query) and not access.accepts_space(query.source_space):
+            foreign = self.translates(query) or self.routes.is_local_fit(query.source_space)
+            if foreign and not access.accepts_space(query.source_space):
                 raise PermissionDenied(
                     f"silo {name!r} does not accept queries translated from space "
                     f"{query.source_space!r}"

@@ -6,6 +6,8 @@ hubness = true              # hubness correction of queries that arrive through 
 hubness_k = 10              # reference neighbours per document
 hubness_depth = 100         # candidates re-scored per query (at least k)
 hubness_off_for = []        # source space ids to answer without it
+local_models = []           # model specs the silo also runs, to fit its own adapters from
+local_fit_sample = 4096     # own documents embedded per local model for that fit
 ```
 """
 
@@ -23,6 +25,8 @@ from silobridge.core.errors import ConfigError
 SECTION = "receiving"
 # Re-scoring more candidates than this costs more than a search; refused in the config.
 MAX_HUBNESS_DEPTH = 1_000
+# A local fit on fewer documents than this is noise (as the migration's own fit).
+MIN_LOCAL_FIT_SAMPLE = 64
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class ReceivingSettings:
     hubness_k: int = DEFAULT_K
     hubness_depth: int = 100
     hubness_off_for: tuple[str, ...] = ()
+    local_models: tuple[str, ...] = ()
+    local_fit_sample: int = 4096
 
     def hubness_for(self, source_space: str) -> bool:
         """Whether queries translated from ``source_space`` are hubness-corrected here."""
@@ -45,11 +51,18 @@ def receiving_settings(path: Path, doc: Mapping[str, Any]) -> ReceivingSettings:
         hubness_k=section.positive("hubness_k", ReceivingSettings.hubness_k),
         hubness_depth=section.positive("hubness_depth", ReceivingSettings.hubness_depth),
         hubness_off_for=section.strings("hubness_off_for"),
+        local_models=section.strings("local_models"),
+        local_fit_sample=section.positive("local_fit_sample", ReceivingSettings.local_fit_sample),
     )
     section.finish()
     if settings.hubness_depth > MAX_HUBNESS_DEPTH:
         raise ConfigError(
             f"{path}: [{SECTION}] hubness_depth must be at most {MAX_HUBNESS_DEPTH}, "
             f"got {settings.hubness_depth}"
+        )
+    if settings.local_fit_sample < MIN_LOCAL_FIT_SAMPLE:
+        raise ConfigError(
+            f"{path}: [{SECTION}] local_fit_sample must be at least {MIN_LOCAL_FIT_SAMPLE}, "
+            f"got {settings.local_fit_sample}"
         )
     return settings
