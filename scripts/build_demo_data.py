@@ -1,4 +1,4 @@
-"""Rebuild the committed demo corpus (KJV/WEB verse pairs, Python-doc anchors) from Debian packages.
+"""Rebuild the committed demo corpus (KJV/WEB verses, Python-doc anchors and sections) from Debian.
 
 Run ``.venv/bin/python scripts/build_demo_data.py`` after
 ``apt-get install sword-text-kjv sword-text-web python3.11-doc``. The output is byte-identical on
@@ -15,6 +15,7 @@ import re
 import struct
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,12 +365,16 @@ def _is_prose(text: str) -> bool:
     return re.search(r":[\w-]+:`", text) is None
 
 
+def _rst_sources(sources: Path) -> list[Path]:
+    """Every ``*.rst.txt`` file under ``sources``, in sorted relative-path order."""
+    return sorted(sources.rglob("*.rst.txt"), key=lambda p: p.relative_to(sources).as_posix())
+
+
 def pydoc_anchors(sources: Path, limit: int = MAX_ANCHORS) -> list[Record]:
     """Deduplicated prose paragraphs of the docs, first ``limit`` in sorted source-path order."""
-    files = sorted(sources.rglob("*.rst.txt"), key=lambda p: p.relative_to(sources).as_posix())
     seen: set[str] = set()
     records: list[Record] = []
-    for path in files:
+    for path in _rst_sources(sources):
         source = path.relative_to(sources).as_posix().removesuffix(".txt")
         lines = path.read_text(encoding="utf-8").splitlines()
         for raw in rst_paragraphs(lines):
@@ -382,6 +387,96 @@ def pydoc_anchors(sources: Path, limit: int = MAX_ANCHORS) -> list[Record]:
             )
             if len(records) >= limit:
                 return records
+    return records
+
+
+# Section titles too generic to name what their section is about, compared case-folded. Titles
+# repeated across the docs ("Porting to Python 3.10") are dropped by count, not listed here.
+_GENERIC_HEADINGS = frozenset(
+    {
+        *("examples", "example", "notes", "introduction", "overview", "see also", "summary"),
+        *("functions", "classes", "constants", "exceptions", "module contents", "changes"),
+        *("other changes", "usage", "background", "attributes", "methods", "contents"),
+        *("footnotes", "acknowledgements", "abstract", "rationale", "motivation", "details"),
+    }
+)
+MAX_HEADING_WORDS = 12
+
+
+def rst_headings(lines: list[str]) -> list[tuple[int, int, str]]:
+    """Section titles of one file: (first line of the title block, first body line, raw title).
+
+    A title is an unindented text line after a blank line (or the file's start) with an
+    adornment line under it, optionally one above it as well (then it may be inset).
+    """
+    headings: list[tuple[int, int, str]] = []
+    i = 0
+    while i + 1 < len(lines):
+        line, nxt = lines[i].rstrip(), lines[i + 1].rstrip()
+        after = lines[i + 2].rstrip() if i + 2 < len(lines) else ""
+        if _ADORNMENT.match(line) and nxt.strip() and not _ADORNMENT.match(nxt.strip()):
+            if _ADORNMENT.match(after) and after[0] == line[0]:
+                headings.append((i, i + 3, nxt.strip()))
+                i += 3
+                continue
+        elif (
+            line.strip()
+            and _indent(line) == 0
+            and not _ADORNMENT.match(line)
+            and not _EXPLICIT.match(line)
+            and _ADORNMENT.match(nxt)
+            and (i == 0 or not lines[i - 1].strip())
+        ):
+            headings.append((i, i + 2, line.strip()))
+            i += 2
+            continue
+        i += 1
+    return headings
+
+
+def _is_topical_heading(heading: str) -> bool:
+    """A heading that says what its section is about: not generic, not long, not one code name."""
+    words = heading.split()
+    if not words or len(words) > MAX_HEADING_WORDS or heading.casefold() in _GENERIC_HEADINGS:
+        return False
+    code_like = heading.islower() or any(c in heading for c in "._(")
+    return len(words) > 1 or not code_like
+
+
+def pydoc_sections(sources: Path) -> list[Record]:
+    """(section heading, the section's first prose paragraph) pairs: a query and its document.
+
+    A paragraph belongs to the text between its heading and the next heading of any level.
+    Headings seen more than once anywhere in the docs are dropped with every copy, and so is a
+    pair whose paragraph an earlier pair already took.
+    """
+    sections: list[tuple[str, str | None, str]] = []  # heading, first prose paragraph, source
+    for path in _rst_sources(sources):
+        source = path.relative_to(sources).as_posix().removesuffix(".txt")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        headings = rst_headings(lines)
+        for n, (_, body, raw_title) in enumerate(headings):
+            end = headings[n + 1][0] if n + 1 < len(headings) else len(lines)
+            prose = (strip_inline_markup(raw) for raw in rst_paragraphs(lines[body:end]))
+            paragraph = next((text for text in prose if _is_prose(text)), None)
+            sections.append((strip_inline_markup(raw_title), paragraph, source))
+    # Counted over every heading, with or without prose: a repeated one is no unique query.
+    occurrences = Counter(heading.casefold() for heading, _, _ in sections)
+    used: set[str] = set()
+    records: list[Record] = []
+    for heading, paragraph, source in sections:
+        if paragraph is None or paragraph in used or occurrences[heading.casefold()] > 1:
+            continue
+        if not _is_topical_heading(heading):
+            continue
+        used.add(paragraph)
+        records.append(
+            Record(
+                id=f"pysec-{len(records) + 1:06d}",
+                text=paragraph,
+                metadata={"heading": heading, "source": source},
+            )
+        )
     return records
 
 
@@ -434,8 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     kjv, web = aligned_bibles(args.kjv, args.web)
     anchors = pydoc_anchors(args.pydoc, args.max_anchors)
+    sections = pydoc_sections(args.pydoc)
     total = 0
-    for name, records in (("kjv", kjv), ("web", web), ("pydoc_anchors", anchors)):
+    outputs = (("kjv", kjv), ("web", web), ("pydoc_anchors", anchors), ("pydoc_sections", sections))
+    for name, records in outputs:
         size = write_jsonl_gz(args.out / f"{name}.jsonl.gz", records)
         total += size
         print(f"{name}: {len(records)} records, {size:,} bytes")

@@ -213,6 +213,9 @@ def test_rows_carry_the_schema_fields(small_run: EvalResult) -> None:
         ("adapter", "procrustes", "hubness(anchors)"),
         ("two-stage", "procrustes", ""),
         ("adapter", "affine", ""),
+        # The receiving silo running the source model: fitted on its own documents.
+        ("adapter", "affine", "local-fit"),
+        ("adapter", "affine", "local-fit+hubness(own)"),
     ]
     for row in rows:
         assert set(ROW_FIELDS) <= set(row)
@@ -222,9 +225,11 @@ def test_rows_carry_the_schema_fields(small_run: EvalResult) -> None:
     assert native["arr@10"] == 1.0 and native["retention_ndcg@10"] == 1.0
     source_native = rows[1]
     assert (source_native["anchors"], source_native["train_s"]) == (None, None)
-    for row in rows[2:]:
+    for row in rows[2:6]:
         assert (row["anchors"], row["anchor_count"]) == ("public", 500)
         assert row["train_s"] > 0
+    for row in rows[6:]:
+        assert (row["anchors"], row["anchor_count"]) == ("own-documents", 300)
     assert all(
         row["apply_us"] > 0 for row in rows if row["method"] == "adapter" and not row["receiving"]
     )
@@ -308,6 +313,7 @@ def test_traffic_is_disjoint_from_the_test_queries_and_adds_its_hubness_row(
         adapters=("procrustes",),
         two_stage=False,
         traffic=200,
+        local_fit=0,
     )
     session = EvalSession(cache_dir=tmp_path)
     try:
@@ -374,13 +380,14 @@ def test_cli_runs_a_beir_directory_to_json_and_plot(tmp_path: Path) -> None:
     assert {"config", "date", "machine"} <= set(report)
     # native, source-native, none, then 2 anchor sets x 2 counts x (procrustes, its hubness
     # correction, its two-stage, affine).
-    assert len(rows) == 3 + 2 * 2 * 4
+    assert len(rows) == 3 + 2 * 2 * 4 + 2  # + the two local-fit rows
     assert rows[1]["method"] == "source-native"
     none = rows[2]
     # The same model on both sides: the untranslated vector is the native one.
     assert none["method"] == "none" and none["arr@10"] == 1.0
-    assert {r["anchors"] for r in rows[3:]} == {"in-domain", "file:anchors.txt"}
-    assert {r["anchor_count"] for r in rows[3:]} == {60, 120}
+    assert {r["anchors"] for r in rows[3:-2]} == {"in-domain", "file:anchors.txt"}
+    assert {r["anchor_count"] for r in rows[3:-2]} == {60, 120}
+    assert [r["receiving"] for r in rows[-2:]] == ["local-fit", "local-fit+hubness(own)"]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out_png.stat().st_size > 10_000
 

@@ -1,4 +1,4 @@
-"""Read the labelled demo corpus (KJV/WEB verse pairs and Python-doc anchors) the harness uses.
+"""Read the demo corpus the harness uses: KJV/WEB verse pairs, Python-doc anchors and sections.
 
 The corpus is repository data (``data/demo``), not part of the installed package: it is found
 through ``$SILOBRIDGE_DEMO_DATA``, else ``data/demo`` under the current directory.
@@ -16,7 +16,7 @@ from pathlib import Path
 from silobridge.core.errors import ConfigError, InvalidArgument
 
 ENV_VAR = "SILOBRIDGE_DEMO_DATA"
-DEMO_SETS = ("kjv", "web", "pydoc_anchors")
+DEMO_SETS = ("kjv", "web", "pydoc_anchors", "pydoc_sections")
 REBUILD_COMMAND = (
     "apt-get install sword-text-kjv sword-text-web python3.11-doc && "
     ".venv/bin/python scripts/build_demo_data.py"
@@ -25,7 +25,7 @@ REBUILD_COMMAND = (
 
 @dataclass(frozen=True)
 class DemoRecord:
-    """One demo text: a stable id ("Gen.1.1", "pydoc-000001"), its text, string metadata."""
+    """One demo text: a stable id ("Gen.1.1", "pydoc-000001", "pysec-000001"), text, metadata."""
 
     id: str
     text: str
@@ -41,11 +41,12 @@ def demo_data_dir() -> Path:
 
 
 def load_records(name: str, limit: int | None = None) -> list[DemoRecord]:
-    """The records of one demo set ("kjv", "web" or "pydoc_anchors"), in file order.
+    """The records of one demo set (one of ``DEMO_SETS``), in file order.
 
     ``limit`` keeps only the first ``limit`` records (and reads no further). The KJV and WEB sets
     hold the same verse ids in the same order, so record ``i`` of one is the translation of
-    record ``i`` of the other.
+    record ``i`` of the other. A "pydoc_sections" record's text is the first prose paragraph of
+    a documentation section and ``metadata["heading"]`` is that section's title.
     """
     if name not in DEMO_SETS:
         raise InvalidArgument(f"unknown demo set {name!r}; choose one of {', '.join(DEMO_SETS)}")

@@ -1,11 +1,11 @@
-"""Retrieval test sets: BEIR directories, the built-in Bible sets, reproducible subsamples."""
+"""Retrieval test sets: BEIR directories, the built-in demo sets, reproducible subsamples."""
 
 from __future__ import annotations
 
 import csv
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,11 @@ from silobridge.evaluation.corpus import DemoRecord, load_records
 
 BIBLE_WEB2KJV = "bible-web2kjv"
 KJV_KNN = "kjv-knn"
-BUILTIN_DATASETS: tuple[str, ...] = (BIBLE_WEB2KJV, KJV_KNN)
+# Asymmetric: a Python-documentation section heading is the query, its first paragraph the answer.
+PYDOC_HEADINGS = "pydoc-heading2para"
+BUILTIN_DATASETS: tuple[str, ...] = (BIBLE_WEB2KJV, KJV_KNN, PYDOC_HEADINGS)
+# The anchor kind whose texts are Python-documentation paragraphs (evaluation/anchors.py).
+PUBLIC_ANCHOR_KIND = "public"
 # An unlabelled set has no judgements to subsample by, so it holds out this many queries unless
 # the caller asks for another number.
 KJV_KNN_DEFAULT_QUERIES = 1000
@@ -45,6 +49,9 @@ class RetrievalDataset:
     # Unlabelled queries of the same source, disjoint from the test queries (seeded order): the
     # "traffic" a receiving silo sees besides them (``--traffic``).
     traffic_pool: tuple[str, ...] = ()
+    # True when the corpus is drawn from the public anchor texts themselves: fitting on them
+    # would put the test documents into the anchors.
+    excludes_public_anchors: bool = False
 
     def describe(self) -> dict[str, object]:
         """A JSON-able summary for result files."""
@@ -84,10 +91,48 @@ def load_builtin(
         )
     if name == KJV_KNN:
         return _kjv_knn(load_records("kjv"), corpus_size=corpus_size, queries=queries, seed=seed)
+    if name == PYDOC_HEADINGS:
+        return _pydoc_headings(corpus_size=corpus_size, queries=queries, seed=seed)
     raise InvalidArgument(
         f"unknown dataset {name!r}; built-ins are {', '.join(BUILTIN_DATASETS)} "
         "(or give a BEIR-format directory with --dataset-dir)"
     )
+
+
+def check_anchor_source(dataset: RetrievalDataset, name: str) -> None:
+    """Refuse an anchor kind that would leak the dataset's own documents into the fit."""
+    if name == PUBLIC_ANCHOR_KIND and dataset.excludes_public_anchors:
+        raise InvalidArgument(
+            f"the {PUBLIC_ANCHOR_KIND!r} anchors are Python-documentation paragraphs, the same "
+            f"texts as the {dataset.name} corpus, so they cannot fit an adapter evaluated on it; "
+            "use --anchors synthetic or in-domain, or an --anchor-file"
+        )
+
+
+def _pydoc_headings(*, corpus_size: int | None, queries: int | None, seed: int) -> RetrievalDataset:
+    sections = load_records("pydoc_sections")
+    headings = [r.metadata["heading"] for r in sections]
+    ids = [r.id for r in sections]
+    paragraphs = [r.text for r in sections]
+    # The heading and the paragraph of a record share its id: one relevant document per query.
+    dataset = _subsample_labelled(
+        PYDOC_HEADINGS,
+        query_ids=ids,
+        query_texts=headings,
+        corpus_ids=ids,
+        corpus_texts=paragraphs,
+        qrels={rid: {rid: 1.0} for rid in ids},
+        corpus_size=corpus_size,
+        queries=queries,
+        seed=seed,
+        pool_builder=lambda test_ids, _docs: _interleave(
+            _shuffled(
+                [r.metadata["heading"] for r in sections if r.id not in test_ids], seed, salt=1
+            ),
+            _shuffled([r.text for r in sections if r.id not in test_ids], seed, salt=2),
+        ),
+    )
+    return replace(dataset, excludes_public_anchors=True)
 
 
 def load_beir(

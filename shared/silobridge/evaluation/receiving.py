@@ -7,6 +7,9 @@ anchors, which every silo receiving through an adapter has (as the coordinator s
 the artifact: ``silobridge.adapters.hubness``) — and a candidate's score becomes
 ``2 cos(q, d) - r(d)`` (the query's own term is the same for all its candidates, so it does not
 change the order). Only the index's top candidates are re-scored, as a silo would.
+
+Local fit: a silo that runs the source model itself fits an affine map on a spread sample of its
+own documents embedded by both models (no query, no label), as ``silo_agent/receiving/local_fit``.
 """
 
 from __future__ import annotations
@@ -35,3 +38,11 @@ def hubness_rerank(
     gathered = corpus[candidates]
     scores = 2.0 * np.einsum("nd,ncd->nc", queries, gathered) - penalty[candidates]
     return rerank_scored(candidates, scores.astype(np.float32), k)
+
+
+LOCAL_FIT_KIND = "affine"  # as the silo's own local fit (silo_agent/receiving/local_fit)
+
+
+def local_fit_sample(count: int, size: int) -> npt.NDArray[np.int64]:
+    """Corpus positions of a local fit: ``size`` documents spread evenly over ``count``."""
+    return np.unique(np.linspace(0, count - 1, num=min(size, count)).round().astype(np.int64))

@@ -70,6 +70,8 @@ class EvalConfig:
     # Unlabelled queries disjoint from the test ones (the dataset's traffic pool) the receiving
     # silo has answered: 0 for none; with N, a hubness row against the translated traffic.
     traffic: int = 0
+    # Documents of the corpus a local-fit row fits on (the silo holding the source model): 0 off.
+    local_fit: int = 4096
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:

@@ -20,7 +20,13 @@ from silobridge.embedding.embedders import Embedder, load_embedder
 from silobridge.evaluation.anchors import resolve_anchor_sources
 from silobridge.evaluation.cache import EmbeddingCache, default_cache_dir, embed_cached
 from silobridge.evaluation.datasets import RetrievalDataset, load_beir, load_builtin
-from silobridge.evaluation.receiving import hubness, hubness_rerank, reference_from_translated
+from silobridge.evaluation.receiving import (
+    LOCAL_FIT_KIND,
+    hubness,
+    hubness_rerank,
+    local_fit_sample,
+    reference_from_translated,
+)
 from silobridge.evaluation.results import (
     AUTO,
     CUTOFF,
@@ -218,7 +224,47 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
                             chosen_kind=chosen,
                         )
                     )
+    if config.local_fit:
+        rows.extend(_local_fit_rows(config, scorer, source_corpus, corpus, source_queries))
     return EvalResult(rows=tuple(rows), config=config, dataset=dataset.describe())
+
+
+def _local_fit_rows(
+    config: EvalConfig,
+    scorer: Scorer,
+    source_corpus: FloatMatrix,
+    corpus: FloatMatrix,
+    source_queries: FloatMatrix,
+) -> list[EvalRow]:
+    """The silo's local fit (its own documents embedded by both models), alone and with the
+    hubness correction against its own translated sample."""
+    from silobridge.adapters import FitConfig, fit
+
+    picked = local_fit_sample(corpus.shape[0], config.local_fit)
+    started = time.perf_counter()
+    adapter = fit(
+        source_corpus[picked], corpus[picked], FitConfig(kind=LOCAL_FIT_KIND, seed=config.seed)
+    )
+    train_s = time.perf_counter() - started
+    queries = adapter.apply(source_queries)
+    ranked = top_k(queries, corpus, max(CUTOFF, config.rerank_depth))
+    reference = reference_from_translated(adapter.apply(source_corpus[picked]), config.seed)
+    corrected = hubness_rerank(ranked, queries, corpus, hubness(corpus, reference), CUTOFF)
+    return [
+        scorer.row(
+            "adapter",
+            result,
+            kind=LOCAL_FIT_KIND,
+            anchors="own-documents",
+            count=len(picked),
+            train_s=train_s,
+            receiving=steps,
+        )
+        for result, steps in (
+            (ranked[:, :CUTOFF], "local-fit"),
+            (corrected, "local-fit+hubness(own)"),
+        )
+    ]
 
 
 def _traffic_texts(dataset: RetrievalDataset, count: int) -> list[str]:

@@ -364,7 +364,7 @@ class SiloService:
         self, generation: Generation, query: FloatVector, k: int, correction: HubnessCorrection
     ) -> list[Hit]:
         depth = max(k, self.config.receiving.hubness_depth)
-        candidates = self.data.own_candidates_in(generation, query, depth)
+        candidates = self.data.candidates_in(generation, query, depth, own=True)
         hits = candidates.hits
         if not hits or candidates.vectors is None:
             return hits[:k]  # an index that cannot give vectors back: uncorrected

@@ -73,7 +73,7 @@ class HubnessCorrections:
         if not np.isfinite(rows).all():
             log.warning("adapter %s carries a non-finite hubness reference: not used", adapter_id)
             return None
-        sample = self.data.sample_vectors(generation, CENTRING_SAMPLE)
+        sample = sample_vectors(self.data, generation, CENTRING_SAMPLE)
         correction = HubnessCorrection.for_documents(rows, sample, self.settings.hubness_k)
         log.info(
             "hubness correction for adapter %s: %d reference vectors, k=%d, mean %.4f over %d "
@@ -85,3 +85,24 @@ class HubnessCorrections:
             sample.shape[0],
         )
         return correction
+
+
+def sample_vectors(data: SiloData, generation: Generation, count: int) -> npt.NDArray[np.float32]:
+    """Up to ``count`` of ``generation``'s stored vectors, spread evenly over its keys."""
+    table = generation.slot.table
+    with data.docstore.reading() as conn:
+        total, low, high = conn.execute(
+            f"SELECT COUNT(*), MIN(key), MAX(key) FROM {table}"  # noqa: S608
+        ).fetchone()
+        if not total:
+            return np.zeros((0, generation.space.dimension), dtype=np.float32)
+        step = max(1, -(-(int(high) - int(low) + 1) // count))  # rounded up: reaches the end
+        blobs = [
+            row[0]
+            for row in conn.execute(
+                f"SELECT vector FROM {table} WHERE (key - ?) % ? = 0 ORDER BY key LIMIT ?",  # noqa: S608
+                (int(low), step, count),
+            )
+        ]
+    flat = np.frombuffer(b"".join(blobs), dtype="<f4")
+    return flat.reshape(len(blobs), generation.space.dimension).astype(np.float32)

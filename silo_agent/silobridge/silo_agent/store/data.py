@@ -256,31 +256,22 @@ class SiloData:
         Each hit's ``fields`` are all of the document's metadata: what leaves the silo is the
         service's decision, not the store's.
         """
-        return self._search(self._primary, vector, k, with_vectors=False).hits
+        return self._search(self._primary, vector, k, with_vectors=False, own=False).hits
 
     def search_candidates(self, vector: FloatVector, depth: int) -> Candidates:
         """Top-``depth`` documents with their stored vectors, for a second-stage re-rank."""
-        return self._search(self._primary, vector, depth, with_vectors=True)
+        return self._search(self._primary, vector, depth, with_vectors=True, own=False)
 
     def search_in(self, generation: Generation, vector: FloatVector, k: int) -> list[Hit]:
         """Top-``k`` documents of one generation (a query in its space)."""
-        return self._search(generation, vector, k, with_vectors=False).hits
+        return self._search(generation, vector, k, with_vectors=False, own=False).hits
 
-    def candidates_in(self, generation: Generation, vector: FloatVector, depth: int) -> Candidates:
-        """Top-``depth`` documents of one generation, with their vectors in the primary space
-        (the re-ranker's text is embedded by the primary model)."""
-        return self._search(generation, vector, depth, with_vectors=True)
-
-    def own_candidates_in(
-        self, generation: Generation, vector: FloatVector, depth: int
+    def candidates_in(
+        self, generation: Generation, vector: FloatVector, depth: int, *, own: bool = False
     ) -> Candidates:
-        """Top-``depth`` documents of one generation with their vectors in *its* space (what a
-        receiving-side re-scoring of that space needs)."""
-        return self._search(generation, vector, depth, with_vectors=True, own=True)
-
-    def sample_vectors(self, generation: Generation, count: int) -> FloatMatrix:
-        """Up to ``count`` of ``generation``'s stored vectors, spread evenly over its documents."""
-        return self.docstore.sample_vectors(count, generation.slot.table)
+        """Top-``depth`` documents of one generation, with their vectors in the primary space
+        (the re-ranker's text is embedded by the primary model), or with ``own`` in its own."""
+        return self._search(generation, vector, depth, with_vectors=True, own=own)
 
     def checked_query(self, generation: Generation, vector: FloatVector) -> FloatVector:
         """``vector`` as a query of ``generation``'s space, or a refusal saying why not."""
@@ -296,13 +287,7 @@ class SiloData:
         return query
 
     def _search(
-        self,
-        generation: Generation,
-        vector: FloatVector,
-        k: int,
-        *,
-        with_vectors: bool,
-        own: bool = False,
+        self, generation: Generation, vector: FloatVector, k: int, *, with_vectors: bool, own: bool
     ) -> Candidates:
         query = self.checked_query(generation, vector)
         found = generation.search(query, k)

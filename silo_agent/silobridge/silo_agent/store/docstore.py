@@ -323,22 +323,6 @@ class DocStore:
             ).fetchall()
         return [str(row[0]) for row in rows]
 
-    def sample_vectors(self, count: int, table: str = "documents") -> FloatMatrix:
-        """Up to ``count`` vectors of ``table`` spread evenly over it (every n-th by key)."""
-        check_table(table)
-        with self._lock:
-            total, low, high = self._conn.execute(
-                f"SELECT COUNT(*), MIN(key), MAX(key) FROM {table}"  # noqa: S608
-            ).fetchone()
-            if not total:
-                return self._keyed_vectors([])[1]
-            step = max(1, -(-(int(high) - int(low) + 1) // max(count, 1)))
-            rows = self._conn.execute(
-                f"SELECT key, vector FROM {table} WHERE (key - ?) % ? = 0 ORDER BY key LIMIT ?",  # noqa: S608
-                (int(low), step, count),
-            ).fetchall()
-        return self._keyed_vectors(rows)[1]
-
     def texts(self, doc_ids: Iterable[str]) -> dict[str, str]:
         """The text of each given doc id that is stored (absent ids are left out)."""
         return self._column_by_id(doc_ids, "text")
