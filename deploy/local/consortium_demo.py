@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -50,6 +51,9 @@ EVAL_QUERIES = 500
 PYDOCS = 5_000
 CONCURRENCY = 8
 LATENCY_QUERIES = 200
+# How long the kjv silo may take to fit its own adapter from alice's model (embedding 4,096 of
+# its verses with minilm-l6 on two cores).
+LOCAL_FIT_WAIT_S = 600
 
 
 def prepare_corpora(root: Path) -> dict[str, Path]:
@@ -126,7 +130,25 @@ def kjv_ranked(result: FederatedAnswer) -> list[str]:
     return [hit.doc_id if hit.silo == "kjv" else f"{hit.silo}:" for hit in result.hits]
 
 
-async def retention_table(net: LocalConsortium) -> None:
+def receiving_steps(net: LocalConsortium, silo: str, since: int) -> str:
+    """The receiving-side steps ``silo`` says (in its audit log) it applied to the forwarded
+    queries it answered after line ``since``: "hubness", or "none"."""
+    log = net.silo_config(silo).parent / "audit" / "audit.log"
+    lines = [json.loads(line) for line in log.read_text().splitlines()[since:]]
+    steps = {
+        line.get("receiving") or "none"
+        for line in lines
+        if line.get("rpc") == "Search" and line.get("via") and not line.get("reranked")
+    }
+    return "+".join(sorted(steps)) or "none"
+
+
+def audit_length(net: LocalConsortium, silo: str) -> int:
+    log = net.silo_config(silo).parent / "audit" / "audit.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+async def retention_table(net: LocalConsortium, *, local_fit: bool = False) -> None:
     web, kjv = load_records("web"), load_records("kjv")
     picks = range(0, len(web), len(web) // EVAL_QUERIES)
     pairs = [(web[i].text, kjv[i].id) for i in picks][:EVAL_QUERIES]
@@ -152,6 +174,8 @@ async def retention_table(net: LocalConsortium) -> None:
              if a.source.space_id == space.space_id and a.target.model_id == "minilm-l3-onnx"),
             "?",
         )  # fmt: skip
+        if local_fit:
+            kind = "kjv's local fit (affine)"
 
         async def direct(vector: FloatVector) -> list[str]:
             return [h.doc_id for h in await kjv_silo.search_vector(vector, 10, timeout=30)]
@@ -177,21 +201,36 @@ async def retention_table(net: LocalConsortium) -> None:
 
         started = time.monotonic()
         count = len(texts)
-        results = {
-            "native (KJV silo embeds the query itself)": await limited(
-                count, lambda i: direct(native[i])
-            ),
-            "none (minilm-l6 vector searched as is)": await limited(
-                count, lambda i: direct(source[i])
-            ),
-            "adapted (through the coordinator)": await limited(count, adapted),
-            "two-stage (adapted top-100, re-ranked by the KJV silo)": await limited(
-                count, lambda i: adapted(i, rerank=True)
-            ),
-            "federated: all three silos, merged top 10": await limited(
-                count, lambda i: adapted(i, only_kjv=False)
-            ),
-        }
+        since = audit_length(net, "kjv")
+        if local_fit:
+            results = {
+                "native (KJV silo embeds the query itself)": await limited(
+                    count, lambda i: direct(native[i])
+                ),
+                "adapted, local fit (kjv runs minilm-l6 too)": await limited(count, adapted),
+                "federated: all three silos, merged top 10": await limited(
+                    count, lambda i: adapted(i, only_kjv=False)
+                ),
+            }
+        else:
+            results = {
+                "native (KJV silo embeds the query itself)": await limited(
+                    count, lambda i: direct(native[i])
+                ),
+                "none (minilm-l6 vector searched as is)": await limited(
+                    count, lambda i: direct(source[i])
+                ),
+                "adapted (through the coordinator)": await limited(count, adapted),
+                "two-stage (adapted top-100, re-ranked by the KJV silo)": await limited(
+                    count, lambda i: adapted(i, rerank=True)
+                ),
+                "federated: all three silos, merged top 10": await limited(
+                    count, lambda i: adapted(i, only_kjv=False)
+                ),
+            }
+    # What kjv did with the translated queries, as its own audit log says.
+    steps = receiving_steps(net, "kjv", since)
+    kind = f"{kind}; receiving: {steps}"
     expected = [doc for _, doc in pairs]
     table = []
     native_ndcg: float | None = None
@@ -202,7 +241,7 @@ async def retention_table(net: LocalConsortium) -> None:
         if native_ndcg is None:
             native_ndcg = float(line[1])
         table.append(line)
-    header = ["method", "nDCG@10", "recall@10", "MRR@10", "retention", "adapter"]
+    header = ["method", "nDCG@10", "recall@10", "MRR@10", "retention", "adapter; receiving steps"]
     widths = [max(len(r[c]) for r in [header, *table]) for c in range(len(header))]
     say(
         f"{len(pairs)} WEB verses as queries, the KJV verse with the same reference as the one "
@@ -223,6 +262,26 @@ async def retention_table(net: LocalConsortium) -> None:
         f"In the merged top-10 lists, {len(merged) - sum(others.values())} of {len(merged)} hits "
         f"came from kjv, {others['pydocs']} from pydocs and {others['web']} from web."
     )
+
+
+def enable_local_fit(net: LocalConsortium, silo: str, models: tuple[str, ...], space: str) -> None:
+    """Restart ``silo`` with ``[receiving] local_models`` and wait until it serves ``space``."""
+    spec = next(s for s in net.silos if s.name == silo)
+    fitted = dataclasses.replace(spec, local_models=models)
+    net.silos = [fitted if s is spec else s for s in net.silos]
+    net.procs[silo].stop()
+    net.start_silo(fitted)
+    net.write_client_configs()  # bob's home silo moved to a new port
+    admin = str(net.client_config("admin"))
+    deadline = time.monotonic() + LOCAL_FIT_WAIT_S
+    while time.monotonic() < deadline:
+        listed = json.loads(net.run("silos", "--config", admin, "--json", capture=True))
+        served = next(s for s in listed if s["silo"] == silo).get("also_serves", [])
+        if space in [entry["space_id"] for entry in served]:
+            say(f"silo {silo} fitted its own adapter from {space} and now serves that space")
+            return
+        time.sleep(2)
+    raise TimeoutError(f"silo {silo} did not serve {space} within {LOCAL_FIT_WAIT_S} s")
 
 
 def audit_logs(net: LocalConsortium) -> list[tuple[Path, Path]]:
@@ -262,12 +321,16 @@ def main() -> int:
             net.run("anchors", "build", "--config", str(net.coordinator_config),
                     "--name", ANCHOR_SET, "--synthetic", str(ANCHOR_COUNT))  # fmt: skip
             step("5. train adapters (the coordinator asks each silo to embed the anchors)")
-            train_adapters(net)
+            alice_space = train_adapters(net)
             step("6. alice (pyorg) asks modern-English questions; her text stays in pyorg")
             for question in QUESTIONS:
                 net.run("query", "--config", str(net.client_config("alice")), "--k", "5", question)
             step(f"7. retention on {EVAL_QUERIES} labelled WEB->KJV queries, live")
             asyncio.run(retention_table(net))
+            step("7b. kjv also runs alice's model (minilm-l6): it fits its own adapter on its own "
+                 "verses, nothing leaves it, and is asked again")  # fmt: skip
+            enable_local_fit(net, "kjv", ("minilm-l6",), alice_space)
+            asyncio.run(retention_table(net, local_fit=True))
             step("8. the data boundary: what each party can see, from the live policies")
             net.run("audit", "boundary", "--config", str(net.client_config("alice")))
             # The kjv silo's checkpoint heads, as the coordinator recorded them: an auditor

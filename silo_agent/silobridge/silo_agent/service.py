@@ -76,8 +76,10 @@ def refused_on_behalf_of(asker: PeerIdentity, caller: PeerIdentity) -> Iterator[
         raise
 
 
-# What an answer's ``receiving`` names when the hubness correction re-scored it.
+# What an answer's ``receiving`` names: the hubness correction re-scored it; the silo's own
+# local fit mapped the query (``receiving/``).
 HUBNESS_STEP = "hubness"
+LOCAL_FIT_STEP = "local-fit"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +266,10 @@ class SiloService:
             space_id=space_id,
             hubness=correction,
         )
-        return Answer(hits, HUBNESS_STEP if correction is not None else "")
+        steps = [LOCAL_FIT_STEP] if self.route(space_id).local else []
+        if correction is not None:
+            steps.append(HUBNESS_STEP)
+        return Answer(hits, "+".join(steps))
 
     def route(self, space_id: str) -> Route:
         """How a vector in ``space_id`` (empty: the primary space) is searched here."""
