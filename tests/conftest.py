@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import settings
@@ -33,6 +35,21 @@ settings.register_profile("silobridge", deadline=None)
 settings.load_profile("silobridge")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_demo_data_builder() -> ModuleType:
+    """``scripts/build_demo_data.py`` as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "build_demo_data", REPO / "scripts" / "build_demo_data.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is being built.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 # The demo corpus is repository data; servers started by tests inherit where it is.
 os.environ.setdefault("SILOBRIDGE_DEMO_DATA", str(REPO / "data" / "demo"))
 

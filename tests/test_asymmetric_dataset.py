@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import typer
@@ -22,19 +19,7 @@ from silobridge.evaluation.datasets import (
     load_builtin,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "build_demo_data", REPO / "scripts" / "build_demo_data.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is being built.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_demo_data_builder
 
 
 def _words(text: str) -> int:
@@ -123,7 +108,7 @@ def test_sections_skip_generic_code_like_repeated_headings_and_reused_paragraphs
     (tmp_path / "library").mkdir()
     (tmp_path / "a.rst.txt").write_text(SAMPLE_PAGE, encoding="utf-8")
     (tmp_path / "library" / "widgets.rst.txt").write_text(OTHER_PAGE, encoding="utf-8")
-    records = _load_builder().pydoc_sections(tmp_path)
+    records = load_demo_data_builder().pydoc_sections(tmp_path)
     pairs = [(r.metadata["heading"], r.metadata["source"], r.text.split()[:3]) for r in records]
     # "Registry Internals" repeats the first section's paragraph, so only the first pair stays.
     assert pairs == [

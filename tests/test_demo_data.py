@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given
@@ -21,22 +18,12 @@ from silobridge.evaluation.corpus import (
     load_records,
 )
 
+from .conftest import load_demo_data_builder
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "build_demo_data", REPO / "scripts" / "build_demo_data.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is being built.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = _load_builder()
+builder = load_demo_data_builder()
 
 
 @pytest.fixture(scope="module")

@@ -67,37 +67,26 @@ def test_the_local_fit_maps_the_querying_model_into_the_silo_and_is_kept(
 
 
 def test_a_space_the_policy_does_not_accept_gets_no_route(data: SiloData) -> None:
-    routes: list[Route] = []
-
-    def run(accepts: bool) -> None:
-        local_routes(
-            data,
-            ("minilm-l3-onnx",),
-            accepts=lambda _space: accepts,
-            sample_size=SAMPLE,
-            batch_size=64,
-            threads=1,
-            stop=threading.Event(),
-            add_route=routes.append,
-        )
-
-    run(accepts=False)
-    assert routes == []
-    run(accepts=True)
-    [route] = routes
+    assert _routes(data, ("minilm-l3-onnx",), accepts=False) == []
+    [route] = _routes(data, ("minilm-l3-onnx",), accepts=True)
     assert route.local and route.generation is data.primary and route.adapter is not None
 
 
 def test_a_failing_local_model_is_skipped(data: SiloData) -> None:
+    routes = _routes(data, ("onnx:/nonexistent/model", "minilm-l3-onnx"), accepts=True)
+    assert [r.space.model_id for r in routes] == [load_embedder("minilm-l3-onnx").model_id]
+
+
+def _routes(data: SiloData, specs: tuple[str, ...], *, accepts: bool) -> list[Route]:
     routes: list[Route] = []
     local_routes(
         data,
-        ("onnx:/nonexistent/model", "minilm-l3-onnx"),
-        accepts=lambda _space: True,
+        specs,
+        accepts=lambda _space: accepts,
         sample_size=SAMPLE,
         batch_size=64,
         threads=1,
         stop=threading.Event(),
         add_route=routes.append,
     )
-    assert [r.space.model_id for r in routes] == [load_embedder("minilm-l3-onnx").model_id]
+    return routes
