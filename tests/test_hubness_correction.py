@@ -29,7 +29,8 @@ DIM = 16
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def random_unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:

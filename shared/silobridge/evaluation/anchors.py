@@ -9,15 +9,25 @@ from pathlib import Path
 
 import numpy as np
 
+from silobridge.coordinator.anchors.generators import (
+    CHAIN,
+    MIX,
+    SENTENCES,
+    ZIPF,
+    available,
+    generate_anchor_texts,
+)
 from silobridge.coordinator.anchors.synthetic import random_word_strings
 from silobridge.core.errors import ConfigError, InvalidArgument
 from silobridge.evaluation.corpus import load_records
-from silobridge.evaluation.datasets import RetrievalDataset
+from silobridge.evaluation.datasets import RetrievalDataset, check_anchor_source
 
 PUBLIC = "public"
 SYNTHETIC = "synthetic"
 IN_DOMAIN = "in-domain"
-ANCHOR_KINDS: tuple[str, ...] = (PUBLIC, SYNTHETIC, IN_DOMAIN)
+# Kinds named after the anchors.generators generator that makes their texts.
+GENERATED_KINDS: tuple[str, ...] = (ZIPF, SENTENCES, CHAIN, MIX)
+ANCHOR_KINDS: tuple[str, ...] = (PUBLIC, SYNTHETIC, IN_DOMAIN, *GENERATED_KINDS)
 # Enough for the largest standard anchor count (16,000) with room for held-out splits.
 SYNTHETIC_POOL = 48_000
 
@@ -48,6 +58,13 @@ def public_anchors(seed: int) -> AnchorSource:
 def synthetic_anchors(seed: int) -> AnchorSource:
     """Random strings of common English words: public by construction, no domain of their own."""
     return AnchorSource(SYNTHETIC, random_word_strings(SYNTHETIC_POOL, seed))
+
+
+def generated_anchors(generator: str, seed: int) -> AnchorSource:
+    """Texts of a public generator: a pool like the synthetic one, or all of a finite one."""
+    limit = available(generator)
+    pool = SYNTHETIC_POOL if limit is None else min(limit, SYNTHETIC_POOL)
+    return AnchorSource(generator, generate_anchor_texts(generator, pool, seed))
 
 
 def in_domain_anchors(dataset: RetrievalDataset) -> AnchorSource:
@@ -92,12 +109,15 @@ def resolve_anchor_sources(
     """The anchor sources a run asked for, in the order asked, without repeats."""
     sources: list[AnchorSource] = []
     for name in dict.fromkeys(names):
+        check_anchor_source(dataset, name)
         if name == PUBLIC:
             sources.append(public_anchors(seed))
         elif name == SYNTHETIC:
             sources.append(synthetic_anchors(seed))
         elif name == IN_DOMAIN:
             sources.append(in_domain_anchors(dataset))
+        elif name in GENERATED_KINDS:
+            sources.append(generated_anchors(name, seed))
         else:
             raise InvalidArgument(
                 f"unknown anchor set {name!r}; choose {', '.join(ANCHOR_KINDS)}, "
@@ -106,7 +126,7 @@ def resolve_anchor_sources(
     sources.extend(file_anchors(path, seed) for path in dict.fromkeys(files))
     if not sources:
         raise InvalidArgument(
-            "no anchors: give --anchors public, synthetic or in-domain, or an --anchor-file"
+            f"no anchors: give --anchors {', '.join(ANCHOR_KINDS)}, or an --anchor-file"
         )
     return sources
 

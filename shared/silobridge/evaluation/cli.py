@@ -22,7 +22,11 @@ def eval_command(
         str, typer.Option(help="Embedder spec of the searched side (the corpus's space).")
     ],
     dataset: Annotated[
-        str, typer.Option(help="Built-in dataset: bible-web2kjv or kjv-knn (unlabelled).")
+        str,
+        typer.Option(
+            help="Built-in dataset: bible-web2kjv, kjv-knn (unlabelled) or pydoc-heading2para "
+            "(a Python-docs heading finds its section's first paragraph; refuses public anchors)."
+        ),
     ] = "bible-web2kjv",
     dataset_dir: Annotated[
         Path | None,
@@ -39,8 +43,10 @@ def eval_command(
     anchors: Annotated[
         list[str] | None,
         typer.Option(
-            help="Anchor set: public (Python docs), synthetic (random word strings) or "
-            "in-domain; repeat for several."
+            help="Anchor set: public (Python docs), synthetic (random word strings), "
+            "in-domain, or a public generator: zipf (frequency-weighted words), sentences "
+            "(real English sentences), chain (a word-pair chain over them) or mix; repeat "
+            "for several."
         ),
     ] = None,
     anchor_file: Annotated[
@@ -76,6 +82,14 @@ def eval_command(
             "adds a hubness-correction row against them (0: none)."
         ),
     ] = 0,
+    local_fit: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Corpus documents a local-fit row fits on (the receiving silo runs the source "
+            "model itself and maps it with its own documents; 0: no such rows).",
+        ),
+    ] = 4096,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the rows and config as JSON here.")
     ] = None,
@@ -116,6 +130,7 @@ def eval_command(
             protocol=protocol,
             identity_docs=identity_docs,
             traffic=traffic,
+            local_fit=local_fit,
         )
     )
 

@@ -38,7 +38,15 @@ def build(
     ] = None,
     synthetic: Annotated[
         int | None,
-        typer.Option(help="Generate N random strings of public English words instead.", min=1),
+        typer.Option(help="Generate N public texts instead (see --generator).", min=1),
+    ] = None,
+    generator: Annotated[
+        str | None,
+        typer.Option(
+            help="What --synthetic generates: words (random word strings, the default), zipf "
+            "(frequency-weighted words), sentences (real English sentences), chain (a "
+            "word-pair chain over them) or mix (the three in turn)."
+        ),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for --synthetic (default 0).", min=0)
@@ -53,17 +61,23 @@ def build(
         fail("give exactly one of --from FILE or --synthetic N")
     if seed is not None and synthetic is None:
         fail("--seed only applies to --synthetic N")
+    if generator is not None and synthetic is None:
+        fail("--generator only applies to --synthetic N")
     catalogue = run_or_exit(lambda: AnchorCatalogue(_anchors_root(config)))
     texts: list[str] | tuple[str, ...]
     if synthetic is not None:
         # Refuse before generating: N strings are built in memory first.
         if synthetic > MAX_ANCHOR_TEXTS:
             fail(f"--synthetic {synthetic} is over the limit of {MAX_ANCHOR_TEXTS} texts")
-        from silobridge.coordinator.anchors.synthetic import random_word_strings
+        from silobridge.coordinator.anchors.generators import WORDS, generate_anchor_texts
 
         used_seed = 0 if seed is None else seed
-        texts = run_or_exit(lambda: random_word_strings(synthetic, used_seed))
-        source = f"synthetic:{synthetic}:seed={used_seed}"
+        used_generator = WORDS if generator is None else generator
+        texts = run_or_exit(lambda: generate_anchor_texts(used_generator, synthetic, used_seed))
+        # Word sets keep their original source string, so manifests built before there were
+        # other generators still read the same.
+        label = "synthetic" if used_generator == WORDS else used_generator
+        source = f"{label}:{synthetic}:seed={used_seed}"
     else:
         assert from_file is not None
         texts = run_or_exit(lambda: read_texts(from_file))
