@@ -249,7 +249,7 @@ class Run:
 
 def bench_runs(args: argparse.Namespace) -> list[Run]:
     counts = tuple(args.anchor_counts or (1000, 4000, 16000))
-    sources = tuple(args.anchor_sources or ("public", "synthetic", "in-domain"))
+    sources = tuple(args.anchor_sources or ("public", "synthetic", "mix", "in-domain"))
     full = {int(i) for i in args.full_pairs.split(",") if i.strip()}
     pairs = PAIRS if args.pairs == "all" else tuple(PAIRS[int(i)] for i in args.pairs.split(","))
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

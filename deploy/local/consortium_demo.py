@@ -47,6 +47,8 @@ QUESTIONS = (
 )
 ANCHOR_SET = "public"
 ANCHOR_COUNT = 16_000
+# The best generator measured at equal count (BENCHMARKS.md, "anchor generators").
+ANCHOR_GENERATOR = "mix"
 EVAL_QUERIES = 500
 PYDOCS = 5_000
 CONCURRENCY = 8
@@ -245,8 +247,8 @@ async def retention_table(net: LocalConsortium, *, local_fit: bool = False) -> N
     widths = [max(len(r[c]) for r in [header, *table]) for c in range(len(header))]
     say(
         f"{len(pairs)} WEB verses as queries, the KJV verse with the same reference as the one "
-        f"relevant document; alice's minilm-l6 -> kjv's minilm-l3-onnx; {ANCHOR_COUNT} synthetic "
-        f"public anchors; measured just now in {time.monotonic() - started:.0f} s"
+        f"relevant document; alice's minilm-l6 -> kjv's minilm-l3-onnx; {ANCHOR_COUNT} public "
+        f"anchors ({ANCHOR_GENERATOR}); measured just now in {time.monotonic() - started:.0f} s"
     )
     for line in [header, ["-" * w for w in widths], *table]:
         say("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
@@ -317,9 +319,10 @@ def main() -> int:
                 net.start_silo(spec)
             net.write_client_configs()
             net.run("silos", "--config", str(net.client_config("admin")))
-            step("4. the public anchor set: random strings of common English words")
+            step("4. the public anchor set: word strings, public sentences and a word chain")
             net.run("anchors", "build", "--config", str(net.coordinator_config),
-                    "--name", ANCHOR_SET, "--synthetic", str(ANCHOR_COUNT))  # fmt: skip
+                    "--name", ANCHOR_SET, "--synthetic", str(ANCHOR_COUNT),
+                    "--generator", ANCHOR_GENERATOR)  # fmt: skip
             step("5. train adapters (the coordinator asks each silo to embed the anchors)")
             alice_space = train_adapters(net)
             step("6. alice (pyorg) asks modern-English questions; her text stays in pyorg")
