@@ -8,7 +8,10 @@ Organizations and what each runs (every party a separate process, every link mut
 Alice asks modern-English questions: her own silo embeds the text (it never leaves pyorg), the
 coordinator translates the vector into each silo's space with adapters trained on public anchors,
 and merges calibrated hits. Then a retention table for 500 labelled WEB->KJV queries is measured
-on the live system. Re-running reuses the CA, the indexes, the anchor set and the adapters.
+on the live system, naming the receiving-side steps the KJV silo applied (its audit log says:
+hubness correction by default). Then the KJV silo, restarted with alice's model as a local model,
+fits its own adapter on its own verses (local fit) and the table is measured again. Re-running
+reuses the CA, the indexes, the anchor set, the adapters and the local fit.
 """
 
 from __future__ import annotations
