@@ -372,7 +372,9 @@ class SiloService:
         candidates = self.data.candidates_in(generation, query, depth, own=True)
         hits = candidates.hits
         if not hits or candidates.vectors is None:
-            return hits[:k]  # an index that cannot give vectors back: uncorrected
+            # An index that cannot give vectors back (no FAISS factory the silo builds): the
+            # hits uncorrected, though the audit line names the step configured.
+            return hits[:k]
         scores = correction.rescore(
             [hit.doc_id for hit in hits], candidates.vectors, [hit.score for hit in hits]
         )

@@ -8,7 +8,9 @@ in that space itself (a route like a migrating silo's old space), so ``Describe`
 in ``also_serves`` and the coordinator forwards such queries without its public-anchor adapter.
 The silo's ``accept_spaces`` policy still decides whether it serves a space at all.
 
-The fit is kept under ``<data_dir>/local-fit/<space id>/`` and reused after a restart.
+The fit is kept under ``<data_dir>/local-fit/<space id>/`` and reused after a restart (fitted
+again where the silo's own model changed since). A migration's route tables replace the local
+routes: after a cut-over the silo serves them again from its next start.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from silobridge.adapters import Adapter, FitConfig, fit
-from silobridge.adapters.artifact import load_adapter, save_adapter
+from silobridge.adapters.artifact import SpaceMismatch, load_adapter, save_adapter
 from silobridge.core.errors import FailedPrecondition, NotFound, SiloBridgeError
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder, load_embedder
@@ -72,8 +74,8 @@ def fit_local(
     try:
         loaded = load_adapter(directory, expected_source=space, expected_target=own)
         return LocalFit(space, loaded.adapter, int(loaded.adapter.metrics.get("anchors", 0)), True)
-    except NotFound:
-        pass
+    except (NotFound, SpaceMismatch):
+        pass  # none yet, or fitted into a space the silo no longer embeds in: fit again
     texts, target = sample(data.docstore, sample_size)
     if len(texts) < MIN_SAMPLE:
         raise FailedPrecondition(
