@@ -260,6 +260,7 @@ def test_a_silo_holding_the_querying_model_fits_its_own_adapter(net: Net) -> Non
              .read_text().splitlines()]  # fmt: skip
     served = [line for line in lines if line.get("rpc") == "Search" and line.get("via")]
     assert served and served[-1]["source_space"] == kjv_space
+    assert served[-1]["receiving"] == "local-fit+hubness"
 
 
 def test_caller_allowed_no_silo_is_refused_and_non_admin_cannot_train(net: Net) -> None:

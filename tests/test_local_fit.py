@@ -61,6 +61,10 @@ def test_the_local_fit_maps_the_querying_model_into_the_silo_and_is_kept(
     assert (data.data_dir / LOCAL_FIT_DIR).is_dir()
     again = fit_local(data, querying, sample_size=SAMPLE, batch_size=64)
     assert again.reused
+    # The route's hubness reference (the sample as the fit maps it) is kept with it.
+    assert fitted.hubness_reference is not None and again.hubness_reference is not None
+    assert fitted.hubness_reference.shape == (SAMPLE, own.dimension)
+    assert np.array_equal(again.hubness_reference, fitted.hubness_reference)
     assert np.allclose(again.adapter.apply(vectors[:1]), fitted.adapter.apply(vectors[:1]))
     with pytest.raises(FailedPrecondition, match="own model"):
         fit_local(data, own, sample_size=SAMPLE, batch_size=64)
@@ -70,6 +74,7 @@ def test_a_space_the_policy_does_not_accept_gets_no_route(data: SiloData) -> Non
     assert _routes(data, ("minilm-l3-onnx",), accepts=False) == []
     [route] = _routes(data, ("minilm-l3-onnx",), accepts=True)
     assert route.local and route.generation is data.primary and route.adapter is not None
+    assert route.hubness_reference is not None
 
 
 def test_a_failing_local_model_is_skipped(data: SiloData) -> None:

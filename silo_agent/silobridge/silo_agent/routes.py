@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from silobridge.adapters import Adapter
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.silo_agent.store.generation import Generation
@@ -27,6 +30,8 @@ class Route:
     # A querying side's space the silo maps itself (``receiving/local_fit``), not its own: the
     # silo's ``accept_spaces`` policy applies to it as to a translated query.
     local: bool = False
+    # A local route's hubness reference (its fit's own sample, mapped), if it has one.
+    hubness_reference: npt.NDArray[np.generic] | None = None
 
 
 @dataclass(frozen=True)

@@ -258,6 +258,11 @@ class SiloService:
                     translation.hubness_reference,
                     self.route(space_id).generation,
                 )
+        elif self.routes.is_local_fit(space_id) and not query.rerank_text:
+            local = self.route(space_id)
+            correction = self.hubness.get(
+                f"local-fit:{space_id}", space_id, local.hubness_reference, local.generation
+            )
         hits = self.search(
             vector,
             query.k,

@@ -6,6 +6,8 @@ that model's space into the silo's is fitted on the pairs (sample vector, stored
 anchors are the silo's own documents, and nothing leaves the silo. The silo then answers queries
 in that space itself (a route like a migrating silo's old space), so ``Describe`` lists the space
 in ``also_serves`` and the coordinator forwards such queries without its public-anchor adapter.
+Queries on that route are hubness-corrected too (``[receiving] hubness``), against the sample as
+the fit maps it.
 The silo's ``accept_spaces`` policy still decides whether it serves a space at all.
 
 The fit is kept under ``<data_dir>/local-fit/<space id>/`` and reused after a restart (fitted
@@ -22,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from silobridge.adapters import Adapter, FitConfig, fit
 from silobridge.adapters.artifact import SpaceMismatch, load_adapter, save_adapter
+from silobridge.adapters.hubness import REFERENCE_TENSOR, reference_from_translated
 from silobridge.core.errors import FailedPrecondition, NotFound, SiloBridgeError
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder, load_embedder
@@ -53,6 +57,8 @@ class LocalFit:
     adapter: Adapter
     anchors: int
     reused: bool
+    # The sample as the fit maps it: the hubness reference of queries on this route.
+    hubness_reference: npt.NDArray[np.generic] | None = None
 
 
 def fit_local(
@@ -73,7 +79,9 @@ def fit_local(
     directory = data.data_dir / LOCAL_FIT_DIR / _UNSAFE.sub("_", space.space_id)
     try:
         loaded = load_adapter(directory, expected_source=space, expected_target=own)
-        return LocalFit(space, loaded.adapter, int(loaded.adapter.metrics.get("anchors", 0)), True)
+        anchors = int(loaded.adapter.metrics.get("anchors", 0))
+        reference = loaded.receiving.get(REFERENCE_TENSOR)
+        return LocalFit(space, loaded.adapter, anchors, True, reference)
     except (NotFound, SpaceMismatch):
         pass  # none yet, or fitted into a space the silo no longer embeds in: fit again
     texts, target = sample(data.docstore, sample_size)
@@ -89,8 +97,16 @@ def fit_local(
     source = np.vstack(parts).astype(np.float32)
     adapter = fit(source, target, FitConfig(kind=KIND))
     adapter.metrics["anchors"] = float(len(texts))
-    save_adapter(directory, adapter, source=space, target=own, anchor_set_sha256=_OWN_DOCUMENTS)
-    return LocalFit(space, adapter, len(texts), False)
+    reference = reference_from_translated(adapter.apply(source))
+    save_adapter(
+        directory,
+        adapter,
+        source=space,
+        target=own,
+        anchor_set_sha256=_OWN_DOCUMENTS,
+        receiving={REFERENCE_TENSOR: reference},
+    )
+    return LocalFit(space, adapter, len(texts), False, reference)
 
 
 def local_routes(
@@ -134,4 +150,12 @@ def local_routes(
             "reloaded" if done.reused else "fitted now",
             done.space.space_id,
         )
-        add_route(Route(done.space, data.primary, done.adapter, local=True))
+        add_route(
+            Route(
+                done.space,
+                data.primary,
+                done.adapter,
+                local=True,
+                hubness_reference=done.hubness_reference,
+            )
+        )
