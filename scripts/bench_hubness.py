@@ -2,8 +2,9 @@
 
 Used by ``scripts/bench.py``: the corpus vectors go into a real ``SiloData`` (SQLite docstore,
 FAISS HNSW index as a live silo above its exact threshold), and each translated query is searched
-the way ``SiloService`` does it — plain top-10, or the top-``depth`` candidates with their stored
-vectors re-scored by ``HubnessCorrection`` (penalties computed on first sight, then remembered).
+the way ``SiloService`` does it — plain top-10, or ``corrected_search``: the top-``depth``
+candidates with their stored vectors re-scored by ``HubnessCorrection`` (penalties computed on
+first sight, then remembered), and only the kept ten read from the docstore.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import numpy.typing as npt
 from silobridge.adapters.hubness import HubnessCorrection
 from silobridge.core.documents import Document
 from silobridge.core.spaces import SpaceDescriptor
-from silobridge.silo_agent.receiving.hubness_routes import CENTRING_SAMPLE, sample_vectors
+from silobridge.silo_agent.receiving.hubness_routes import (
+    CENTRING_SAMPLE,
+    corrected_search,
+    sample_vectors,
+)
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.index import IndexSettings
 
@@ -65,12 +70,7 @@ def time_hubness(
                 data.search_in(generation, query, K)
 
             def corrected(query: npt.NDArray[np.float32]) -> None:
-                found = data.candidates_in(generation, query, DEPTH, own=True)
-                assert found.vectors is not None
-                scores = correction.rescore(
-                    [hit.doc_id for hit in found.hits], found.vectors, [h.score for h in found.hits]
-                )
-                np.argsort(-scores, kind="stable")[:K]
+                corrected_search(data, generation, query, K, DEPTH, correction)
 
             plain_us = _timed(plain, queries)
             first_us = _timed(corrected, queries)

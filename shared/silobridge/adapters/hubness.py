@@ -19,7 +19,7 @@ The reference travels inside the signed adapter artifact as the tensor ``REFEREN
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -94,7 +94,7 @@ class HubnessCorrection:
         self.reference = np.ascontiguousarray(ref)
         self.k = k
         self.mean_hubness = float(mean_hubness)
-        self._penalties: dict[str, tuple[int, float]] = {}
+        self._penalties: dict[Hashable, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -111,9 +111,10 @@ class HubnessCorrection:
         return int(self.reference.shape[1])
 
     def rescore(
-        self, doc_ids: Sequence[str], vectors: npt.ArrayLike, scores: npt.ArrayLike
+        self, doc_ids: Sequence[Hashable], vectors: npt.ArrayLike, scores: npt.ArrayLike
     ) -> FloatVector:
-        """``scores[i] - (r(doc i) - mean_r) / 2`` for candidates with these stored vectors."""
+        """``scores[i] - (r(doc i) - mean_r) / 2`` for candidates with these stored vectors
+        (``doc_ids``: anything that names a document for good, such as its index key)."""
         rows = np.asarray(vectors, dtype=np.float32)
         raw = np.asarray(scores, dtype=np.float32)
         if rows.shape != (len(doc_ids), self.dimension) or raw.shape != (len(doc_ids),):
@@ -121,7 +122,7 @@ class HubnessCorrection:
         penalties = self.penalties(doc_ids, rows)
         return (raw - 0.5 * (penalties - self.mean_hubness)).astype(np.float32)
 
-    def penalties(self, doc_ids: Sequence[str], vectors: FloatMatrix) -> FloatVector:
+    def penalties(self, doc_ids: Sequence[Hashable], vectors: FloatMatrix) -> FloatVector:
         out = np.empty(len(doc_ids), dtype=np.float32)
         digests = [hash(row.tobytes()) for row in vectors]
         missing: list[int] = []
@@ -141,7 +142,7 @@ class HubnessCorrection:
                     self._penalties[doc_ids[i]] = (digests[i], value)
         return out
 
-    def warm(self, doc_ids: Sequence[str], vectors: npt.ArrayLike) -> None:
+    def warm(self, doc_ids: Sequence[Hashable], vectors: npt.ArrayLike) -> None:
         """Compute and remember the penalties of these documents ahead of their queries."""
         rows = np.asarray(vectors, dtype=np.float32)
         for start in range(0, len(doc_ids), _BLOCK):

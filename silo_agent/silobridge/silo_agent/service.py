@@ -42,7 +42,7 @@ from silobridge.security.signed_query.signing import now_ms
 from silobridge.security.signed_query.verify import verify_signed_query
 from silobridge.silo_agent.adapter_fetch import Translation
 from silobridge.silo_agent.config import Limits, SiloConfig
-from silobridge.silo_agent.receiving.hubness_routes import HubnessCorrections
+from silobridge.silo_agent.receiving.hubness_routes import HubnessCorrections, corrected_search
 from silobridge.silo_agent.routes import Route, RouteTable
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.generation import Generation
@@ -317,7 +317,8 @@ class SiloService:
         if rerank_text:
             hits = self._rerank(route.generation, query, k, rerank_text, rerank_depth)
         elif hubness is not None:
-            hits = self._hubness_corrected(route.generation, query, k, hubness)
+            depth = max(k, self.config.receiving.hubness_depth)
+            hits = corrected_search(self.data, route.generation, query, k, depth, hubness)
         else:
             hits = self.data.search_in(route.generation, query, k)
         disclosed = self.config.access.disclose_fields
@@ -369,22 +370,6 @@ class SiloService:
         order = np.argsort(-scores, kind="stable")[:k]
         log.debug("re-ranked %d candidates into %d hits", len(candidates.hits), len(order))
         return [dataclasses.replace(candidates.hits[i], score=float(scores[i])) for i in order]
-
-    def _hubness_corrected(
-        self, generation: Generation, query: FloatVector, k: int, correction: HubnessCorrection
-    ) -> list[Hit]:
-        depth = max(k, self.config.receiving.hubness_depth)
-        candidates = self.data.candidates_in(generation, query, depth, own=True)
-        hits = candidates.hits
-        if not hits or candidates.vectors is None:
-            # An index that cannot give vectors back (no FAISS factory the silo builds): the
-            # hits uncorrected, though the audit line names the step configured.
-            return hits[:k]
-        scores = correction.rescore(
-            [hit.doc_id for hit in hits], candidates.vectors, [hit.score for hit in hits]
-        )
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [dataclasses.replace(hits[i], score=float(scores[i])) for i in order]
 
     def search_text(self, text: str, k: int) -> list[Hit]:
         """Local debugging: embed and search with the silo's own model (no access check: local).

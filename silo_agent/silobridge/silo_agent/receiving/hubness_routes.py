@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from silobridge.adapters.hubness import HubnessCorrection
+from silobridge.core.hits import Hit
 from silobridge.silo_agent.receiving.settings import ReceivingSettings
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.generation import Generation
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 CENTRING_SAMPLE = 2_000
 # Corrections kept at once (each holds its reference and the penalties it computed).
 MAX_CORRECTIONS = 16
+# Documents read beyond k after re-scoring, in case one was deleted since the index search.
+FETCH_SPARE = 5
 
 
 class HubnessCorrections:
@@ -106,3 +109,34 @@ def sample_vectors(data: SiloData, generation: Generation, count: int) -> npt.ND
         ]
     flat = np.frombuffer(b"".join(blobs), dtype="<f4")
     return flat.reshape(len(blobs), generation.space.dimension).astype(np.float32)
+
+
+def corrected_search(
+    data: SiloData,
+    generation: Generation,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    depth: int,
+    correction: HubnessCorrection,
+) -> list[Hit]:
+    """The top ``k`` of ``generation``'s top ``depth`` by the corrected score. Only the ``k``
+    kept are read from the docstore: the candidates' keys and stored vectors come from the index."""
+    query = data.checked_query(generation, vector)
+    found = generation.search(query, depth)
+    if not found:
+        return []
+    keys = [key for key, _ in found]
+    scores = np.asarray([score for _, score in found], dtype=np.float32)
+    vectors = generation.vectors_of(keys)
+    if vectors is not None:  # an index that cannot give vectors back: uncorrected
+        scores = correction.rescore(keys, vectors, scores)
+    order = np.argsort(-scores, kind="stable")
+    # A few more than k: a document deleted since the search is left out, not a hole.
+    picked = [(keys[i], float(scores[i])) for i in order[: k + FETCH_SPARE]]
+    docs = data.docstore.fetch(key for key, _ in picked)
+    hits = [
+        Hit(doc_id=docs[key].doc_id, score=score, fields=docs[key].metadata)
+        for key, score in picked
+        if key in docs
+    ]
+    return hits[:k]

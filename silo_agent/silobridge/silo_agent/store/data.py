@@ -256,22 +256,20 @@ class SiloData:
         Each hit's ``fields`` are all of the document's metadata: what leaves the silo is the
         service's decision, not the store's.
         """
-        return self._search(self._primary, vector, k, with_vectors=False, own=False).hits
+        return self._search(self._primary, vector, k, with_vectors=False).hits
 
     def search_candidates(self, vector: FloatVector, depth: int) -> Candidates:
         """Top-``depth`` documents with their stored vectors, for a second-stage re-rank."""
-        return self._search(self._primary, vector, depth, with_vectors=True, own=False)
+        return self._search(self._primary, vector, depth, with_vectors=True)
 
     def search_in(self, generation: Generation, vector: FloatVector, k: int) -> list[Hit]:
         """Top-``k`` documents of one generation (a query in its space)."""
-        return self._search(generation, vector, k, with_vectors=False, own=False).hits
+        return self._search(generation, vector, k, with_vectors=False).hits
 
-    def candidates_in(
-        self, generation: Generation, vector: FloatVector, depth: int, *, own: bool = False
-    ) -> Candidates:
+    def candidates_in(self, generation: Generation, vector: FloatVector, depth: int) -> Candidates:
         """Top-``depth`` documents of one generation, with their vectors in the primary space
-        (the re-ranker's text is embedded by the primary model), or with ``own`` in its own."""
-        return self._search(generation, vector, depth, with_vectors=True, own=own)
+        (the re-ranker's text is embedded by the primary model)."""
+        return self._search(generation, vector, depth, with_vectors=True)
 
     def checked_query(self, generation: Generation, vector: FloatVector) -> FloatVector:
         """``vector`` as a query of ``generation``'s space, or a refusal saying why not."""
@@ -287,7 +285,7 @@ class SiloData:
         return query
 
     def _search(
-        self, generation: Generation, vector: FloatVector, k: int, *, with_vectors: bool, own: bool
+        self, generation: Generation, vector: FloatVector, k: int, *, with_vectors: bool
     ) -> Candidates:
         query = self.checked_query(generation, vector)
         found = generation.search(query, k)
@@ -300,7 +298,7 @@ class SiloData:
         ]
         if not with_vectors:
             return Candidates(scored, None)
-        return Candidates(scored, (generation if own else self._primary).vectors_of(kept))
+        return Candidates(scored, self._primary.vectors_of(kept))
 
     def rebuild_index(self) -> IndexManifest:
         """Rebuild every generation's index from the docstore, save and serve them.
