@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_hubness import HubnessTiming, time_hubness
@@ -214,13 +215,23 @@ def targets_table(results: list[EvalResult], timing: HubnessTiming | None) -> st
     return "\n".join(lines)
 
 
-def rewrite_section(markdown: Path, section: str) -> None:
+def rewrite_section(
+    markdown: Path,
+    section: str,
+    markers: tuple[str, str] = (START, END),
+    place: Callable[[str, str], str] | None = None,
+) -> None:
+    """Replace the text between ``markers`` (or add the block with ``place``, by default at
+    the end under its own heading)."""
+    start, end = markers
     text = markdown.read_text() if markdown.exists() else "# Benchmarks\n\n"
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
+    block = f"{start}\n{section}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
         text = head + block + tail
+    elif place is not None:
+        text = place(text, block)
     else:
         text = text.rstrip() + "\n\n## Adapter fidelity\n\n" + block + "\n"
     markdown.write_text(text)
@@ -364,21 +375,18 @@ def timing_only(args: argparse.Namespace, config: EvalConfig, argv: list[str]) -
         f"| {timing.warm_p99_us:.0f} µs |\n\n"
         f"Added at p50: {timing.added_p50_ms:.3f} ms (target ≤ 1 ms: {met}).\n"
     )
-    markdown = args.markdown
-    text = markdown.read_text() if markdown.exists() else "# Benchmarks\n\n"
-    block = f"{TIMING_START}\n{section}{TIMING_END}"
-    if TIMING_START in text and TIMING_END in text:
-        head, rest = text.split(TIMING_START, 1)
-        _, tail = rest.split(TIMING_END, 1)
-        text = head + block + tail
-    else:
-        text = text.replace(
-            "\n## Receiving-side steps and the ceiling",
-            f"\n## Hubness correction on a silo's search path\n\n{block}\n"
-            "\n## Receiving-side steps and the ceiling",
-            1,
-        )
-    markdown.write_text(text)
+    rewrite_section(
+        args.markdown,
+        section.rstrip("\n"),
+        (TIMING_START, TIMING_END),
+        lambda text, block: (
+            text.rstrip()
+            + "\n\n## Hubness correction on a silo's search path"
+            + "\n\n"
+            + block
+            + "\n"
+        ),
+    )
     console.print(json.dumps(dataclasses.asdict(timing)))
     return 0
 
