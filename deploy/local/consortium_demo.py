@@ -59,6 +59,9 @@ LATENCY_QUERIES = 200
 # How long the kjv silo may take to fit its own adapter from alice's model (embedding 4,096 of
 # its verses with minilm-l6 on two cores).
 LOCAL_FIT_WAIT_S = 600
+# Other queries kjv answers before the traffic table, and how many it keeps.
+TRAFFIC = 2_000
+TRAFFIC_POOL = 4_096
 
 
 def prepare_corpora(root: Path) -> dict[str, Path]:
@@ -153,7 +156,8 @@ def audit_length(net: LocalConsortium, silo: str) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
-async def retention_table(net: LocalConsortium, *, local_fit: bool = False) -> None:
+async def retention_table(net: LocalConsortium, *, phase: str = "") -> None:
+    """The table; ``phase`` "traffic" or "local-fit" measures the adapted rows again only."""
     web, kjv = load_records("web"), load_records("kjv")
     picks = range(0, len(web), len(web) // EVAL_QUERIES)
     pairs = [(web[i].text, kjv[i].id) for i in picks][:EVAL_QUERIES]
@@ -179,7 +183,7 @@ async def retention_table(net: LocalConsortium, *, local_fit: bool = False) -> N
              if a.source.space_id == space.space_id and a.target.model_id == "minilm-l3-onnx"),
             "?",
         )  # fmt: skip
-        if local_fit:
+        if phase == "local-fit":
             kind = "kjv's local fit (affine)"
 
         async def direct(vector: FloatVector) -> list[str]:
@@ -207,12 +211,16 @@ async def retention_table(net: LocalConsortium, *, local_fit: bool = False) -> N
         started = time.monotonic()
         count = len(texts)
         since = audit_length(net, "kjv")
-        if local_fit:
+        if phase:
+            label = {
+                "traffic": f"adapted, after {TRAFFIC} other queries",
+                "local-fit": "adapted, local fit (kjv runs minilm-l6 too)",
+            }[phase]
             results = {
                 "native (KJV silo embeds the query itself)": await limited(
                     count, lambda i: direct(native[i])
                 ),
-                "adapted, local fit (kjv runs minilm-l6 too)": await limited(count, adapted),
+                label: await limited(count, adapted),
                 "federated: all three silos, merged top 10": await limited(
                     count, lambda i: adapted(i, only_kjv=False)
                 ),
@@ -236,25 +244,7 @@ async def retention_table(net: LocalConsortium, *, local_fit: bool = False) -> N
     # What kjv did with the translated queries, as its own audit log says.
     steps = receiving_steps(net, "kjv", since)
     kind = f"{kind}; receiving: {steps}"
-    expected = [doc for _, doc in pairs]
-    table = []
-    native_ndcg: float | None = None
-    for name, lists in results.items():
-        ranks = [rank_of(e, ids) for e, ids in zip(expected, lists, strict=True)]
-        uses_adapter = not name.startswith(("native", "none"))
-        line = row(name, ranks, native_ndcg, kind if uses_adapter else "")
-        if native_ndcg is None:
-            native_ndcg = float(line[1])
-        table.append(line)
-    header = ["method", "nDCG@10", "recall@10", "MRR@10", "retention", "adapter; receiving steps"]
-    widths = [max(len(r[c]) for r in [header, *table]) for c in range(len(header))]
-    say(
-        f"{len(pairs)} WEB verses as queries, the KJV verse with the same reference as the one "
-        f"relevant document; alice's minilm-l6 -> kjv's minilm-l3-onnx; {ANCHOR_COUNT} public "
-        f"anchors ({ANCHOR_GENERATOR}); measured just now in {time.monotonic() - started:.0f} s"
-    )
-    for line in [header, ["-" * w for w in widths], *table]:
-        say("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+    print_table(results, [doc for _, doc in pairs], kind, time.monotonic() - started)
     direct_ms, federated_ms = (statistics.median(latency[n]) * 1000 for n in latency)
     say(
         f"Latency over {LATENCY_QUERIES} sequential queries (median): kjv silo searched directly "
@@ -269,14 +259,40 @@ async def retention_table(net: LocalConsortium, *, local_fit: bool = False) -> N
     )
 
 
-def enable_local_fit(net: LocalConsortium, silo: str, models: tuple[str, ...], space: str) -> None:
-    """Restart ``silo`` with ``[receiving] local_models`` and wait until it serves ``space``."""
+def print_table(
+    results: dict[str, list[list[str]]], expected: list[str], kind: str, seconds: float
+) -> None:
+    table = []
+    native_ndcg: float | None = None
+    for name, lists in results.items():
+        ranks = [rank_of(e, ids) for e, ids in zip(expected, lists, strict=True)]
+        uses_adapter = not name.startswith(("native", "none"))
+        line = row(name, ranks, native_ndcg, kind if uses_adapter else "")
+        if native_ndcg is None:
+            native_ndcg = float(line[1])
+        table.append(line)
+    header = ["method", "nDCG@10", "recall@10", "MRR@10", "retention", "adapter; receiving steps"]
+    widths = [max(len(r[c]) for r in [header, *table]) for c in range(len(header))]
+    say(
+        f"{len(expected)} WEB verses as queries, the KJV verse with the same reference as the one "
+        f"relevant document; alice's minilm-l6 -> kjv's minilm-l3-onnx; {ANCHOR_COUNT} public "
+        f"anchors ({ANCHOR_GENERATOR}); measured just now in {seconds:.0f} s"
+    )
+    for line in [header, ["-" * w for w in widths], *table]:
+        say("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+
+
+def restart_silo(net: LocalConsortium, silo: str, **receiving: object) -> None:
+    """Restart ``silo`` with these ``[receiving]`` settings (``SiloSpec`` fields)."""
     spec = next(s for s in net.silos if s.name == silo)
-    fitted = dataclasses.replace(spec, local_models=models)
-    net.silos = [fitted if s is spec else s for s in net.silos]
+    changed = dataclasses.replace(spec, **receiving)  # type: ignore[arg-type]
+    net.silos = [changed if s is spec else s for s in net.silos]
     net.procs[silo].stop()
-    net.start_silo(fitted)
+    net.start_silo(changed)
     net.write_client_configs()  # bob's home silo moved to a new port
+
+
+def wait_for_local_fit(net: LocalConsortium, silo: str, space: str) -> None:
     admin = str(net.client_config("admin"))
     deadline = time.monotonic() + LOCAL_FIT_WAIT_S
     while time.monotonic() < deadline:
@@ -287,6 +303,25 @@ def enable_local_fit(net: LocalConsortium, silo: str, models: tuple[str, ...], s
             return
         time.sleep(2)
     raise TimeoutError(f"silo {silo} did not serve {space} within {LOCAL_FIT_WAIT_S} s")
+
+
+async def send_traffic(net: LocalConsortium, count: int) -> None:
+    """``count`` other WEB verses (none of the table's queries) from alice, translated to kjv."""
+    web = load_records("web")
+    step_size = len(web) // EVAL_QUERIES
+    others = [r.text for i, r in enumerate(web) if i % step_size][:count]
+    async with FederatedClient(load_client_config(net.client_config("alice"))) as alice:
+        vectors: list[FloatVector] = []
+        for start in range(0, len(others), 128):
+            part, space = await alice.embed(others[start : start + 128])
+            vectors.extend(part)
+
+        async def one(i: int) -> list[str]:
+            await alice.search_vector(vectors[i], space.space_id, k=10, silos=["kjv"])
+            return []
+
+        await limited(len(vectors), one)
+    say(f"{len(others)} other queries answered by kjv, which kept them as its hubness reference")
 
 
 def audit_logs(net: LocalConsortium) -> list[tuple[Path, Path]]:
@@ -333,10 +368,20 @@ def main() -> int:
                 net.run("query", "--config", str(net.client_config("alice")), "--k", "5", question)
             step(f"7. retention on {EVAL_QUERIES} labelled WEB->KJV queries, live")
             asyncio.run(retention_table(net))
-            step("7b. kjv also runs alice's model (minilm-l6): it fits its own adapter on its own "
+            step(
+                f"7b. kjv keeps the translated queries it answers (in memory, at most "
+                f"{TRAFFIC_POOL}) as its hubness reference; after {TRAFFIC} other queries"
+            )
+            # One querying client here, so its share is not capped (the default keeps any one
+            # signer to 5% of the pool, so that no caller alone steers the reference).
+            restart_silo(net, "kjv", traffic_pool=TRAFFIC_POOL, traffic_max_share=1.0)
+            asyncio.run(send_traffic(net, TRAFFIC))
+            asyncio.run(retention_table(net, phase="traffic"))
+            step("7c. kjv also runs alice's model (minilm-l6): it fits its own adapter on its own "
                  "verses, nothing leaves it, and is asked again")  # fmt: skip
-            enable_local_fit(net, "kjv", ("minilm-l6",), alice_space)
-            asyncio.run(retention_table(net, local_fit=True))
+            restart_silo(net, "kjv", traffic_pool=0, local_models=("minilm-l6",))
+            wait_for_local_fit(net, "kjv", alice_space)
+            asyncio.run(retention_table(net, phase="local-fit"))
             step("8. the data boundary: what each party can see, from the live policies")
             net.run("audit", "boundary", "--config", str(net.client_config("alice")))
             # The kjv silo's checkpoint heads, as the coordinator recorded them: an auditor

@@ -51,6 +51,9 @@ class SiloSpec:
     admins: tuple[str, ...] = ()
     # Querying sides' models the silo also runs and fits its own adapters from ([receiving]).
     local_models: tuple[str, ...] = ()
+    # Translated queries kept in memory as the hubness reference ([receiving]; 0: none).
+    traffic_pool: int = 0
+    traffic_max_share: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -295,11 +298,13 @@ admin = {_toml_list(spec.admins)}                 # live writes and migrations
 
     @staticmethod
     def _receiving(spec: SiloSpec) -> str:
-        if not spec.local_models:
+        if not spec.local_models and not spec.traffic_pool:
             return ""
         return f"""
 [receiving]
 local_models = {_toml_list(spec.local_models)}   # fits its own adapter from each, locally
+traffic_pool = {spec.traffic_pool}        # translated queries kept in memory as hubness reference
+traffic_max_share = {spec.traffic_max_share}   # of the pool one signer may hold
 """
 
     def write_client_config(

@@ -132,14 +132,7 @@ def save_adapter(
         raise InvalidArgument(
             f"anchor_set_sha256 must be 64 lower-case hex digits, got {anchor_set_sha256!r}"
         )
-    tensors = _contiguous_tensors(adapter)
-    for name, value in (receiving or {}).items():
-        if not name.startswith(RECEIVING_PREFIX) or name in tensors:
-            raise InvalidArgument(
-                f"receiving tensor {name!r} must be named {RECEIVING_PREFIX}<name>"
-            )
-        tensors[name] = _contiguous(name, value)
-    weights_bytes = safetensors.numpy.save(tensors)
+    weights_bytes = safetensors.numpy.save(_weight_tensors(adapter, receiving))
     manifest = AdapterManifest(
         format_version=FORMAT_VERSION,
         kind=adapter.kind,
@@ -163,10 +156,25 @@ def save_adapter(
     return manifest
 
 
-def weights_sha256(adapter: Adapter) -> str:
-    """The sha256 of the weights file ``save_adapter`` writes for ``adapter`` (its manifest's
-    ``weights_sha256``), without writing anything."""
-    return hashlib.sha256(safetensors.numpy.save(_contiguous_tensors(adapter))).hexdigest()
+def weights_sha256(
+    adapter: Adapter, receiving: Mapping[str, np.ndarray[Any, Any]] | None = None
+) -> str:
+    """The sha256 of the weights file ``save_adapter`` writes for ``adapter`` and ``receiving``
+    (its manifest's ``weights_sha256``), without writing anything."""
+    return hashlib.sha256(safetensors.numpy.save(_weight_tensors(adapter, receiving))).hexdigest()
+
+
+def _weight_tensors(
+    adapter: Adapter, receiving: Mapping[str, np.ndarray[Any, Any]] | None
+) -> dict[str, np.ndarray[Any, Any]]:
+    tensors = _contiguous_tensors(adapter)
+    for name, value in (receiving or {}).items():
+        if not name.startswith(RECEIVING_PREFIX) or name in tensors:
+            raise InvalidArgument(
+                f"receiving tensor {name!r} must be named {RECEIVING_PREFIX}<name>"
+            )
+        tensors[name] = _contiguous(name, value)
+    return tensors
 
 
 def _contiguous_tensors(adapter: Adapter) -> dict[str, np.ndarray[Any, Any]]:

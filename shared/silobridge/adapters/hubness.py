@@ -85,7 +85,9 @@ class HubnessCorrection:
     the threads that run searches (a lost race recomputes the same value).
     """
 
-    def __init__(self, reference: npt.ArrayLike, mean_hubness: float, k: int = DEFAULT_K) -> None:
+    def __init__(
+        self, reference: npt.ArrayLike, mean_hubness: float, k: int = DEFAULT_K, label: str = ""
+    ) -> None:
         ref = np.asarray(reference, dtype=np.float32)
         if ref.ndim != 2 or ref.shape[0] < 1:
             raise InvalidArgument("a hubness correction needs a non-empty reference matrix")
@@ -94,17 +96,19 @@ class HubnessCorrection:
         self.reference = np.ascontiguousarray(ref)
         self.k = k
         self.mean_hubness = float(mean_hubness)
+        # What the reference is ("anchors", "traffic"): named in the silo's audit lines.
+        self.label = label
         self._penalties: dict[Hashable, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def for_documents(
-        cls, reference: npt.ArrayLike, sample: npt.ArrayLike, k: int = DEFAULT_K
+        cls, reference: npt.ArrayLike, sample: npt.ArrayLike, k: int = DEFAULT_K, label: str = ""
     ) -> HubnessCorrection:
         """A correction whose scores are centred on ``sample`` (the silo's own documents)."""
         rows = np.asarray(sample, dtype=np.float32)
         mean = float(hubness(rows, reference, k).mean()) if rows.shape[0] else 0.0
-        return cls(reference, mean, k)
+        return cls(reference, mean, k, label)
 
     @property
     def dimension(self) -> int:

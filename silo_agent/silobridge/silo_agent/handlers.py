@@ -142,17 +142,21 @@ class SiloHandlers:
                 self.service.remember_nonce(query, asker)
             return asker
 
-        def answer(translation: Translation | None) -> Answer:
-            return self.service.answer(query, translation)
+        def answer(asker: PeerIdentity, translation: Translation | None) -> Answer:
+            return self.service.answer(query, translation, asker.spiffe_id or "")
 
         if translate and adapter is None:
             # Verified before anything is fetched: an unverified request triggers no download.
             asker = await self._run(admit)
             fetched = await self.adapters.get(query.adapter_id, query.source_space)
-            answered = await self._run(lambda: answer(fetched))
+            answered = await self._run(lambda: answer(asker, fetched))
         else:
             # The usual case, one worker-thread hop: verify, admit, translate, search.
-            asker, answered = await self._run(lambda: (admit(), answer(adapter)))
+            def admitted() -> tuple[PeerIdentity, Answer]:
+                who = admit()
+                return who, answer(who, adapter)
+
+            asker, answered = await self._run(admitted)
         hits = answered.hits
         self.gatekeeper.record(
             asker,

@@ -42,7 +42,11 @@ from silobridge.security.signed_query.signing import now_ms
 from silobridge.security.signed_query.verify import verify_signed_query
 from silobridge.silo_agent.adapter_fetch import Translation
 from silobridge.silo_agent.config import Limits, SiloConfig
-from silobridge.silo_agent.receiving.hubness_routes import HubnessCorrections, corrected_search
+from silobridge.silo_agent.receiving.hubness_routes import (
+    TRAFFIC,
+    HubnessCorrections,
+    corrected_search,
+)
 from silobridge.silo_agent.routes import Route, RouteTable
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.generation import Generation
@@ -241,7 +245,7 @@ class SiloService:
         self._check_texts(texts, self.config.limits.max_anchor_texts)
         return self.embedder.embed(texts, batch_size=self.config.limits.batch_size)
 
-    def answer(self, query: SiloQuery, translation: Translation | None) -> Answer:
+    def answer(self, query: SiloQuery, translation: Translation | None, asker: str = "") -> Answer:
         """Search with an admitted query, translated first by the coordinator's adapter if it
         has one (into a space this silo answers in), with the receiving-side steps it used."""
         vector = query.vector.decode()
@@ -271,9 +275,11 @@ class SiloService:
             space_id=space_id,
             hubness=correction,
         )
+        if translation is not None:  # after the search: a query is not its own reference
+            self.hubness.remember(translation.source_space, asker, vector)
         steps = [LOCAL_FIT_STEP] if self.route(space_id).local else []
         if correction is not None:
-            steps.append(HUBNESS_STEP)
+            steps.append(HUBNESS_STEP if correction.label != TRAFFIC else "hubness(traffic)")
         return Answer(hits, "+".join(steps))
 
     def route(self, space_id: str) -> Route:

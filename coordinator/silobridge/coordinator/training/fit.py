@@ -104,8 +104,10 @@ def train_adapter(
         f"null mean {calibration.null_mean:.3f}, std {calibration.null_std:.3f}",
     )
 
+    # The receiving silo's hubness reference: these public anchors as the adapter maps them.
+    receiving = {REFERENCE_TENSOR: reference_from_translated(translated, fit_config.seed)}
     adapter_id = adapter_id_for(
-        source, target, anchor_set.sha256, fit_config.kind, weights_sha256(adapter)
+        source, target, anchor_set.sha256, fit_config.kind, weights_sha256(adapter, receiving)
     )
     directory = state.adapters_dir / adapter_id
     report("store", f"signing and storing adapter {adapter_id}")
@@ -116,8 +118,7 @@ def train_adapter(
         target=target,
         anchor_set_sha256=anchor_set.sha256,
         signing_key=signing_key,
-        # The receiving silo's hubness reference: these public anchors as the adapter maps them.
-        receiving={REFERENCE_TENSOR: reference_from_translated(translated, fit_config.seed)},
+        receiving=receiving,
     )
     record = AdapterRecord(
         adapter_id=adapter_id,

@@ -16,12 +16,15 @@ import numpy.typing as npt
 from silobridge.adapters.hubness import HubnessCorrection
 from silobridge.core.hits import Hit
 from silobridge.silo_agent.receiving.settings import ReceivingSettings
+from silobridge.silo_agent.receiving.traffic import TrafficPool, TrafficPools
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.generation import Generation
 
 log = logging.getLogger(__name__)
 # Documents sampled to centre the corrected scores on the uncorrected ones.
 CENTRING_SAMPLE = 2_000
+# What a correction's reference is, as the silo's audit lines name it ("hubness(traffic)").
+ANCHORS, TRAFFIC = "anchors", "traffic"
 # Corrections kept at once (each holds its reference and the penalties it computed).
 MAX_CORRECTIONS = 16
 # Documents read beyond k after re-scoring, in case one was deleted since the index search.
@@ -34,7 +37,13 @@ class HubnessCorrections:
     def __init__(self, settings: ReceivingSettings, data: SiloData) -> None:
         self.settings = settings
         self.data = data
+        # Translated queries kept as the reference, where [receiving] traffic_pool allows.
+        self.traffic = TrafficPools(
+            settings.traffic_pool, settings.traffic_max_share, settings.traffic_lifetime_s
+        )
         self._built: OrderedDict[tuple[str, str], HubnessCorrection | None] = OrderedDict()
+        # Traffic corrections and the pool's ``added`` count they were built at.
+        self._from_traffic: dict[tuple[str, str], tuple[HubnessCorrection | None, int]] = {}
         self._lock = threading.Lock()
 
     def get(
@@ -45,22 +54,50 @@ class HubnessCorrections:
         generation: Generation,
     ) -> HubnessCorrection | None:
         """The correction for queries through ``adapter_id`` into ``generation``, or None where
-        the config turns it off for ``source_space`` or the artifact carries no reference."""
-        if reference is None or not self.settings.hubness_for(source_space):
+        the config turns it off for ``source_space`` or the artifact carries no reference. With
+        a traffic pool of at least ``traffic_min`` queries from ``source_space``, the pool is
+        the reference instead (rebuilt every ``traffic_refresh`` new queries)."""
+        if not self.settings.hubness_for(source_space):
+            return None
+        pool = self.traffic.get(source_space) if self.traffic.enabled else None
+        if pool is not None and len(pool) >= self.settings.traffic_min:
+            return self._traffic_correction(source_space, pool, generation)
+        if reference is None:
             return None
         key = (adapter_id, generation.space.space_id)
         with self._lock:
             if key in self._built:
                 self._built.move_to_end(key)
                 return self._built[key]
-            correction = self._build(adapter_id, reference, generation)
+            correction = self._build(adapter_id, reference, generation, ANCHORS)
             self._built[key] = correction
             while len(self._built) > MAX_CORRECTIONS:
                 self._built.popitem(last=False)
             return correction
 
+    def remember(self, source_space: str, signer: str, translated: npt.NDArray[np.float32]) -> None:
+        """Keep a translated query in the traffic pool, if the silo keeps any."""
+        if self.traffic.enabled and self.settings.hubness_for(source_space):
+            self.traffic.pool(source_space).add(signer, translated)
+
+    def _traffic_correction(
+        self, source_space: str, pool: TrafficPool, generation: Generation
+    ) -> HubnessCorrection | None:
+        key = (source_space, generation.space.space_id)
+        with self._lock:
+            built = self._from_traffic.get(key)
+            if built is None or pool.added - built[1] >= self.settings.traffic_refresh:
+                label = f"traffic pool of {source_space}"
+                built = (self._build(label, pool.snapshot(), generation, TRAFFIC), pool.added)
+                self._from_traffic[key] = built
+            return built[0]
+
     def _build(
-        self, adapter_id: str, reference: npt.NDArray[np.generic], generation: Generation
+        self,
+        adapter_id: str,
+        reference: npt.NDArray[np.generic],
+        generation: Generation,
+        label: str,
     ) -> HubnessCorrection | None:
         dimension = generation.space.dimension
         if reference.ndim != 2 or reference.shape[1] != dimension or reference.shape[0] < 1:
@@ -77,7 +114,7 @@ class HubnessCorrections:
             log.warning("adapter %s carries a non-finite hubness reference: not used", adapter_id)
             return None
         sample = sample_vectors(self.data, generation, CENTRING_SAMPLE)
-        correction = HubnessCorrection.for_documents(rows, sample, self.settings.hubness_k)
+        correction = HubnessCorrection.for_documents(rows, sample, self.settings.hubness_k, label)
         log.info(
             "hubness correction for adapter %s: %d reference vectors, k=%d, mean %.4f over %d "
             "documents",

@@ -8,6 +8,11 @@ hubness_depth = 100         # candidates re-scored per query (at least k)
 hubness_off_for = []        # source space ids to answer without it
 local_models = []           # model specs the silo also runs, to fit its own adapters from
 local_fit_sample = 4096     # own documents embedded per local model for that fit
+traffic_pool = 0            # translated queries kept (in memory) as the hubness reference; 0: none
+traffic_max_share = 0.05    # of the pool one signer may hold
+traffic_lifetime_s = 3600   # each kept query is dropped after this long
+traffic_min = 1000          # queries in the pool before it replaces the anchors as reference
+traffic_refresh = 500       # new queries before the correction is rebuilt from the pool
 ```
 """
 
@@ -27,6 +32,8 @@ SECTION = "receiving"
 MAX_HUBNESS_DEPTH = 1_000
 # A local fit on fewer documents than this is noise (as the migration's own fit).
 MIN_LOCAL_FIT_SAMPLE = 64
+# Translated queries kept per source space at most (about 1.5 KiB each at 384 dimensions).
+MAX_TRAFFIC_POOL = 100_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,11 @@ class ReceivingSettings:
     hubness_off_for: tuple[str, ...] = ()
     local_models: tuple[str, ...] = ()
     local_fit_sample: int = 4096
+    traffic_pool: int = 0
+    traffic_max_share: float = 0.05
+    traffic_lifetime_s: float = 3600.0
+    traffic_min: int = 1000
+    traffic_refresh: int = 500
 
     def hubness_for(self, source_space: str) -> bool:
         """Whether queries translated from ``source_space`` are hubness-corrected here."""
@@ -53,6 +65,15 @@ def receiving_settings(path: Path, doc: Mapping[str, Any]) -> ReceivingSettings:
         hubness_off_for=section.strings("hubness_off_for"),
         local_models=section.strings("local_models"),
         local_fit_sample=section.positive("local_fit_sample", ReceivingSettings.local_fit_sample),
+        traffic_pool=section.get("traffic_pool", int, ReceivingSettings.traffic_pool),
+        traffic_max_share=section.get(
+            "traffic_max_share", float, ReceivingSettings.traffic_max_share
+        ),
+        traffic_lifetime_s=section.get(
+            "traffic_lifetime_s", float, ReceivingSettings.traffic_lifetime_s
+        ),
+        traffic_min=section.positive("traffic_min", ReceivingSettings.traffic_min),
+        traffic_refresh=section.positive("traffic_refresh", ReceivingSettings.traffic_refresh),
     )
     section.finish()
     if settings.hubness_depth > MAX_HUBNESS_DEPTH:
@@ -60,6 +81,13 @@ def receiving_settings(path: Path, doc: Mapping[str, Any]) -> ReceivingSettings:
             f"{path}: [{SECTION}] hubness_depth must be at most {MAX_HUBNESS_DEPTH}, "
             f"got {settings.hubness_depth}"
         )
+    where = f"{path}: [{SECTION}]"
+    if not 0 <= settings.traffic_pool <= MAX_TRAFFIC_POOL:
+        raise ConfigError(f"{where} traffic_pool must be between 0 and {MAX_TRAFFIC_POOL}")
+    if not 0 < settings.traffic_max_share <= 1:
+        raise ConfigError(f"{where} traffic_max_share must be in (0, 1]")
+    if not settings.traffic_lifetime_s > 0:
+        raise ConfigError(f"{where} traffic_lifetime_s must be positive")
     if settings.local_fit_sample < MIN_LOCAL_FIT_SAMPLE:
         raise ConfigError(
             f"{path}: [{SECTION}] local_fit_sample must be at least {MIN_LOCAL_FIT_SAMPLE}, "
