@@ -3,6 +3,7 @@ time, and used as the hubness reference only once it holds enough queries."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,11 @@ def test_the_pool_becomes_the_reference_once_it_holds_enough(tmp_path: Path) -> 
         anchors = vectors[:50]
         first = corrections.get("adapter-1", "src", anchors, data.primary)
         assert first is not None and first.label != TRAFFIC
+        # Every document's penalty is computed in the background, keyed as searches see them.
+        for warmer in [t for t in threading.enumerate() if t.name == "hubness-warm"]:
+            warmer.join(timeout=30)  # (it may have finished already)
+        keys = [key for key, _ in data.primary.search(vectors[0], 200)]
+        assert set(keys) <= set(first._penalties)
         for i in range(30):
             corrections.remember("src", f"signer-{i % 3}", vectors[100 + i])
         traffic = corrections.get("adapter-1", "src", anchors, data.primary)
