@@ -9,8 +9,6 @@ producing as many new texts as asked for.
 
 from __future__ import annotations
 
-import gzip
-import importlib.resources
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,9 +20,10 @@ from silobridge.coordinator.anchors.synthetic import (
     MAX_WORDS,
     MIN_WORDS,
     english_words,
+    packaged_lines,
     random_word_strings,
 )
-from silobridge.core.errors import ConfigError, InvalidArgument
+from silobridge.core.errors import InvalidArgument
 
 SENTENCES_FILE = "sentences.txt.gz"
 WORDS = "words"
@@ -48,15 +47,7 @@ _END = 1
 @lru_cache(maxsize=1)
 def packaged_sentences() -> tuple[str, ...]:
     """The public sentences shipped as package data, in file order."""
-    path = importlib.resources.files("silobridge.coordinator.anchors") / SENTENCES_FILE
-    try:
-        with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as handle:
-            sentences = tuple(dict.fromkeys(line.strip() for line in handle if line.strip()))
-    except OSError as error:
-        raise ConfigError(f"cannot read the sentence list {path}: {error}") from None
-    if not sentences:
-        raise ConfigError(f"the sentence list {path} is empty")
-    return sentences
+    return tuple(dict.fromkeys(packaged_lines(SENTENCES_FILE, "sentence list")))
 
 
 def available(generator: str) -> int | None:

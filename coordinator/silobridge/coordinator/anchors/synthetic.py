@@ -21,19 +21,24 @@ MIN_WORDS = 3
 MAX_WORDS = 15
 
 
+def packaged_lines(file_name: str, what: str) -> tuple[str, ...]:
+    """The non-empty lines of a gzip text file shipped as this package's data, in file order."""
+    # Package data, so ``anchors build --synthetic`` works from an installed wheel.
+    path = importlib.resources.files("silobridge.coordinator.anchors") / file_name
+    try:
+        with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as handle:
+            lines = tuple(line.strip() for line in handle if line.strip())
+    except OSError as error:
+        raise ConfigError(f"cannot read the {what} {path}: {error}") from None
+    if not lines:
+        raise ConfigError(f"the {what} {path} is empty")
+    return lines
+
+
 @lru_cache(maxsize=1)
 def english_words() -> tuple[str, ...]:
     """The public word list: alphabetic entries (3+ letters) of bert-base-uncased's vocabulary."""
-    # Package data, so ``anchors build --synthetic`` works from an installed wheel.
-    path = importlib.resources.files("silobridge.coordinator.anchors") / WORDLIST_FILE
-    try:
-        with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as handle:
-            words = tuple(line.strip() for line in handle if line.strip())
-    except OSError as error:
-        raise ConfigError(f"cannot read the word list {path}: {error}") from None
-    if not words:
-        raise ConfigError(f"the word list {path} is empty")
-    return words
+    return packaged_lines(WORDLIST_FILE, "word list")
 
 
 def random_word_strings(count: int, seed: int) -> tuple[str, ...]:
