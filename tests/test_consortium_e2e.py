@@ -244,18 +244,26 @@ def test_a_silo_holding_the_querying_model_fits_its_own_adapter(net: Net) -> Non
     web = load_records("web")
     probes = [web[i] for i in range(5, len(web), 10)][::311][:8]  # verses web itself holds
 
-    async def ask() -> list[tuple[dict[str, str], list[str]]]:
+    async def ask(silos: list[str]) -> list[tuple[dict[str, str], list[str]]]:
         async with _client(net, "bob") as client:
             out = []
             for record in probes:
-                answer = await client.query(record.text, k=10, silos=["web"])
-                out.append((_states(answer), [h.doc_id for h in answer.hits]))
+                answer = await client.query(record.text, k=10, silos=silos)
+                out.append((_states(answer), [f"{h.silo}/{h.doc_id}" for h in answer.hits]))
             return out
 
-    answers = asyncio.run(ask())
+    answers = asyncio.run(ask(["web"]))
     assert all(states == {"web": "ok"} for states, _ in answers), answers
-    found = sum(record.id in ids for record, (_s, ids) in zip(probes, answers, strict=True))
+    found = sum(
+        f"web/{record.id}" in ids for record, (_s, ids) in zip(probes, answers, strict=True)
+    )
     assert found >= 6, (found, answers)
+    # Merged with kjv's native answers, web's are calibrated too (not raw cosines taken as
+    # z-scores, which lost every merge): its own verses still reach the merged top 10.
+    merged = asyncio.run(ask(["web", "kjv"]))
+    assert all(states == {"web": "ok", "kjv": "ok"} for states, _ in merged), merged
+    kept = sum(f"web/{record.id}" in ids for record, (_s, ids) in zip(probes, merged, strict=True))
+    assert kept >= 5, (kept, merged)
     lines = [json.loads(line) for line in (config.source.parent / "audit" / "audit.log")
              .read_text().splitlines()]  # fmt: skip
     served = [line for line in lines if line.get("rpc") == "Search" and line.get("via")]

@@ -23,6 +23,7 @@ from silobridge.client.cli import silo_message
 from silobridge.coordinator.anchors.manifest import AnchorSetInfo
 from silobridge.coordinator.config import CoordinatorPolicy
 from silobridge.coordinator.registry import SiloRegistry
+from silobridge.coordinator.search.calibration import Calibration, fit_calibration
 from silobridge.coordinator.search.fanout import _silo_query
 from silobridge.coordinator.search.planner import SearchPlanner
 from silobridge.coordinator.search.translation import Translator, staleness
@@ -119,6 +120,40 @@ def test_a_query_in_any_space_the_silo_serves_goes_without_an_adapter(
     route = translator(state).route(source, silo(OLD, [NEW]))
     assert route.adapter is None and route.adapter_id == ""
     assert route.target == source
+
+
+# --- calibration of answers in a space the silo serves itself ----------------------------------
+
+
+def test_a_space_served_through_a_local_fit_is_calibrated_as_the_adapter_into_its_space(
+    state: CoordinatorState,
+) -> None:
+    # The silo fits its own adapter from OTHER (it runs that model too) and lists OTHER, but it
+    # never sent anchors in OTHER: its answers are calibrated as the coordinator's adapter's would
+    # be, not taken raw (a raw cosine as a z-score loses every merge).
+    record = trained(state, OTHER, OLD, created_at=1.0)
+    route = translator(state).route(OTHER, silo(OLD, [OTHER]))
+    assert route.adapter is None
+    assert route.calibration == Calibration.from_metrics(record.metrics)
+    assert route.calibration is not None and route.calibration.null_std > 0
+
+
+def test_without_an_adapter_a_served_space_is_calibrated_as_the_silos_own_space(
+    state: CoordinatorState,
+) -> None:
+    trained(state, OLD, NEW, created_at=1.0)  # any adapter that used the silo's OLD anchors
+    vectors = np.random.default_rng(3).standard_normal((ANCHORS, DIM)).astype(np.float32)
+    state.upsert_silo(silo(OLD, [OTHER]))
+    state.store_anchor_embeddings("kjv", "words", "v1", OLD, vectors)
+    route = translator(state).route(OTHER, silo(OLD, [OTHER]))
+    assert route.adapter is None
+    assert route.calibration == fit_calibration(vectors, vectors)
+
+
+def test_a_served_space_with_nothing_to_calibrate_on_is_merged_raw(
+    state: CoordinatorState,
+) -> None:
+    assert translator(state).route(OTHER, silo(OLD, [OTHER])).calibration is None
 
 
 def test_without_also_serves_the_other_space_still_needs_an_adapter(

@@ -108,7 +108,7 @@ class Translator:
         """
         native = silo.serves(source.fingerprint)
         if native is not None:
-            return Route(silo, None, "", self.identity_calibration(source, silo.name), native)
+            return Route(silo, None, "", self.native_calibration(source, silo), native)
         found: list[AdapterRecord] = []
         for served in silo.served_spaces():
             record = self.newest_adapter(source, served)
@@ -156,6 +156,28 @@ class Translator:
         with self._lock:
             self._adapters[key] = loaded
         return loaded
+
+    def native_calibration(self, source: SpaceDescriptor, silo: SiloRecord) -> Calibration | None:
+        """The null of a silo's answers to queries of ``source``, a space it answers in itself.
+
+        From the anchors the silo sent in ``source`` where it sent any. A space it serves without
+        having sent anchors in it (a model it runs only to fit its own adapter, ``[receiving]
+        local_models``; or a migration's other generation) ends in the silo's own space: its
+        answers are calibrated as a query translated into that space would be (the current
+        adapter from ``source``, its null), else as its own space against itself. Never raw: a
+        raw cosine taken as a z-score loses every merge to a calibrated silo.
+        """
+        calibration = self.identity_calibration(source, silo.name)
+        if calibration is not None or source.fingerprint == silo.space.fingerprint:
+            return calibration
+        record = self.newest_adapter(source, silo.space)
+        if (
+            record is not None
+            and record.target.fingerprint == silo.space.fingerprint
+            and not adapter_refusal(record, source, silo)
+        ):
+            return self._load(record, source, silo.space)[1]
+        return self.identity_calibration(silo.space, silo.name)
 
     def identity_calibration(self, space: SpaceDescriptor, silo: str) -> Calibration | None:
         """Null statistics of a space against itself, from the anchors ``silo`` sent in it (if
