@@ -127,12 +127,15 @@ class EvalRow:
     identity_mrr: float | None = None
     # The receiving silo's steps after the adapter ("" for none), e.g. "hubness(anchors)".
     receiving: str = ""
+    # For a refinement row: the label-free guard's verdict ("accepted" or "refused: why").
+    guard: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "kind": self.kind,
             "receiving": self.receiving,
+            "guard": self.guard,
             "anchors": self.anchors,
             "anchor_count": self.anchor_count,
             "ndcg@10": self.ndcg,
@@ -178,6 +181,7 @@ class EvalRow:
             identity_r1=row.get("identity_r@1"),
             identity_mrr=row.get("identity_mrr@10"),
             receiving=row.get("receiving", ""),
+            guard=row.get("guard", ""),
         )
 
 

@@ -8,12 +8,21 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from silobridge.adapters.refinement import (
+    GUARD_TARGETS_TENSOR,
+    GUARD_TRANSLATED_TENSOR,
+    apply_refinement,
+    check_refinement,
+    fit_refinement,
+    guard_tensors,
+)
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.spaces import FloatMatrix
 from silobridge.embedding.embedders import Embedder, load_embedder
@@ -192,6 +201,25 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
                     }
                     if traffic is not None:
                         references["traffic"] = adapter.apply(traffic)
+                    if traffic is not None:
+                        rows.extend(
+                            _refine_rows(
+                                scorer,
+                                adapter.apply(traffic),
+                                adapter.apply(source_queries),
+                                corpus,
+                                guard_tensors(
+                                    adapter.apply(source_anchors[:count]),
+                                    target_anchors[:count],
+                                    config.seed,
+                                ),
+                                config,
+                                kind=label,
+                                anchors=name,
+                                count=count,
+                                chosen_kind=chosen,
+                            )
+                        )
                     for reference, vectors in references.items():
                         penalty = hubness(corpus, vectors)
                         corrected = hubness_rerank(
@@ -263,6 +291,43 @@ def _local_fit_rows(
         for result, steps in (
             (ranked[:, :CUTOFF], "local-fit"),
             (corrected, "local-fit+hubness(own)"),
+        )
+    ]
+
+
+def _refine_rows(
+    scorer: Scorer,
+    traffic: FloatMatrix,
+    queries: FloatMatrix,
+    corpus: FloatMatrix,
+    guard: dict[str, npt.NDArray[np.float16]],
+    config: EvalConfig,
+    **labels: Any,
+) -> list[EvalRow]:
+    """Refinement from traffic as the silo fits it (``silo_agent/receiving/refine``): the
+    guard's verdict on the traffic, then the test queries with the map fitted on all of it,
+    alone and with hubness correction against the traffic as the map moves it. Measured even
+    where the guard refuses, so the table shows what the guard saved."""
+    verdict = check_refinement(
+        traffic,
+        corpus,
+        guard[GUARD_TRANSLATED_TENSOR],
+        guard[GUARD_TARGETS_TENSOR],
+        seed=config.seed,
+    )
+    weights = fit_refinement(traffic, corpus)
+    if weights is None:
+        return []
+    guard_text = "accepted" if verdict.accepted else f"refused: {verdict.reason}"
+    mapped = apply_refinement(weights, queries)
+    ranked = top_k(mapped, corpus, max(CUTOFF, config.rerank_depth))
+    penalty = hubness(corpus, apply_refinement(weights, traffic))
+    corrected = hubness_rerank(ranked, mapped, corpus, penalty, CUTOFF)
+    return [
+        scorer.row("adapter", result, receiving=steps, guard=guard_text, **labels)
+        for result, steps in (
+            (ranked[:, :CUTOFF], "refine(traffic)"),
+            (corrected, "refine(traffic)+hubness(traffic)"),
         )
     ]
 

@@ -64,6 +64,7 @@ class Scorer:
         heldout: float | None = None,
         identity: tuple[float, float] | None = None,
         receiving: str = "",
+        guard: str = "",
     ) -> EvalRow:
         ndcg, recall, mrr = self._metrics(ranked)
         identity_r1, identity_mrr = identity if identity is not None else (None, None)
@@ -90,6 +91,7 @@ class Scorer:
             identity_r1=identity_r1,
             identity_mrr=identity_mrr,
             receiving=receiving,
+            guard=guard,
         )
 
 

@@ -29,6 +29,7 @@ from silobridge.adapters.artifact import (
     load_adapter,
 )
 from silobridge.adapters.hubness import REFERENCE_TENSOR
+from silobridge.adapters.refinement import GUARD_TARGETS_TENSOR, GUARD_TRANSLATED_TENSOR
 from silobridge.adapters.signing import load_verify_key
 from silobridge.core.durable import publish_directory, stage_directory
 from silobridge.core.errors import (
@@ -63,6 +64,10 @@ class Translation:
     adapter_id: str = ""
     # The receiving silo's hubness reference the coordinator signed into the artifact, if any.
     hubness_reference: npt.NDArray[np.generic] | None = None
+    # Public anchors as the adapter maps them and as this silo's model embeds them (row i of
+    # each is anchor i): the refinement's label-free guard checks a correction against them.
+    guard_translated: npt.NDArray[np.generic] | None = None
+    guard_targets: npt.NDArray[np.generic] | None = None
 
     @property
     def target_space(self) -> str:
@@ -172,6 +177,8 @@ class AdapterFetcher:
             manifest.target,
             adapter_id=adapter_id,
             hubness_reference=loaded.receiving.get(REFERENCE_TENSOR),
+            guard_translated=loaded.receiving.get(GUARD_TRANSLATED_TENSOR),
+            guard_targets=loaded.receiving.get(GUARD_TARGETS_TENSOR),
         )
 
     async def _download(self, adapter_id: str, directory: Path) -> None:

@@ -47,6 +47,7 @@ from silobridge.silo_agent.receiving.hubness_routes import (
     HubnessCorrections,
     corrected_search,
 )
+from silobridge.silo_agent.receiving.refine import REFINE_STEP, Refined, Refinements
 from silobridge.silo_agent.routes import Route, RouteTable
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.generation import Generation
@@ -118,6 +119,8 @@ class SiloService:
         self.migrating_to: str | None = None
         # Receiving-side hubness correction of translated queries ([receiving] in silo.toml).
         self.hubness = HubnessCorrections(config.receiving, data)
+        # The opt-in correction after the adapter, fitted on the traffic pool behind a guard.
+        self.refinements = Refinements(self.hubness, data)
 
     @property
     def space(self) -> SpaceDescriptor:
@@ -251,17 +254,26 @@ class SiloService:
         vector = query.vector.decode()
         space_id = query.source_space
         correction: HubnessCorrection | None = None
+        refined: Refined | None = None
+        translated = vector
         if translation is not None:
             adapter = translation.adapter
-            vector = adapter.apply_one(validate_query_vector(vector, adapter.source_dim))
+            translated = adapter.apply_one(validate_query_vector(vector, adapter.source_dim))
+            vector = translated
             space_id = translation.target_space
-            if not query.rerank_text:  # a two-stage answer is scored natively anyway
+            generation = self.route(space_id).generation
+            refined = self.refinements.get(translation, generation)
+            if refined is not None:
+                vector, correction = refined.apply(translated), refined.correction
+            else:
                 correction = self.hubness.get(
                     translation.adapter_id,
                     translation.source_space,
                     translation.hubness_reference,
-                    self.route(space_id).generation,
+                    generation,
                 )
+            if query.rerank_text:  # a two-stage answer is scored natively anyway
+                correction = None
         elif self.routes.is_local_fit(space_id) and not query.rerank_text:
             local = self.route(space_id)
             correction = self.hubness.get(
@@ -276,8 +288,10 @@ class SiloService:
             hubness=correction,
         )
         if translation is not None:  # after the search: a query is not its own reference
-            self.hubness.remember(translation.source_space, asker, vector)
+            self.hubness.remember(translation.source_space, asker, translated)
         steps = [LOCAL_FIT_STEP] if self.route(space_id).local else []
+        if refined is not None:
+            steps.append(REFINE_STEP)
         if correction is not None:
             steps.append(HUBNESS_STEP if correction.label != TRAFFIC else "hubness(traffic)")
         return Answer(hits, "+".join(steps))

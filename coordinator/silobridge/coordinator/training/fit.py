@@ -11,6 +11,7 @@ import numpy as np
 from silobridge.adapters import Adapter, FitConfig, fit
 from silobridge.adapters.artifact import load_adapter, save_adapter, weights_sha256
 from silobridge.adapters.hubness import REFERENCE_TENSOR, reference_from_translated
+from silobridge.adapters.refinement import guard_tensors
 from silobridge.coordinator.search.calibration import fit_calibration
 from silobridge.coordinator.state.records import AdapterRecord
 from silobridge.coordinator.state.store import CoordinatorState, FloatMatrix
@@ -105,7 +106,11 @@ def train_adapter(
     )
 
     # The receiving silo's hubness reference: these public anchors as the adapter maps them.
-    receiving = {REFERENCE_TENSOR: reference_from_translated(translated, fit_config.seed)}
+    # And the refinement guard's check pairs: some of them beside their target-space vectors.
+    receiving = {
+        REFERENCE_TENSOR: reference_from_translated(translated, fit_config.seed),
+        **guard_tensors(translated, target_rows, fit_config.seed),
+    }
     adapter_id = adapter_id_for(
         source, target, anchor_set.sha256, fit_config.kind, weights_sha256(adapter, receiving)
     )

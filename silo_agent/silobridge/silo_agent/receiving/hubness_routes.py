@@ -69,7 +69,7 @@ class HubnessCorrections:
             if key in self._built:
                 self._built.move_to_end(key)
                 return self._built[key]
-            correction = self._build(adapter_id, reference, generation, ANCHORS)
+            correction = self.build(adapter_id, reference, generation, ANCHORS)
             self._built[key] = correction
             while len(self._built) > MAX_CORRECTIONS:
                 self._built.popitem(last=False)
@@ -77,7 +77,8 @@ class HubnessCorrections:
 
     def remember(self, source_space: str, signer: str, translated: npt.NDArray[np.float32]) -> None:
         """Keep a translated query in the traffic pool, if the silo keeps any."""
-        if self.traffic.enabled and self.settings.hubness_for(source_space):
+        wanted = self.settings.hubness_for(source_space) or self.settings.refine
+        if self.traffic.enabled and wanted:
             self.traffic.pool(source_space).add(signer, translated)
 
     def _traffic_correction(
@@ -88,11 +89,11 @@ class HubnessCorrections:
             built = self._from_traffic.get(key)
             if built is None or pool.added - built[1] >= self.settings.traffic_refresh:
                 label = f"traffic pool of {source_space}"
-                built = (self._build(label, pool.snapshot(), generation, TRAFFIC), pool.added)
+                built = (self.build(label, pool.snapshot(), generation, TRAFFIC), pool.added)
                 self._from_traffic[key] = built
             return built[0]
 
-    def _build(
+    def build(
         self,
         adapter_id: str,
         reference: npt.NDArray[np.generic],

@@ -13,11 +13,14 @@ traffic_max_share = 0.05    # of the pool one signer may hold
 traffic_lifetime_s = 3600   # each kept query is dropped after this long
 traffic_min = 1000          # queries in the pool before it replaces the anchors as reference
 traffic_refresh = 500       # new queries before the correction is rebuilt from the pool
+refine = false              # fit a correction after the adapter on the pool (label-free guard)
+refine_lambda = 30.0        # its pull towards the identity (larger: a smaller correction)
 ```
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,8 @@ class ReceivingSettings:
     traffic_lifetime_s: float = 3600.0
     traffic_min: int = 1000
     traffic_refresh: int = 500
+    refine: bool = False
+    refine_lambda: float = 30.0
 
     def hubness_for(self, source_space: str) -> bool:
         """Whether queries translated from ``source_space`` are hubness-corrected here."""
@@ -74,6 +79,8 @@ def receiving_settings(path: Path, doc: Mapping[str, Any]) -> ReceivingSettings:
         ),
         traffic_min=section.positive("traffic_min", ReceivingSettings.traffic_min),
         traffic_refresh=section.positive("traffic_refresh", ReceivingSettings.traffic_refresh),
+        refine=section.get("refine", bool, ReceivingSettings.refine),
+        refine_lambda=section.get("refine_lambda", float, ReceivingSettings.refine_lambda),
     )
     section.finish()
     if settings.hubness_depth > MAX_HUBNESS_DEPTH:
@@ -88,6 +95,13 @@ def receiving_settings(path: Path, doc: Mapping[str, Any]) -> ReceivingSettings:
         raise ConfigError(f"{where} traffic_max_share must be in (0, 1]")
     if not settings.traffic_lifetime_s > 0:
         raise ConfigError(f"{where} traffic_lifetime_s must be positive")
+    if settings.refine and settings.traffic_pool == 0:
+        raise ConfigError(
+            f"{where} refine = true is fitted on the traffic pool: set traffic_pool too "
+            f"(at least traffic_min = {settings.traffic_min})"
+        )
+    if not (math.isfinite(settings.refine_lambda) and settings.refine_lambda >= 0):
+        raise ConfigError(f"{where} refine_lambda must be a finite number >= 0")
     if settings.local_fit_sample < MIN_LOCAL_FIT_SAMPLE:
         raise ConfigError(
             f"{path}: [{SECTION}] local_fit_sample must be at least {MIN_LOCAL_FIT_SAMPLE}, "
