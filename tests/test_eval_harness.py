@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from silobridge.adapters.anchor_preference import preference_scores
 from silobridge.core.errors import ConfigError, InvalidArgument
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.embedding.embedders import Embedder, load_embedder
@@ -27,6 +28,7 @@ from silobridge.evaluation.runner import (
     EvalConfig,
     EvalResult,
     EvalSession,
+    preferred_pairs,
     run_evaluation,
 )
 
@@ -318,8 +320,19 @@ def test_traffic_is_disjoint_from_the_test_queries_and_adds_its_hubness_row(
     session = EvalSession(cache_dir=tmp_path)
     try:
         result = run_evaluation(config, session)
-        receiving = [row.receiving for row in result.rows if row.method == "adapter"]
-        assert receiving == ["", "hubness(anchors)", "hubness(traffic)"]
+        adapted = [row for row in result.rows if row.method == "adapter"]
+        receiving = [row.receiving for row in adapted]
+        assert receiving == [
+            "",
+            "hubness(anchors)",
+            "hubness(traffic)",
+            "refine(traffic)",
+            "refine(traffic)+hubness(traffic)",
+        ]
+        # A refinement row says what the label-free guard decided; the others say nothing.
+        assert all(row.guard.startswith(("accepted", "refused: ")) for row in adapted[3:])
+        assert all(row.guard == "" for row in adapted[:3])
+        assert adapted[3].to_json()["guard"] == adapted[3].guard
         too_many = EvalConfig(**{**config.__dict__, "traffic": 10**6})
         with pytest.raises(InvalidArgument, match="--traffic"):
             run_evaluation(too_many, session)
@@ -399,3 +412,38 @@ def test_cli_reports_a_user_error_without_a_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+def test_preferred_anchors_are_the_silos_interleaved_choices_of_the_public_pool(
+    tmp_path: Path,
+) -> None:
+    config = EvalConfig(
+        source_model="static-64",
+        target_model="static-64",
+        dataset="bible-web2kjv",
+        corpus_size=300,
+        queries=20,
+        anchors=("preferred",),
+        anchor_counts=(100, 400),
+        adapters=("procrustes",),
+        two_stage=False,
+        local_fit=0,
+    )
+    session = EvalSession(cache_dir=tmp_path)
+    try:
+        result = run_evaluation(config, session)
+    finally:
+        session.close()
+    rows = [row for row in result.rows if row.anchors == "preferred" and not row.receiving]
+    assert [row.anchor_count for row in rows] == [100, 400]
+    # The pool is public text; the chosen prefix lies nearer the corpus than the pool at large.
+    dataset = load_builtin("bible-web2kjv", corpus_size=300, queries=20, seed=0)
+    model = load_embedder("static-64")
+    pool = resolve_anchor_sources(["preferred"], [], dataset, 0)[0].texts
+    corpus = model.embed(list(dataset.corpus_texts))
+    vectors = model.embed(list(pool[:20_000]))
+    both = preferred_pairs(vectors, vectors, corpus, corpus, 400)
+    assert both[0].shape == (400, 64)
+    scores = preference_scores(vectors, corpus)
+    chosen = preference_scores(both[1], corpus)
+    assert float(chosen.mean()) > float(np.quantile(scores, 0.9))

@@ -14,9 +14,14 @@ it (``check_refinement``):
 - *anchors*: the adapter's signed check pairs (public anchors as the adapter maps them, and the
   same anchors embedded by the silo's own model) must not move apart: a map that fits the
   traffic by bending the general mapping out of shape is refused;
-- *held out*: fitted on half the pool, the map must not lower the share of the other half's
-  queries that find a mutual partner: a map that does not generalise to queries it was not
-  fitted on is refused.
+- *held out*: fitted on half the pool, the map must not lower (by more than
+  ``MAX_HELDOUT_DROP``) the share of the other half's queries that find a mutual partner: a map
+  that does not generalise to queries it was not fitted on is refused.
+
+Measured (BENCHMARKS.md): every map that lowered nDCG (an unregularised fit, λ = 0 or 3, or a
+rotation on plain nearest-neighbour pairs) moved the anchors' mean cosine down by 0.02 or more;
+the default ridge map (λ = 30) moved it by at most 0.002 and, with hubness correction against
+the refined pool, raised nDCG on both built-in sets.
 
 Pure numpy; the silo (``silo_agent/receiving/refine``) and the harness use the same functions.
 """
@@ -45,6 +50,11 @@ DEFAULT_LAMBDA = 30.0
 # How far the anchors' mean cosine may fall, and R@1 among them, before a refinement is refused.
 MAX_ANCHOR_COSINE_DROP = 0.01
 MAX_ANCHOR_R1_DROP = 0.01
+# How far the share of held-out pooled queries with a mutual partner may fall. The ridge map
+# that helps on the asymmetric set lowers it by 0.003-0.024 (noisy: half the pool is a few
+# hundred queries); maps that hurt, by 0.017-0.08, and the anchors refuse those anyway. This
+# check catches a pool that teaches nothing general (a map fitted to a few callers' queries).
+MAX_HELDOUT_DROP = 0.05
 # Fewer mutual pairs than this fit noise: no refinement.
 MIN_PAIRS = 64
 # Similarity blocks are kept to about this many entries (64 MiB of float32).
@@ -216,8 +226,10 @@ def check_refinement(
         reasons.append(f"the anchors' mean cosine fell by {before[0] - after[0]:.4f}")
     if before[1] - after[1] > MAX_ANCHOR_R1_DROP:
         reasons.append(f"the anchors' R@1 fell by {before[1] - after[1]:.4f}")
-    if after[2] < before[2]:
-        reasons.append("fewer held-out queries found a mutual partner")
+    if before[2] - after[2] > MAX_HELDOUT_DROP:
+        reasons.append(
+            f"held-out queries with a mutual partner fell by {before[2] - after[2]:.4f}"
+        )
     return GuardVerdict(
         not reasons,
         (before[0], after[0]),

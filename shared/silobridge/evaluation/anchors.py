@@ -27,7 +27,10 @@ SYNTHETIC = "synthetic"
 IN_DOMAIN = "in-domain"
 # Kinds named after the anchors.generators generator that makes their texts.
 GENERATED_KINDS: tuple[str, ...] = (ZIPF, SENTENCES, CHAIN, MIX)
-ANCHOR_KINDS: tuple[str, ...] = (PUBLIC, SYNTHETIC, IN_DOMAIN, *GENERATED_KINDS)
+# Domain-aware: both silos' preferred texts of a large public pool (``mix``), interleaved.
+PREFERRED = "preferred"
+PREFERENCE_POOL = 64_000
+ANCHOR_KINDS: tuple[str, ...] = (PUBLIC, SYNTHETIC, IN_DOMAIN, *GENERATED_KINDS, PREFERRED)
 # Enough for the largest standard anchor count (16,000) with room for held-out splits.
 SYNTHETIC_POOL = 48_000
 
@@ -65,6 +68,12 @@ def generated_anchors(generator: str, seed: int) -> AnchorSource:
     limit = available(generator)
     pool = SYNTHETIC_POOL if limit is None else min(limit, SYNTHETIC_POOL)
     return AnchorSource(generator, generate_anchor_texts(generator, pool, seed))
+
+
+def preference_pool(seed: int) -> AnchorSource:
+    """The public pool domain-aware anchors are chosen from (``PREFERRED``): its texts in pool
+    order; the harness reorders them by the silos' preferences once both are embedded."""
+    return AnchorSource(PREFERRED, generate_anchor_texts(MIX, PREFERENCE_POOL, seed))
 
 
 def in_domain_anchors(dataset: RetrievalDataset) -> AnchorSource:
@@ -118,6 +127,8 @@ def resolve_anchor_sources(
             sources.append(in_domain_anchors(dataset))
         elif name in GENERATED_KINDS:
             sources.append(generated_anchors(name, seed))
+        elif name == PREFERRED:
+            sources.append(preference_pool(seed))
         else:
             raise InvalidArgument(
                 f"unknown anchor set {name!r}; choose {', '.join(ANCHOR_KINDS)}, "

@@ -45,8 +45,9 @@ def eval_command(
         typer.Option(
             help="Anchor set: public (Python docs), synthetic (random word strings), "
             "in-domain, or a public generator: zipf (frequency-weighted words), sentences "
-            "(real English sentences), chain (a word-pair chain over them) or mix; repeat "
-            "for several."
+            "(real English sentences), chain (a word-pair chain over them) or mix; or "
+            "preferred (domain-aware: both silos' preferred texts of 64,000 mix texts, "
+            "interleaved); repeat for several."
         ),
     ] = None,
     anchor_file: Annotated[

@@ -15,6 +15,13 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from silobridge.adapters.anchor_preference import (
+    MAX_DOCUMENTS,
+    interleave_preferences,
+    preference_scores,
+    preferred,
+    spread_sample,
+)
 from silobridge.adapters.refinement import (
     GUARD_TARGETS_TENSOR,
     GUARD_TRANSLATED_TENSOR,
@@ -26,7 +33,7 @@ from silobridge.adapters.refinement import (
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.spaces import FloatMatrix
 from silobridge.embedding.embedders import Embedder, load_embedder
-from silobridge.evaluation.anchors import resolve_anchor_sources
+from silobridge.evaluation.anchors import PREFERRED, resolve_anchor_sources
 from silobridge.evaluation.cache import EmbeddingCache, default_cache_dir, embed_cached
 from silobridge.evaluation.datasets import RetrievalDataset, load_beir, load_builtin
 from silobridge.evaluation.receiving import (
@@ -119,7 +126,11 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
 
     sources = resolve_anchor_sources(config.anchors, config.anchor_files, dataset, config.seed)
     top = max(config.anchor_counts)
-    anchor_texts = {source.name: source.take(top) for source in sources}  # fails before embedding
+    # Fails before embedding; a preference pool is embedded whole and reordered below.
+    anchor_texts = {
+        source.name: source.texts if source.name == PREFERRED else source.take(top)
+        for source in sources
+    }
     source_model = session.embedder(config.source_model)
     target_model = session.embedder(config.target_model)
     with session.progress() as bar:
@@ -143,6 +154,10 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
             )
             for name, texts in anchor_texts.items()
         }
+    if PREFERRED in anchor_pairs:
+        anchor_pairs[PREFERRED] = preferred_pairs(
+            *anchor_pairs[PREFERRED], source_corpus, corpus, top
+        )
     source_native = top_k(source_queries, source_corpus, CUTOFF)
     scorer = Scorer(config, dataset, top_k(native_queries, corpus, CUTOFF), source_native)
     identity = Identity(config, source_corpus, corpus)
@@ -201,25 +216,6 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
                     }
                     if traffic is not None:
                         references["traffic"] = adapter.apply(traffic)
-                    if traffic is not None:
-                        rows.extend(
-                            _refine_rows(
-                                scorer,
-                                adapter.apply(traffic),
-                                adapter.apply(source_queries),
-                                corpus,
-                                guard_tensors(
-                                    adapter.apply(source_anchors[:count]),
-                                    target_anchors[:count],
-                                    config.seed,
-                                ),
-                                config,
-                                kind=label,
-                                anchors=name,
-                                count=count,
-                                chosen_kind=chosen,
-                            )
-                        )
                     for reference, vectors in references.items():
                         penalty = hubness(corpus, vectors)
                         corrected = hubness_rerank(
@@ -235,6 +231,21 @@ def _run(config: EvalConfig, session: EvalSession, dataset: RetrievalDataset) ->
                                 train_s=train_s,
                                 chosen_kind=chosen,
                                 receiving=f"hubness({reference})",
+                            )
+                        )
+                    if traffic is not None:
+                        rows.extend(
+                            _refine_rows(
+                                scorer,
+                                adapter.apply(traffic),
+                                adapter.apply(source_queries),
+                                corpus,
+                                guard_tensors(translated, target_anchors[:count], config.seed),
+                                config,
+                                kind=label,
+                                anchors=name,
+                                count=count,
+                                chosen_kind=chosen,
                             )
                         )
                 if position == 0 and config.two_stage:
@@ -293,6 +304,29 @@ def _local_fit_rows(
             (corrected, "local-fit+hubness(own)"),
         )
     ]
+
+
+def preferred_pairs(
+    source_pool: FloatMatrix,
+    target_pool: FloatMatrix,
+    source_corpus: FloatMatrix,
+    corpus: FloatMatrix,
+    count: int,
+) -> tuple[FloatMatrix, FloatMatrix]:
+    """The pool's anchor pairs in the order the coordinator would build a domain-aware set: each
+    silo's own ranking of the pool against its documents (``adapters/anchor_preference``),
+    interleaved. The source silo is taken to hold the same corpus, embedded by its own model
+    (a symmetric federation); every prefix is the set of that size."""
+    if count > source_pool.shape[0]:
+        raise InvalidArgument(
+            f"{count} anchors asked of the {PREFERRED!r} pool of {source_pool.shape[0]} texts"
+        )
+    lists = []
+    for pool, documents in ((target_pool, corpus), (source_pool, source_corpus)):
+        sample = documents[spread_sample(documents.shape[0], MAX_DOCUMENTS)]
+        lists.append(preferred(preference_scores(pool, sample), count))
+    order = interleave_preferences(lists, count, source_pool.shape[0])
+    return source_pool[order], target_pool[order]
 
 
 def _refine_rows(

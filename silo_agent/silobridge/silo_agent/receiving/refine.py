@@ -6,7 +6,9 @@ documents in the background (``silobridge.adapters.refinement``: ridge towards t
 CSLS mutual pairs) and runs the label-free guard first: the artifact's signed anchor check pairs
 must not move apart, and the share of held-out pooled queries with a mutual partner must not
 fall. Only an accepted correction is used; it is refitted every ``traffic_refresh`` new queries.
-Queries it maps are hubness-corrected against the pool as the correction maps it.
+Queries it maps are hubness-corrected against the pool as the correction maps it; a source
+space the silo answers without hubness correction (``hubness_off_for``) is not refined either
+(the refinement was measured with it: BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class Refinements:
     def get(self, translation: Translation, generation: Generation) -> Refined | None:
         """The correction for queries through ``translation`` into ``generation``; starts a
         (re)fit in the background when the pool has grown enough since the last one."""
-        if not self.enabled:
+        # Measured only together with the hubness correction of what it maps: not without it.
+        if not self.enabled or not self.settings.hubness_for(translation.source_space):
             return None
         pool = self.corrections.traffic.get(translation.source_space)
         key = (translation.adapter_id, generation.space.space_id)
@@ -152,12 +155,10 @@ class Refinements:
         weights = fit_refinement(pool, documents, lam)
         if weights is None:
             return None, verdict
-        correction = None
-        if self.settings.hubness_for(translation.source_space):
-            correction = self.corrections.build(
-                f"refined traffic of {translation.source_space}",
-                apply_refinement(weights, pool),
-                generation,
-                TRAFFIC,
-            )
+        correction = self.corrections.build(
+            f"refined traffic of {translation.source_space}",
+            apply_refinement(weights, pool),
+            generation,
+            TRAFFIC,
+        )
         return Refined(weights, correction, verdict), verdict
