@@ -55,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pairs", default="all", help="'all' or indexes like 0,2")
     parser.add_argument("--datasets", default="bible-web2kjv,pydoc-heading2para")
     parser.add_argument("--pydoc-queries", type=int, default=1_400)
-    parser.add_argument("--generators", default="synthetic,zipf,sentences,chain,mix")
+    parser.add_argument("--generators", default="synthetic,zipf,sentences,chain,mix,preferred")
     parser.add_argument("--generator-count", type=int, default=8_000)
     parser.add_argument("--no-timing", action="store_true", help="skip the hubness timing")
     parser.add_argument(
@@ -75,6 +75,13 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _receiving(row: EvalRow) -> str:
+    """The receiving steps, and for a refinement row the guard's verdict (without its reason)."""
+    if not row.guard:
+        return row.receiving
+    return f"{row.receiving} (guard: {row.guard.split(':')[0]})"
+
+
 def markdown_table(result: EvalResult) -> str:
     lines = [
         "| method | kind | receiving | anchors | count | nDCG@10 | R@10 | MRR@10 | "
@@ -84,7 +91,7 @@ def markdown_table(result: EvalResult) -> str:
     ]
     for row in result.rows:
         lines.append(
-            f"| {row.method} | {row.kind or ''} | {row.receiving} | {row.anchors or ''} | "
+            f"| {row.method} | {row.kind or ''} | {_receiving(row)} | {row.anchors or ''} | "
             f"{'' if row.anchor_count is None else row.anchor_count} | {fmt(row.ndcg)} | "
             f"{fmt(row.recall)} | {fmt(row.mrr)} | {fmt(row.retention_ndcg)} | "
             f"{fmt(row.retention_achievable_ndcg)} | {fmt(row.retention_recall)} | "
@@ -97,9 +104,13 @@ def markdown_table(result: EvalResult) -> str:
 
 BENCH_TRAFFIC = 4_000
 # Anchors a real consortium can have: public texts and the generated public anchor sets.
-PUBLIC_SOURCES = ("public", "synthetic", "words", "zipf", "sentences", "chain", "mix")
+PUBLIC_SOURCES = (
+    "public", "synthetic", "words", "zipf", "sentences", "chain", "mix", "preferred",
+)  # fmt: skip
 # Receiving-side steps a silo runs by default (the others are options or harness-only).
 DEFAULT_RECEIVING = ("", "hubness(anchors)")
+# The options a silo fed by traffic runs (the traffic pool, refinement behind its guard).
+TRAFFIC_RECEIVING = ("hubness(traffic)", "refine(traffic)", "refine(traffic)+hubness(traffic)")
 BIBLE, PYDOC = "bible-web2kjv", "pydoc-heading2para"
 
 
@@ -118,6 +129,7 @@ def _best(
         for row in result.rows
         if row.method == method
         and row.receiving in receiving
+        and not row.guard.startswith("refused")  # a silo would not use it
         and (row.anchors in PUBLIC_SOURCES or row.receiving.startswith("local-fit"))
     ]
     scored = [(getattr(row, field), row) for row in rows if getattr(row, field) is not None]
@@ -154,6 +166,37 @@ def default_on_loss(results: list[EvalResult]) -> tuple[float, str] | None:
     return worst
 
 
+def guard_lines(results: list[EvalResult], dataset: str) -> list[str]:
+    """How often the refinement's label-free guard let it through on ``dataset`` (l6 → l3), and
+    what the refinement did to nDCG@10 where it refused it and where it accepted it."""
+    verdicts: dict[bool, list[float]] = {True: [], False: []}
+    for result in results:
+        if result.dataset.get("name") != dataset or (
+            (result.config.source_model, result.config.target_model) != PAIRS[0]
+        ):
+            continue
+        base = {
+            (row.kind, row.anchors, row.anchor_count): row.ndcg
+            for row in result.rows
+            if row.method == "adapter" and row.receiving == "hubness(traffic)"
+        }
+        for row in result.rows:
+            if row.receiving != "refine(traffic)+hubness(traffic)" or row.ndcg is None:
+                continue
+            before = base.get((row.kind, row.anchors, row.anchor_count))
+            if before is not None:
+                verdicts[row.guard == "accepted"].append(row.ndcg - before)
+    lines = []
+    for accepted, changes in verdicts.items():
+        if changes:
+            lines.append(
+                f"| {dataset}, l6 → l3: refinement {'accepted' if accepted else 'refused'} by "
+                f"the guard | — | {len(changes)} rows; refine+hubness(traffic) vs "
+                f"hubness(traffic): {min(changes):+.3f} to {max(changes):+.3f} nDCG@10 | — |"
+            )
+    return lines
+
+
 def targets_table(results: list[EvalResult], timing: HubnessTiming | None) -> str:
     """Issue 12's targets against this run's rows: met or not, with the row that decides it."""
     lines = ["| target | goal | measured (best row) | met |", "|---|---|---|---|"]
@@ -175,6 +218,15 @@ def targets_table(results: list[EvalResult], timing: HubnessTiming | None) -> st
                 f"| {name} | {goal} | {found[0]:.3f} ({found[1]}) | "
                 f"{'yes' if found[0] >= bar else 'no'} |"
             )
+    for dataset, field in ((BIBLE, "retention_ndcg"), (PYDOC, "retention_achievable_ndcg")):
+        fed = _best(results, dataset, "adapter", field, TRAFFIC_RECEIVING)
+        if fed is not None:
+            lines.append(
+                f"| {dataset}, l6 → l3, after traffic (traffic pool and refinement, options; "
+                f"refinement only where its guard accepted it) | (≥ 0.95) | {fed[0]:.3f} "
+                f"({fed[1]}) | {'yes' if fed[0] >= 0.95 else 'no'} |"
+            )
+        lines.extend(guard_lines(results, dataset))
     for dataset, field in ((BIBLE, "retention_ndcg"), (PYDOC, "retention_achievable_ndcg")):
         local = _best(results, dataset, "adapter", field, ("local-fit", "local-fit+hubness(own)"))
         if local is not None:
@@ -265,7 +317,7 @@ class Run:
 
 def bench_runs(args: argparse.Namespace) -> list[Run]:
     counts = tuple(args.anchor_counts or (1000, 4000, 16000))
-    sources = tuple(args.anchor_sources or ("public", "synthetic", "mix", "in-domain"))
+    sources = tuple(args.anchor_sources or ("public", "synthetic", "mix", "preferred", "in-domain"))
     full = {int(i) for i in args.full_pairs.split(",") if i.strip()}
     pairs = PAIRS if args.pairs == "all" else tuple(PAIRS[int(i)] for i in args.pairs.split(","))
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -449,11 +501,17 @@ def main(argv: list[str]) -> int:
         f"`{PYDOC}`, whose corpus they are); `synthetic` = random strings of 3 to 15 common "
         "English words; `zipf` = the same with Zipf-weighted words; `sentences` = sentences of "
         "Debian's fortunes packages; `chain` = a bigram word chain trained on those sentences; "
-        "`mix` = words, sentences and chain in turn; `in-domain` = other texts of the evaluated "
+        "`mix` = words, sentences and chain in turn; `preferred` = domain-aware: of 64,000 `mix` "
+        "texts, each silo ranks the pool against its own documents (the source silo taken to "
+        "hold the same corpus, embedded by its model) and the two rankings are interleaved; "
+        "`in-domain` = other texts of the evaluated "
         "set (the upper bound of what anchors can do, not available to a real consortium). "
         "Receiving: `hubness(anchors)` = the silo's hubness correction against the translated "
         "anchors signed into the artifact (on by default); `hubness(traffic)` = against "
-        "translated traffic queries (harness only); `local-fit` = the silo runs the source "
+        "translated traffic queries (`[receiving] traffic_pool`, an option); `refine(traffic)` "
+        "= the silo's refinement from that traffic (`[receiving] refine`, an option: a ridge "
+        "map towards the identity on CSLS mutual pairs; `(guard: refused)` where its "
+        "label-free guard would not let the silo use it); `local-fit` = the silo runs the source "
         "model itself and fits an affine map on 4,096 of its own documents (an option); "
         "Retention = adapted / native nDCG@10 (and Recall@10); of achievable = adapted / "
         "min(native, source-native); ARR@10 = overlap of the adapted top-10 with the native "

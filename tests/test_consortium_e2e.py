@@ -22,8 +22,11 @@ from silobridge.adapters.artifact import load_adapter
 from silobridge.adapters.hubness import REFERENCE_TENSOR, hubness
 from silobridge.client.api import FederatedClient
 from silobridge.client.config import load_client_config
-from silobridge.core.errors import PermissionDenied
+from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
+from silobridge.coordinator.config import load_coordinator_config
+from silobridge.core.errors import FailedPrecondition, PermissionDenied
 from silobridge.core.federation import FederatedAnswer
+from silobridge.core.listings import SiloListing, TrainProgress
 from silobridge.core.vectors import FloatVector
 from silobridge.evaluation.corpus import load_records
 from silobridge.silo_agent.config import load_silo_config
@@ -32,6 +35,8 @@ pytestmark = pytest.mark.integration
 
 QUERY_COUNT = 100
 ANCHORS = 4000
+POOL = 2000  # public texts the silos rank with train --prefer
+PREFERRED = 800
 
 
 def _write_jsonl(path: Path, records: list[tuple[str, str, dict[str, str]]]) -> Path:
@@ -82,9 +87,18 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     queries = queries[:QUERY_COUNT]
     specs = {
         "kjv": SiloSpec(
-            "kjv", "bible", "minilm-l3-onnx", kjv_file, ("book",), True, ("org:bible/client",)
+            "kjv",
+            "bible",
+            "minilm-l3-onnx",
+            kjv_file,
+            ("book",),
+            True,
+            ("org:bible/client",),
+            anchor_preferences=True,
         ),
-        "pydocs": SiloSpec("pydocs", "pyorg", "minilm-l6", docs_file, ("source",)),
+        "pydocs": SiloSpec(
+            "pydocs", "pyorg", "minilm-l6", docs_file, ("source",), anchor_preferences=True
+        ),
         # web also runs kjv's model: it fits its own adapter from bob's space (local fit).
         "web": SiloSpec(
             "web", "openbible", "static-64", web_file, ("book",), local_models=("minilm-l3-onnx",)
@@ -286,6 +300,53 @@ def test_caller_allowed_no_silo_is_refused_and_non_admin_cannot_train(net: Net) 
     asyncio.run(run())
 
 
+def test_an_admin_trains_on_the_pool_texts_both_silos_prefer(net: Net) -> None:
+    """kjv and pydocs answer anchor preferences; web does not, so a run naming it is refused."""
+    consortium = net.consortium
+    consortium.run("anchors", "build", "--config", str(consortium.coordinator_config),
+                   "--name", "pool", "--synthetic", str(POOL), "--generator", "mix")  # fmt: skip
+
+    async def listed() -> list[SiloListing]:
+        async with _client(net, "admin") as client:
+            return await client.list_silos()
+
+    silos = asyncio.run(listed())
+    space = {s.silo: s.space.space_id for s in silos if s.space is not None}
+    # Each silo's own policy says whether it answers (ListSilos, and so the boundary report).
+    policies = {s.silo: s.policy.anchor_preferences for s in silos if s.policy is not None}
+    assert policies == {"kjv": True, "pydocs": True, "web": False}
+
+    async def train(source: str, target: str) -> list[TrainProgress]:
+        async with _client(net, "admin") as client:
+            steps = client.train(space[source], space[target], "pool", kind="procrustes",
+                                 prefer=PREFERRED)  # fmt: skip
+            return [step async for step in steps]
+
+    # The reverse pair of alice's: no query of the other tests is routed through this adapter.
+    steps = asyncio.run(train("kjv", "pydocs"))
+    adapter = steps[-1].adapter
+    assert adapter is not None and adapter.anchor_set.startswith("pool-pref-")
+    stages = [step.stage for step in steps]
+    assert stages.count("prefer anchors") == 3 and stages.index("prefer anchors") == 0
+    assert any(adapter.anchor_set in step.message for step in steps if step.stage != "done")
+    state_dir = load_coordinator_config(consortium.coordinator_config).state_dir
+    derived = AnchorCatalogue(state_dir / "anchors").get(adapter.anchor_set, adapter.version)
+    assert derived.info.count == PREFERRED == len(set(derived.texts))
+    assert derived.info.source == f"preferred:pool@v1:kjv+pydocs:{PREFERRED}"
+    pool = AnchorCatalogue(state_dir / "anchors").get("pool", "v1")
+    assert set(derived.texts) <= set(pool.texts)
+    # Both silos embedded the derived set from the pool vectors they kept: nothing twice.
+    for name in ("kjv", "pydocs"):
+        audit = load_silo_config(consortium.silo_config(name)).audit
+        assert audit is not None
+        lines = [json.loads(line) for line in audit.log.read_text().splitlines()]
+        served = [line for line in lines if line.get("rpc") == "EmbedAnchors"
+                  and line.get("anchor_set") == adapter.anchor_set]  # fmt: skip
+        assert served and served[-1]["reused"] == PREFERRED
+    with pytest.raises(FailedPrecondition, match="anchor_preferences"):
+        asyncio.run(train("web", "kjv"))
+
+
 def test_two_stage_reranking_needs_the_silos_consent(net: Net) -> None:
     async def run() -> FederatedAnswer:
         async with _client(net, "alice") as alice:
@@ -347,7 +408,8 @@ def test_restarted_coordinator_keeps_silos_and_adapters(net: Net) -> None:
     health = {s["silo"]: s["healthy"] for s in silos}
     assert health == {"kjv": True, "pydocs": False, "web": True}  # pydocs was killed above
     adapters = json.loads(consortium.run("adapters", "--config", admin, "--json", capture=True))
-    assert len(adapters) == 2 and not any(a["stale"] for a in adapters)
+    # Alice's two pairs, and the one trained on preferred anchors.
+    assert len(adapters) == 3 and not any(a["stale"] for a in adapters)
 
     text, expected = net.queries[3]
     result, _elapsed = _ask_alice(net, text, timeout=10.0)

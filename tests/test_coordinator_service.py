@@ -30,7 +30,7 @@ from silobridge.core.errors import (
 )
 from silobridge.core.federation import FederatedAnswer, SiloOutcome, merge_mode
 from silobridge.core.hits import Hit
-from silobridge.core.listings import AnchorSetRef, SiloDescription
+from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription
 from silobridge.core.queries import FederatedQuery, SiloQuery
 from silobridge.core.spaces import FloatMatrix
 from silobridge.core.vectors import WireVector
@@ -85,6 +85,16 @@ class FakeGateway:
         stored = self.catalogue.get(anchors.name, anchors.version)
         assert stored.info.sha256 == anchors.sha256
         return self.embedders[endpoint].embed(list(stored.texts))
+
+    async def prefer_anchors(
+        self,
+        endpoint: str,
+        request: PreferenceRequest,
+        *,
+        expect: str = "",
+        timeout: float | None,
+    ) -> list[int]:
+        raise AssertionError("not asked for anchor preferences here")
 
     async def close(self) -> None:
         return None

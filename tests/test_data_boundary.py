@@ -393,7 +393,7 @@ def test_report_fills_the_design_table_and_flags_surprising_policies() -> None:
     flows = {row["flow"]: row for row in data["flows"]}
     assert [row["flow"] for row in data["flows"]] == [
         "anchor texts", "anchor embeddings", "query embedding", "query vector", "hits",
-        "adapter artifacts",
+        "adapter artifacts", "anchor preferences", "translated queries kept by a silo",
     ]  # fmt: skip
     assert "pydocs" in flows["query embedding"]["path"]
     assert not flows["query embedding"]["surprising"]

@@ -73,6 +73,7 @@ AUTHORIZED: dict[tuple[str, str], tuple[str, ...]] = {
     ("SiloService", "Describe"): ("coordinator",),
     ("SiloService", "Embed"): ("home_client",),
     ("SiloService", "EmbedAnchors"): ("coordinator",),
+    ("SiloService", "PreferAnchors"): ("coordinator",),
     ("SiloService", "Search"): ("home_client", "coordinator"),
     ("CoordinatorService", "RegisterSilo"): ("silo",),
     ("CoordinatorService", "GetAnchorSet"): ("silo",),

@@ -130,6 +130,15 @@ async def embed_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object
     return [reply async for reply in _silo(ch).EmbedAnchors(request, timeout=10)]
 
 
+async def prefer_anchors(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    # Admitted callers get past authorization; this silo's policy then refuses (it does not
+    # set [receiving] anchor_preferences).
+    request = silo_pb2.PreferAnchorsRequest(
+        anchor_set="public", version="v1", sha256="0" * 64, count=10
+    )
+    return await _silo(ch).PreferAnchors(request, timeout=10)
+
+
 async def search(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
     request = silo_pb2.SearchRequest(vector=convert.wire_vector_to_proto(_vector(net)), k=3)
     return await _silo(ch).Search(request, timeout=10)
@@ -261,6 +270,10 @@ TABLE: dict[tuple[str, str], list[tuple[str, str, Call]]] = {
     ("SiloService", "EmbedAnchors"): [
         ("coordinator", ALLOWED, embed_anchors),
         ("home_client", DENIED, embed_anchors),
+    ],
+    ("SiloService", "PreferAnchors"): [
+        ("coordinator", ALLOWED, prefer_anchors),
+        ("home_client", DENIED, prefer_anchors),
     ],
     ("SiloService", "Search"): [
         ("home_client", ALLOWED, search),

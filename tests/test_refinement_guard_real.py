@@ -11,9 +11,9 @@ import pytest
 
 from silobridge.adapters import FitConfig, fit
 from silobridge.adapters.refinement import (
+    DEFAULT_LAMBDA,
     GUARD_TARGETS_TENSOR,
     GUARD_TRANSLATED_TENSOR,
-    DEFAULT_LAMBDA,
     apply_refinement,
     check_refinement,
     fit_refinement,

@@ -52,6 +52,20 @@ def test_missing_access_denies_everyone(tmp_path: Path) -> None:
     assert config.access.disclose_fields == ()
 
 
+def test_prefer_anchors_takes_the_embed_anchors_rule_unless_it_has_its_own(
+    tmp_path: Path,
+) -> None:
+    text = BASE + '[access]\nembed_anchors = ["spiffe://demo/coordinator/*"]\n'
+    inherited = load_silo_config(write(tmp_path, text))
+    assert inherited.access.allows("prefer_anchors", HUB)
+    assert not inherited.access.allows("prefer_anchors", ALICE)
+    assert not inherited.receiving.anchor_preferences  # the silo still has to opt in
+    own = load_silo_config(write(tmp_path, text + "prefer_anchors = []\n"))
+    assert not own.access.allows("prefer_anchors", HUB)
+    on = load_silo_config(write(tmp_path, text + "[receiving]\nanchor_preferences = true\n"))
+    assert on.receiving.anchor_preferences
+
+
 def test_access_rules_by_org_and_spiffe_glob(tmp_path: Path) -> None:
     text = (
         BASE + '[access]\nembed = ["org:bible/client"]\nsearch = ["spiffe://demo/coordinator/*"]\n'

@@ -33,7 +33,7 @@ from silobridge.coordinator.state.store import STATE_FILE, CoordinatorState
 from silobridge.coordinator.training.fit import train_adapter
 from silobridge.core.errors import FailedPrecondition, NotFound
 from silobridge.core.hits import Hit
-from silobridge.core.listings import AnchorSetRef, SiloDescription, SiloListing
+from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription, SiloListing
 from silobridge.core.queries import FederatedQuery, SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import WireVector
@@ -407,6 +407,16 @@ class DescribeOnly:
         timeout: float | None,
     ) -> FloatMatrix:
         raise AssertionError("not asked for anchors here")
+
+    async def prefer_anchors(
+        self,
+        endpoint: str,
+        request: PreferenceRequest,
+        *,
+        expect: str = "",
+        timeout: float | None,
+    ) -> list[int]:
+        raise AssertionError("not asked for anchor preferences here")
 
     async def close(self) -> None:
         return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import json
 import math
@@ -62,6 +63,8 @@ LOCAL_FIT_WAIT_S = 600
 # Other queries kjv answers before the traffic table, and how many it keeps.
 TRAFFIC = 2_000
 TRAFFIC_POOL = 4_096
+# How long the refinement's background fit on that pool may take.
+REFINE_WAIT_S = 120
 
 
 def prepare_corpora(root: Path) -> dict[str, Path]:
@@ -140,15 +143,19 @@ def kjv_ranked(result: FederatedAnswer) -> list[str]:
 
 def receiving_steps(net: LocalConsortium, silo: str, since: int) -> str:
     """The receiving-side steps ``silo`` says (in its audit log) it applied to the forwarded
-    queries it answered after line ``since``: "hubness", or "none"."""
+    queries it answered after line ``since``: "hubness", or "none"; with how many queries each
+    where they changed meanwhile."""
     log = net.silo_config(silo).parent / "audit" / "audit.log"
     lines = [json.loads(line) for line in log.read_text().splitlines()[since:]]
-    steps = {
+    steps = collections.Counter(
         line.get("receiving") or "none"
         for line in lines
         if line.get("rpc") == "Search" and line.get("via") and not line.get("reranked")
-    }
-    return "+".join(sorted(steps)) or "none"
+    )
+    if len(steps) <= 1:
+        return next(iter(steps), "none")
+    # The steps changed while the table was measured (e.g. a refinement accepted meanwhile).
+    return " / ".join(f"{step} ({n} queries)" for step, n in steps.most_common())
 
 
 def audit_length(net: LocalConsortium, silo: str) -> int:
@@ -308,6 +315,27 @@ def wait_for_local_fit(net: LocalConsortium, silo: str, space: str) -> None:
     raise TimeoutError(f"silo {silo} did not serve {space} within {LOCAL_FIT_WAIT_S} s")
 
 
+def wait_for_refinement(net: LocalConsortium, silo: str) -> None:
+    """Until ``silo`` logged its refinement guard's verdict on the pool (a background fit)."""
+    log = net.procs[silo].log
+    deadline = time.monotonic() + REFINE_WAIT_S
+    while time.monotonic() < deadline:
+        lines = [line for line in _read(log).splitlines() if "refinement for adapter" in line]
+        if lines:
+            verdict = lines[-1].split(": ", 1)[-1]
+            say(f"silo {silo}'s refinement guard: {verdict}")
+            return
+        time.sleep(1)
+    say(f"silo {silo} logged no refinement verdict within {REFINE_WAIT_S} s")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 async def send_traffic(net: LocalConsortium, count: int) -> None:
     """``count`` other WEB verses (none of the table's queries) from alice, translated to kjv."""
     web = load_records("web")
@@ -373,16 +401,18 @@ def main() -> int:
             asyncio.run(retention_table(net))
             step(
                 f"7b. kjv keeps the translated queries it answers (in memory, at most "
-                f"{TRAFFIC_POOL}) as its hubness reference; after {TRAFFIC} other queries"
+                f"{TRAFFIC_POOL}) as its hubness reference and refines the adapter's output on "
+                f"them (behind a label-free guard); after {TRAFFIC} other queries"
             )
             # One querying client here, so its share is not capped (the default keeps any one
             # signer to 5% of the pool, so that no caller alone steers the reference).
-            restart_silo(net, "kjv", traffic_pool=TRAFFIC_POOL, traffic_max_share=1.0)
+            restart_silo(net, "kjv", traffic_pool=TRAFFIC_POOL, traffic_max_share=1.0, refine=True)
             asyncio.run(send_traffic(net, TRAFFIC))
+            wait_for_refinement(net, "kjv")
             asyncio.run(retention_table(net, phase="traffic"))
             step("7c. kjv also runs alice's model (minilm-l6): it fits its own adapter on its own "
                  "verses, nothing leaves it, and is asked again")  # fmt: skip
-            restart_silo(net, "kjv", traffic_pool=0, local_models=("minilm-l6",))
+            restart_silo(net, "kjv", traffic_pool=0, refine=False, local_models=("minilm-l6",))
             wait_for_local_fit(net, "kjv", alice_space)
             asyncio.run(retention_table(net, phase="local-fit"))
             step("8. the data boundary: what each party can see, from the live policies")

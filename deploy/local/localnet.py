@@ -54,6 +54,10 @@ class SiloSpec:
     # Translated queries kept in memory as the hubness reference ([receiving]; 0: none).
     traffic_pool: int = 0
     traffic_max_share: float = 0.05
+    # A correction after the adapter, fitted on that pool behind a label-free guard.
+    refine: bool = False
+    # Whether the silo answers PreferAnchors (train --prefer; [receiving]).
+    anchor_preferences: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,13 +302,15 @@ admin = {_toml_list(spec.admins)}                 # live writes and migrations
 
     @staticmethod
     def _receiving(spec: SiloSpec) -> str:
-        if not spec.local_models and not spec.traffic_pool:
+        if not spec.local_models and not spec.traffic_pool and not spec.anchor_preferences:
             return ""
         return f"""
 [receiving]
 local_models = {_toml_list(spec.local_models)}   # fits its own adapter from each, locally
 traffic_pool = {spec.traffic_pool}        # translated queries kept in memory as hubness reference
 traffic_max_share = {spec.traffic_max_share}   # of the pool one signer may hold
+refine = {str(spec.refine).lower()}   # refinement from that pool, behind its guard
+anchor_preferences = {str(spec.anchor_preferences).lower()}   # answers train --prefer
 """
 
     def write_client_config(

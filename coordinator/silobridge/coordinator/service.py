@@ -133,6 +133,7 @@ class CoordinatorService:
         anchor_set: str,
         version: str = "",
         kind: str = "",
+        prefer: int = 0,
     ) -> AsyncIterator[TrainProgress]:
         """TrainAdapter: fit, calibrate, sign and store an adapter; progress, the adapter last."""
         self._authorize("train", caller)
@@ -142,6 +143,7 @@ class CoordinatorService:
             anchor_set=anchor_set,
             version=version,
             kind=kind,
+            prefer=prefer,
         )
         async for step in progress:
             yield step

@@ -97,6 +97,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             anchor_set=request.anchor_set,
             version=request.anchor_set_version,
             kind=request.kind,
+            prefer=request.prefer,
         )
         async for step in progress:
             if step.adapter is not None:

@@ -13,7 +13,7 @@ from typing import Protocol
 from silobridge.core.errors import ErrorCode, SiloBridgeError
 from silobridge.core.federation import SiloOutcome
 from silobridge.core.hits import Hit
-from silobridge.core.listings import AnchorSetRef, SiloDescription
+from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix
 
@@ -49,6 +49,18 @@ class SiloGateway(Protocol):
     ) -> FloatMatrix:
         """The silo's vectors of ``anchors``, which it fetches from the coordinator and checks
         by hash itself (it embeds no texts sent to it)."""
+        ...
+
+    async def prefer_anchors(
+        self,
+        endpoint: str,
+        request: PreferenceRequest,
+        *,
+        expect: str,
+        timeout: float | None,
+    ) -> list[int]:
+        """The positions of the silo's preferred texts of a public pool, best first (it
+        fetches and checks the pool by hash itself)."""
         ...
 
     async def close(self) -> None: ...

@@ -10,7 +10,7 @@ import asyncio
 
 from silobridge.core.config import TlsFiles
 from silobridge.core.hits import Hit
-from silobridge.core.listings import AnchorSetRef, SiloDescription
+from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix
 from silobridge.rpc.silo_client import SiloClient
@@ -55,6 +55,17 @@ class GrpcSiloGateway:
         return await client.embed_anchors(
             anchors.name, anchors.version, anchors.sha256, count=anchors.count, timeout=timeout
         )
+
+    async def prefer_anchors(
+        self,
+        endpoint: str,
+        request: PreferenceRequest,
+        *,
+        expect: str,
+        timeout: float | None,
+    ) -> list[int]:
+        client = await self._client(endpoint, expect)
+        return await client.prefer_anchors(request, timeout=timeout)
 
     async def close(self) -> None:
         async with self._lock:

@@ -227,9 +227,7 @@ def check_refinement(
     if before[1] - after[1] > MAX_ANCHOR_R1_DROP:
         reasons.append(f"the anchors' R@1 fell by {before[1] - after[1]:.4f}")
     if before[2] - after[2] > MAX_HELDOUT_DROP:
-        reasons.append(
-            f"held-out queries with a mutual partner fell by {before[2] - after[2]:.4f}"
-        )
+        reasons.append(f"held-out queries with a mutual partner fell by {before[2] - after[2]:.4f}")
     return GuardVerdict(
         not reasons,
         (before[0], after[0]),

@@ -48,6 +48,38 @@ def _row(*columns: str, surprising: bool = False) -> Row:
     return Row(columns, surprising)
 
 
+def preference_flow(silos: list[SiloListing]) -> Row:
+    """Which silos answer PreferAnchors: each names the public anchors nearest its corpus."""
+    answering = [s.silo for s in silos if s.policy is not None and s.policy.anchor_preferences]
+    unknown = [s.silo for s in silos if s.policy is None]
+    who = ", ".join(answering) or "no silo"
+    if unknown:
+        who += f" (unknown for {', '.join(unknown)})"
+    return _row("anchor preferences", f"{who} -> coordinator (train --prefer)",
+                "positions of the public pool texts nearest the silo's documents: a coarse "
+                "picture of its topics", "documents, vectors or scores",
+                surprising=bool(answering or unknown))  # fmt: skip
+
+
+def traffic_flow(silos: list[SiloListing]) -> Row:
+    """What each silo keeps of the translated queries it receives ([receiving] traffic_pool)."""
+    kept = []
+    for view in silos:
+        policy = view.policy
+        if policy is None:
+            kept.append(f"{view.silo}: unknown")
+        elif policy.traffic_pool:
+            refine = ", refits a correction on them" if policy.refine else ""
+            kept.append(
+                f"{view.silo}: up to {policy.traffic_pool} for {policy.traffic_lifetime_s:g} s "
+                f"each, at most {policy.traffic_max_share:.0%} per signer{refine}"
+            )
+    content = "; ".join(kept) or "none: no silo keeps translated queries"
+    return _row("translated queries kept by a silo", "inside each silo (its receiving side)",
+                content, "disk: in memory only, gone at restart",
+                surprising=bool(kept))  # fmt: skip
+
+
 def boundary_report(
     silos: list[SiloListing], *, client: str, home_endpoint: str, coordinator: str
 ) -> BoundaryReport:
@@ -77,6 +109,8 @@ def boundary_report(
              "signed weights + manifest; the hubness reference (the public anchors' vectors in "
              "the source space, as the adapter maps them)",
              "code: an artifact is data, never imported"),
+        preference_flow(silos),
+        traffic_flow(silos),
     ]  # fmt: skip
     parties = [
         _row(f"client {client}", f"doc ids, scores and disclosed fields of its hits: {hits}"),
@@ -94,6 +128,10 @@ def boundary_report(
             spaces = ", ".join(view.policy.accept_spaces) or "its own only"
             text = "query text with --rerank" if view.policy.accept_query_text else "never text"
             sees += f"; {text}; max k {view.policy.max_k}; translates from: {spaces}"
+            if view.policy.anchor_preferences:
+                sees += "; answers anchor preferences"
+            if view.policy.local_models:
+                sees += f"; runs querying models {', '.join(view.policy.local_models)}"
         parties.append(
             _row(f"target silo {view.silo} (org {view.org})",
                  f"{sees}; discloses fields: {disclosed_fields(view.policy)}",

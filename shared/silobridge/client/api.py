@@ -250,19 +250,28 @@ class FederatedClient:
         *,
         kind: str = "",
         version: str = "",
+        prefer: int = 0,
         timeout: float | None = None,
     ) -> AsyncIterator[TrainProgress]:
         """Train an adapter at the coordinator (admins only), yielding its progress.
 
         No deadline by default: a fit takes minutes. ``kind`` empty means "auto", ``version``
-        empty the newest version of the anchor set.
+        empty the newest version of the anchor set. ``prefer`` > 0: the anchor set is a pool
+        and the adapter is trained on the ``prefer`` texts of it the two silos prefer (each
+        must set ``[receiving] anchor_preferences = true``).
         """
         # An async generator (typed as an iterator): closed here, so that a caller that stops
         # iterating early does not leave the stream open.
         steps = cast(
             AsyncGenerator[TrainProgress, None],
             self._coordinator.train_adapter(
-                source_space, target_space, anchor_set, kind=kind, version=version, timeout=timeout
+                source_space,
+                target_space,
+                anchor_set,
+                kind=kind,
+                version=version,
+                prefer=prefer,
+                timeout=timeout,
             ),
         )
         async with contextlib.aclosing(steps):

@@ -261,6 +261,17 @@ def train_command(
     anchor_set: Annotated[str, typer.Option(help="Anchor set name at the coordinator.")],
     kind: Annotated[str, typer.Option(help="Adapter kind; auto picks the best.")] = "auto",
     version: Annotated[str, typer.Option(help="Anchor set version; default: the newest.")] = "",
+    prefer: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Treat the anchor set as a public pool: the source and target silos each name "
+            "their N preferred texts of it and the adapter is trained on N of those, "
+            "interleaved, stored as a new anchor set. This reveals which public texts lie near "
+            "each silo's documents (a coarse picture of its topics; never a document, vector or "
+            "score); each silo must set [receiving] anchor_preferences = true. 0: off.",
+        ),
+    ] = 0,
     timeout: Annotated[
         float | None, typer.Option(help="Seconds before giving up; default: wait.")
     ] = None,
@@ -286,7 +297,13 @@ def train_command(
             task = progress.add_task(f"training {source} → {target}", total=None)
             async with FederatedClient(cfg) as client:
                 steps = client.train(
-                    source, target, anchor_set, kind=kind, version=version, timeout=timeout
+                    source,
+                    target,
+                    anchor_set,
+                    kind=kind,
+                    version=version,
+                    prefer=prefer,
+                    timeout=timeout,
                 )
                 async for step in steps:
                     progress.console.print(

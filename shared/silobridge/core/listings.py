@@ -131,6 +131,17 @@ class AnchorSetRef:
 
 
 @dataclass(frozen=True)
+class PreferenceRequest:
+    """PreferAnchors: a public pool named as EmbedAnchors names an anchor set, and how many of
+    its positions the silo is asked for (1 to the pool's size)."""
+
+    name: str
+    version: str
+    sha256: str
+    count: int
+
+
+@dataclass(frozen=True)
 class AnchorVectors:
     """Part of a silo's vectors of one anchor set version: rows ``offset`` onwards."""
 

@@ -120,15 +120,18 @@ class CoordinatorClient:
         *,
         kind: str = "",
         version: str = "",
+        prefer: int = 0,
         timeout: float | None = None,
     ) -> AsyncIterator[TrainProgress]:
-        """Train an adapter (admins only), yielding progress; no deadline unless given."""
+        """Train an adapter (admins only), yielding progress; no deadline unless given.
+        ``prefer`` > 0: on that many texts of the anchor set both silos prefer."""
         request = coordinator_pb2.TrainAdapterRequest(
             source_space=source_space,
             target_space=target_space,
             anchor_set=anchor_set,
             kind=kind,
             anchor_set_version=version,
+            prefer=prefer,
         )
         call = self._stub.TrainAdapter(request, timeout=timeout)
         try:

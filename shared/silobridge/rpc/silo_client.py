@@ -16,7 +16,7 @@ from silobridge.core.config import TlsFiles
 from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.hits import Hit
-from silobridge.core.listings import SiloDescription
+from silobridge.core.listings import PreferenceRequest, SiloDescription
 from silobridge.core.migration import MigrationCommand, MigrationPlan, MigrationStatus
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
@@ -138,6 +138,22 @@ class SiloClient:
         finally:
             call.cancel()
         return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+    async def prefer_anchors(
+        self, request: PreferenceRequest, *, timeout: float | None = None
+    ) -> list[int]:
+        """The positions of the silo's ``request.count`` preferred texts of a public pool, best
+        first; the silo fetches and checks the pool itself. More positions than asked for, or a
+        repeated one, is refused (``InvalidArgument``)."""
+        message = convert.preference_request_to_proto(request)
+        reply = await unary(self._peer, self.stub.PreferAnchors(message, timeout=timeout))
+        positions = convert.positions_from_proto(reply)
+        if len(positions) > request.count or len(set(positions)) != len(positions):
+            raise InvalidArgument(
+                f"{self._peer} answered {len(positions)} positions ({len(set(positions))} "
+                f"distinct) when asked for {request.count}"
+            )
+        return positions
 
     async def write_documents(
         self, batches: AsyncIterable[Sequence[Document]], *, timeout: float | None = None

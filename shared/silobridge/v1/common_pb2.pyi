@@ -316,13 +316,35 @@ class DisclosurePolicy(_message.Message):
     ACCEPT_QUERY_TEXT_FIELD_NUMBER: _builtins.int
     ACCEPT_SPACES_FIELD_NUMBER: _builtins.int
     MAX_K_FIELD_NUMBER: _builtins.int
+    ANCHOR_PREFERENCES_FIELD_NUMBER: _builtins.int
+    TRAFFIC_POOL_FIELD_NUMBER: _builtins.int
+    TRAFFIC_LIFETIME_S_FIELD_NUMBER: _builtins.int
+    TRAFFIC_MAX_SHARE_FIELD_NUMBER: _builtins.int
+    REFINE_FIELD_NUMBER: _builtins.int
+    LOCAL_MODELS_FIELD_NUMBER: _builtins.int
     accept_query_text: _builtins.bool
     max_k: _builtins.int
+    anchor_preferences: _builtins.bool
+    """What the silo keeps of, or answers about, others' traffic ([receiving] in silo.toml).
+    Whether it answers PreferAnchors (which public texts lie near its corpus).
+    """
+    traffic_pool: _builtins.int
+    """Translated queries kept in memory as the hubness reference (0: none), for how long each,
+    and the share of the pool one signer may hold.
+    """
+    traffic_lifetime_s: _builtins.float
+    traffic_max_share: _builtins.float
+    refine: _builtins.bool
+    """Whether it fits a correction after the adapter on that pool."""
     @_builtins.property
     def disclose_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def accept_spaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Source spaces (space ids) whose queries the silo translates and serves; its own always."""
+
+    @_builtins.property
+    def local_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Querying models it runs itself to fit its own in-domain adapters (model specs)."""
 
     def __init__(
         self,
@@ -331,10 +353,16 @@ class DisclosurePolicy(_message.Message):
         accept_query_text: _builtins.bool = ...,
         accept_spaces: _abc.Iterable[_builtins.str] | None = ...,
         max_k: _builtins.int = ...,
+        anchor_preferences: _builtins.bool = ...,
+        traffic_pool: _builtins.int = ...,
+        traffic_lifetime_s: _builtins.float = ...,
+        traffic_max_share: _builtins.float = ...,
+        refine: _builtins.bool = ...,
+        local_models: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_query_text", b"accept_query_text", "accept_spaces", b"accept_spaces", "disclose_fields", b"disclose_fields", "max_k", b"max_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_query_text", b"accept_query_text", "accept_spaces", b"accept_spaces", "anchor_preferences", b"anchor_preferences", "disclose_fields", b"disclose_fields", "local_models", b"local_models", "max_k", b"max_k", "refine", b"refine", "traffic_lifetime_s", b"traffic_lifetime_s", "traffic_max_share", b"traffic_max_share", "traffic_pool", b"traffic_pool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -296,6 +296,7 @@ class TrainAdapterRequest(_message.Message):
     ANCHOR_SET_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     ANCHOR_SET_VERSION_FIELD_NUMBER: _builtins.int
+    PREFER_FIELD_NUMBER: _builtins.int
     source_space: _builtins.str
     """space_id of a registered silo's space (as ListSilos shows)."""
     target_space: _builtins.str
@@ -304,6 +305,11 @@ class TrainAdapterRequest(_message.Message):
     """Adapter kind; empty means "auto"."""
     anchor_set_version: _builtins.str
     """Anchor set version; empty means the newest."""
+    prefer: _builtins.int
+    """0: train on the anchor set as it is. N > 0: treat it as a pool; the source and target
+    silos each name their N preferred texts of it (PreferAnchors), and the adapter is trained
+    on a new anchor set of N texts interleaved from both lists.
+    """
     def __init__(
         self,
         *,
@@ -312,10 +318,11 @@ class TrainAdapterRequest(_message.Message):
         anchor_set: _builtins.str = ...,
         kind: _builtins.str = ...,
         anchor_set_version: _builtins.str = ...,
+        prefer: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor_set", b"anchor_set", "anchor_set_version", b"anchor_set_version", "kind", b"kind", "source_space", b"source_space", "target_space", b"target_space"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor_set", b"anchor_set", "anchor_set_version", b"anchor_set_version", "kind", b"kind", "prefer", b"prefer", "source_space", b"source_space", "target_space", b"target_space"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

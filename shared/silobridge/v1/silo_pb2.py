@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from silobridge.v1 import common_pb2 as silobridge_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18silobridge/v1/silo.proto\x12\rsilobridge.v1\x1a\x1asilobridge/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xdc\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\x12\r\n\x05max_k\x18\x04 \x01(\r\x12/\n\x06policy\x18\x05 \x01(\x0b\x32\x1f.silobridge.v1.DisclosurePolicy\x12\x33\n\x0b\x61lso_serves\x18\x06 \x03(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"f\n\rEmbedResponse\x12-\n\x05space\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12&\n\x07vectors\x18\x02 \x03(\x0b\x32\x15.silobridge.v1.Vector\"W\n\x13\x45mbedAnchorsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\tJ\x04\x08\x02\x10\x03R\x05texts\"]\n\x14\x45mbedAnchorsResponse\x12&\n\x07vectors\x18\x01 \x03(\x0b\x32\x15.silobridge.v1.Vector\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\"\xc2\x01\n\rSearchRequest\x12%\n\x06vector\x18\x01 \x01(\x0b\x32\x15.silobridge.v1.Vector\x12\t\n\x01k\x18\x02 \x01(\r\x12\x13\n\x0brerank_text\x18\x03 \x01(\t\x12\x14\n\x0crerank_depth\x18\x04 \x01(\r\x12*\n\x06signed\x18\x05 \x01(\x0b\x32\x1a.silobridge.v1.SignedQuery\x12\x14\n\x0csource_space\x18\x06 \x01(\t\x12\x12\n\nadapter_id\x18\x07 \x01(\t\"a\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.silobridge.v1.Hit\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\"\x92\x01\n\x08\x44ocument\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.silobridge.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x15WriteDocumentsRequest\x12*\n\tdocuments\x18\x01 \x03(\x0b\x32\x17.silobridge.v1.Document\"f\n\x16WriteDocumentsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\r\x12\x0f\n\x07updated\x18\x02 \x01(\r\x12\x11\n\tunchanged\x18\x03 \x01(\r\x12\x16\n\x0e\x64ocument_count\x18\x04 \x01(\x04\")\n\x16\x44\x65leteDocumentsRequest\x12\x0f\n\x07\x64oc_ids\x18\x01 \x03(\t\"S\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12\x0f\n\x07missing\x18\x02 \x03(\t\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\"=\n\x14PlanMigrationRequest\x12\x10\n\x08to_model\x18\x01 \x01(\t\x12\x13\n\x0bsample_size\x18\x02 \x01(\r\"\x8a\x02\n\x15PlanMigrationResponse\x12/\n\x07\x63urrent\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12.\n\x06target\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x18\n\x10sample_documents\x18\x04 \x01(\r\x12\x16\n\x0esample_seconds\x18\x05 \x01(\x01\x12\x1c\n\x14\x64ocuments_per_second\x18\x06 \x01(\x01\x12\x19\n\x11\x65stimated_seconds\x18\x07 \x01(\x01\x12\x12\n\ndisk_bytes\x18\x08 \x01(\x04\"\xf4\x01\n\x17\x43ontrolMigrationRequest\x12?\n\x07\x63ommand\x18\x01 \x01(\x0e\x32..silobridge.v1.ControlMigrationRequest.Command\x12\x10\n\x08to_model\x18\x02 \x01(\t\x12\x13\n\x0bsample_size\x18\x03 \x01(\r\x12\x11\n\tcpu_share\x18\x04 \x01(\x01\"^\n\x07\x43ommand\x12\n\n\x06STATUS\x10\x00\x12\t\n\x05START\x10\x01\x12\t\n\x05PAUSE\x10\x02\x12\n\n\x06RESUME\x10\x03\x12\x0b\n\x07\x43UTOVER\x10\x04\x12\x0c\n\x08ROLLBACK\x10\x05\x12\n\n\x06\x46INISH\x10\x06\"J\n\x18\x43ontrolMigrationResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.MigrationStatus\"\xa3\x03\n\x0fMigrationStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12.\n\x06source\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12.\n\x06target\x18\x03 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12/\n\x07primary\x18\x04 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x11\n\tdocuments\x18\x05 \x01(\x04\x12\x11\n\treencoded\x18\x06 \x01(\x04\x12\x1c\n\x14\x64ocuments_per_second\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12\x11\n\tcpu_share\x18\t \x01(\x01\x12\x0f\n\x07\x61nchors\x18\n \x01(\r\x12\x14\n\x0c\x66orward_ndcg\x18\x0b \x01(\x01\x12\x15\n\rbackward_ndcg\x18\x0c \x01(\x01\x12\x19\n\x11\x61\x64\x61pter_agreement\x18\r \x01(\x01\x12\x1a\n\x12retention_estimate\x18\x0e \x01(\x01\x12\x0f\n\x07message\x18\x0f \x01(\t2\xc0\x02\n\x0bSiloService\x12K\n\x08\x44\x65scribe\x12\x1e.silobridge.v1.DescribeRequest\x1a\x1f.silobridge.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x1b.silobridge.v1.EmbedRequest\x1a\x1c.silobridge.v1.EmbedResponse\x12Y\n\x0c\x45mbedAnchors\x12\".silobridge.v1.EmbedAnchorsRequest\x1a#.silobridge.v1.EmbedAnchorsResponse0\x01\x12\x45\n\x06Search\x12\x1c.silobridge.v1.SearchRequest\x1a\x1d.silobridge.v1.SearchResponse2\x98\x03\n\x10SiloAdminService\x12\x61\n\x0eWriteDocuments\x12$.silobridge.v1.WriteDocumentsRequest\x1a%.silobridge.v1.WriteDocumentsResponse(\x01\x30\x01\x12`\n\x0f\x44\x65leteDocuments\x12%.silobridge.v1.DeleteDocumentsRequest\x1a&.silobridge.v1.DeleteDocumentsResponse\x12Z\n\rPlanMigration\x12#.silobridge.v1.PlanMigrationRequest\x1a$.silobridge.v1.PlanMigrationResponse\x12\x63\n\x10\x43ontrolMigration\x12&.silobridge.v1.ControlMigrationRequest\x1a\'.silobridge.v1.ControlMigrationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18silobridge/v1/silo.proto\x12\rsilobridge.v1\x1a\x1asilobridge/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xdc\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\x12\r\n\x05max_k\x18\x04 \x01(\r\x12/\n\x06policy\x18\x05 \x01(\x0b\x32\x1f.silobridge.v1.DisclosurePolicy\x12\x33\n\x0b\x61lso_serves\x18\x06 \x03(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"f\n\rEmbedResponse\x12-\n\x05space\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12&\n\x07vectors\x18\x02 \x03(\x0b\x32\x15.silobridge.v1.Vector\"W\n\x13\x45mbedAnchorsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\tJ\x04\x08\x02\x10\x03R\x05texts\"]\n\x14\x45mbedAnchorsResponse\x12&\n\x07vectors\x18\x01 \x03(\x0b\x32\x15.silobridge.v1.Vector\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\"Z\n\x14PreferAnchorsRequest\x12\x12\n\nanchor_set\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\r\"*\n\x15PreferAnchorsResponse\x12\x11\n\tpositions\x18\x01 \x03(\r\"\xc2\x01\n\rSearchRequest\x12%\n\x06vector\x18\x01 \x01(\x0b\x32\x15.silobridge.v1.Vector\x12\t\n\x01k\x18\x02 \x01(\r\x12\x13\n\x0brerank_text\x18\x03 \x01(\t\x12\x14\n\x0crerank_depth\x18\x04 \x01(\r\x12*\n\x06signed\x18\x05 \x01(\x0b\x32\x1a.silobridge.v1.SignedQuery\x12\x14\n\x0csource_space\x18\x06 \x01(\t\x12\x12\n\nadapter_id\x18\x07 \x01(\t\"a\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.silobridge.v1.Hit\x12-\n\x05space\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\"\x92\x01\n\x08\x44ocument\x12\x0e\n\x06\x64oc_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.silobridge.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x15WriteDocumentsRequest\x12*\n\tdocuments\x18\x01 \x03(\x0b\x32\x17.silobridge.v1.Document\"f\n\x16WriteDocumentsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\r\x12\x0f\n\x07updated\x18\x02 \x01(\r\x12\x11\n\tunchanged\x18\x03 \x01(\r\x12\x16\n\x0e\x64ocument_count\x18\x04 \x01(\x04\")\n\x16\x44\x65leteDocumentsRequest\x12\x0f\n\x07\x64oc_ids\x18\x01 \x03(\t\"S\n\x17\x44\x65leteDocumentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12\x0f\n\x07missing\x18\x02 \x03(\t\x12\x16\n\x0e\x64ocument_count\x18\x03 \x01(\x04\"=\n\x14PlanMigrationRequest\x12\x10\n\x08to_model\x18\x01 \x01(\t\x12\x13\n\x0bsample_size\x18\x02 \x01(\r\"\x8a\x02\n\x15PlanMigrationResponse\x12/\n\x07\x63urrent\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12.\n\x06target\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x18\n\x10sample_documents\x18\x04 \x01(\r\x12\x16\n\x0esample_seconds\x18\x05 \x01(\x01\x12\x1c\n\x14\x64ocuments_per_second\x18\x06 \x01(\x01\x12\x19\n\x11\x65stimated_seconds\x18\x07 \x01(\x01\x12\x12\n\ndisk_bytes\x18\x08 \x01(\x04\"\xf4\x01\n\x17\x43ontrolMigrationRequest\x12?\n\x07\x63ommand\x18\x01 \x01(\x0e\x32..silobridge.v1.ControlMigrationRequest.Command\x12\x10\n\x08to_model\x18\x02 \x01(\t\x12\x13\n\x0bsample_size\x18\x03 \x01(\r\x12\x11\n\tcpu_share\x18\x04 \x01(\x01\"^\n\x07\x43ommand\x12\n\n\x06STATUS\x10\x00\x12\t\n\x05START\x10\x01\x12\t\n\x05PAUSE\x10\x02\x12\n\n\x06RESUME\x10\x03\x12\x0b\n\x07\x43UTOVER\x10\x04\x12\x0c\n\x08ROLLBACK\x10\x05\x12\n\n\x06\x46INISH\x10\x06\"J\n\x18\x43ontrolMigrationResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.silobridge.v1.MigrationStatus\"\xa3\x03\n\x0fMigrationStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12.\n\x06source\x18\x02 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12.\n\x06target\x18\x03 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12/\n\x07primary\x18\x04 \x01(\x0b\x32\x1e.silobridge.v1.SpaceDescriptor\x12\x11\n\tdocuments\x18\x05 \x01(\x04\x12\x11\n\treencoded\x18\x06 \x01(\x04\x12\x1c\n\x14\x64ocuments_per_second\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12\x11\n\tcpu_share\x18\t \x01(\x01\x12\x0f\n\x07\x61nchors\x18\n \x01(\r\x12\x14\n\x0c\x66orward_ndcg\x18\x0b \x01(\x01\x12\x15\n\rbackward_ndcg\x18\x0c \x01(\x01\x12\x19\n\x11\x61\x64\x61pter_agreement\x18\r \x01(\x01\x12\x1a\n\x12retention_estimate\x18\x0e \x01(\x01\x12\x0f\n\x07message\x18\x0f \x01(\t2\x9c\x03\n\x0bSiloService\x12K\n\x08\x44\x65scribe\x12\x1e.silobridge.v1.DescribeRequest\x1a\x1f.silobridge.v1.DescribeResponse\x12\x42\n\x05\x45mbed\x12\x1b.silobridge.v1.EmbedRequest\x1a\x1c.silobridge.v1.EmbedResponse\x12Y\n\x0c\x45mbedAnchors\x12\".silobridge.v1.EmbedAnchorsRequest\x1a#.silobridge.v1.EmbedAnchorsResponse0\x01\x12Z\n\rPreferAnchors\x12#.silobridge.v1.PreferAnchorsRequest\x1a$.silobridge.v1.PreferAnchorsResponse\x12\x45\n\x06Search\x12\x1c.silobridge.v1.SearchRequest\x1a\x1d.silobridge.v1.SearchResponse2\x98\x03\n\x10SiloAdminService\x12\x61\n\x0eWriteDocuments\x12$.silobridge.v1.WriteDocumentsRequest\x1a%.silobridge.v1.WriteDocumentsResponse(\x01\x30\x01\x12`\n\x0f\x44\x65leteDocuments\x12%.silobridge.v1.DeleteDocumentsRequest\x1a&.silobridge.v1.DeleteDocumentsResponse\x12Z\n\rPlanMigration\x12#.silobridge.v1.PlanMigrationRequest\x1a$.silobridge.v1.PlanMigrationResponse\x12\x63\n\x10\x43ontrolMigration\x12&.silobridge.v1.ControlMigrationRequest\x1a\'.silobridge.v1.ControlMigrationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,36 +46,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDANCHORSREQUEST']._serialized_end=535
   _globals['_EMBEDANCHORSRESPONSE']._serialized_start=537
   _globals['_EMBEDANCHORSRESPONSE']._serialized_end=630
-  _globals['_SEARCHREQUEST']._serialized_start=633
-  _globals['_SEARCHREQUEST']._serialized_end=827
-  _globals['_SEARCHRESPONSE']._serialized_start=829
-  _globals['_SEARCHRESPONSE']._serialized_end=926
-  _globals['_DOCUMENT']._serialized_start=929
-  _globals['_DOCUMENT']._serialized_end=1075
-  _globals['_DOCUMENT_METADATAENTRY']._serialized_start=1028
-  _globals['_DOCUMENT_METADATAENTRY']._serialized_end=1075
-  _globals['_WRITEDOCUMENTSREQUEST']._serialized_start=1077
-  _globals['_WRITEDOCUMENTSREQUEST']._serialized_end=1144
-  _globals['_WRITEDOCUMENTSRESPONSE']._serialized_start=1146
-  _globals['_WRITEDOCUMENTSRESPONSE']._serialized_end=1248
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1250
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1291
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1293
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1376
-  _globals['_PLANMIGRATIONREQUEST']._serialized_start=1378
-  _globals['_PLANMIGRATIONREQUEST']._serialized_end=1439
-  _globals['_PLANMIGRATIONRESPONSE']._serialized_start=1442
-  _globals['_PLANMIGRATIONRESPONSE']._serialized_end=1708
-  _globals['_CONTROLMIGRATIONREQUEST']._serialized_start=1711
-  _globals['_CONTROLMIGRATIONREQUEST']._serialized_end=1955
-  _globals['_CONTROLMIGRATIONREQUEST_COMMAND']._serialized_start=1861
-  _globals['_CONTROLMIGRATIONREQUEST_COMMAND']._serialized_end=1955
-  _globals['_CONTROLMIGRATIONRESPONSE']._serialized_start=1957
-  _globals['_CONTROLMIGRATIONRESPONSE']._serialized_end=2031
-  _globals['_MIGRATIONSTATUS']._serialized_start=2034
-  _globals['_MIGRATIONSTATUS']._serialized_end=2453
-  _globals['_SILOSERVICE']._serialized_start=2456
-  _globals['_SILOSERVICE']._serialized_end=2776
-  _globals['_SILOADMINSERVICE']._serialized_start=2779
-  _globals['_SILOADMINSERVICE']._serialized_end=3187
+  _globals['_PREFERANCHORSREQUEST']._serialized_start=632
+  _globals['_PREFERANCHORSREQUEST']._serialized_end=722
+  _globals['_PREFERANCHORSRESPONSE']._serialized_start=724
+  _globals['_PREFERANCHORSRESPONSE']._serialized_end=766
+  _globals['_SEARCHREQUEST']._serialized_start=769
+  _globals['_SEARCHREQUEST']._serialized_end=963
+  _globals['_SEARCHRESPONSE']._serialized_start=965
+  _globals['_SEARCHRESPONSE']._serialized_end=1062
+  _globals['_DOCUMENT']._serialized_start=1065
+  _globals['_DOCUMENT']._serialized_end=1211
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_start=1164
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_end=1211
+  _globals['_WRITEDOCUMENTSREQUEST']._serialized_start=1213
+  _globals['_WRITEDOCUMENTSREQUEST']._serialized_end=1280
+  _globals['_WRITEDOCUMENTSRESPONSE']._serialized_start=1282
+  _globals['_WRITEDOCUMENTSRESPONSE']._serialized_end=1384
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1386
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1427
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1429
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1512
+  _globals['_PLANMIGRATIONREQUEST']._serialized_start=1514
+  _globals['_PLANMIGRATIONREQUEST']._serialized_end=1575
+  _globals['_PLANMIGRATIONRESPONSE']._serialized_start=1578
+  _globals['_PLANMIGRATIONRESPONSE']._serialized_end=1844
+  _globals['_CONTROLMIGRATIONREQUEST']._serialized_start=1847
+  _globals['_CONTROLMIGRATIONREQUEST']._serialized_end=2091
+  _globals['_CONTROLMIGRATIONREQUEST_COMMAND']._serialized_start=1997
+  _globals['_CONTROLMIGRATIONREQUEST_COMMAND']._serialized_end=2091
+  _globals['_CONTROLMIGRATIONRESPONSE']._serialized_start=2093
+  _globals['_CONTROLMIGRATIONRESPONSE']._serialized_end=2167
+  _globals['_MIGRATIONSTATUS']._serialized_start=2170
+  _globals['_MIGRATIONSTATUS']._serialized_end=2589
+  _globals['_SILOSERVICE']._serialized_start=2592
+  _globals['_SILOSERVICE']._serialized_end=3004
+  _globals['_SILOADMINSERVICE']._serialized_start=3007
+  _globals['_SILOADMINSERVICE']._serialized_end=3415
 # @@protoc_insertion_point(module_scope)

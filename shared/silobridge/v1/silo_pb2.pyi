@@ -178,6 +178,58 @@ class EmbedAnchorsResponse(_message.Message):
 Global___EmbedAnchorsResponse: _TypeAlias = EmbedAnchorsResponse  # noqa: Y015
 
 @_typing.final
+class PreferAnchorsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANCHOR_SET_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    anchor_set: _builtins.str
+    """The pool, named as EmbedAnchorsRequest names an anchor set."""
+    version: _builtins.str
+    sha256: _builtins.str
+    count: _builtins.int
+    """How many positions to return: 1 to the pool's size."""
+    def __init__(
+        self,
+        *,
+        anchor_set: _builtins.str = ...,
+        version: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor_set", b"anchor_set", "count", b"count", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreferAnchorsRequest: _TypeAlias = PreferAnchorsRequest  # noqa: Y015
+
+@_typing.final
+class PreferAnchorsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Positions in the pool's texts, the silo's preferred first, each once."""
+
+    def __init__(
+        self,
+        *,
+        positions: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["positions", b"positions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreferAnchorsResponse: _TypeAlias = PreferAnchorsResponse  # noqa: Y015
+
+@_typing.final
 class SearchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -49,6 +49,11 @@ class SiloServiceStub:
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsResponse.FromString,
                 _registered_method=True)
+        self.PreferAnchors = channel.unary_unary(
+                '/silobridge.v1.SiloService/PreferAnchors',
+                request_serializer=silobridge_dot_v1_dot_silo__pb2.PreferAnchorsRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_silo__pb2.PreferAnchorsResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/silobridge.v1.SiloService/Search',
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.SearchRequest.SerializeToString,
@@ -83,6 +88,16 @@ class SiloServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreferAnchors(self, request, context):
+        """Which texts of a public anchor pool the silo's own corpus lies near: the silo fetches and
+        checks the pool as for EmbedAnchors, embeds it, scores each text against a sample of its
+        own document vectors and returns only the positions of its `count` best, best first (no
+        vector, score or document). Off unless the silo sets [receiving] anchor_preferences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Search(self, request, context):
         """Nearest documents to a vector given in the silo's own space.
         """
@@ -107,6 +122,11 @@ def add_SiloServiceServicer_to_server(servicer, server):
                     servicer.EmbedAnchors,
                     request_deserializer=silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsResponse.SerializeToString,
+            ),
+            'PreferAnchors': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreferAnchors,
+                    request_deserializer=silobridge_dot_v1_dot_silo__pb2.PreferAnchorsRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_silo__pb2.PreferAnchorsResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
@@ -195,6 +215,33 @@ class SiloService:
             '/silobridge.v1.SiloService/EmbedAnchors',
             silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsRequest.SerializeToString,
             silobridge_dot_v1_dot_silo__pb2.EmbedAnchorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreferAnchors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.SiloService/PreferAnchors',
+            silobridge_dot_v1_dot_silo__pb2.PreferAnchorsRequest.SerializeToString,
+            silobridge_dot_v1_dot_silo__pb2.PreferAnchorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

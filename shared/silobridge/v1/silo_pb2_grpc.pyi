@@ -42,6 +42,12 @@ class SiloServiceStub:
     coordinator (GetAnchorSet), refuses them unless they hash to the sha256 named, embeds them
     in bounded batches and streams one vector per text back, in order, in bounded chunks.
     """
+    PreferAnchors: _grpc.UnaryUnaryMultiCallable[_silo_pb2.PreferAnchorsRequest, _silo_pb2.PreferAnchorsResponse]
+    """Which texts of a public anchor pool the silo's own corpus lies near: the silo fetches and
+    checks the pool as for EmbedAnchors, embeds it, scores each text against a sample of its
+    own document vectors and returns only the positions of its `count` best, best first (no
+    vector, score or document). Off unless the silo sets [receiving] anchor_preferences.
+    """
     Search: _grpc.UnaryUnaryMultiCallable[_silo_pb2.SearchRequest, _silo_pb2.SearchResponse]
     """Nearest documents to a vector given in the silo's own space."""
 
@@ -58,6 +64,12 @@ class SiloServiceAsyncStub(SiloServiceStub):
     """Embed a public anchor set named by the caller: the silo fetches its texts from its own
     coordinator (GetAnchorSet), refuses them unless they hash to the sha256 named, embeds them
     in bounded batches and streams one vector per text back, in order, in bounded chunks.
+    """
+    PreferAnchors: _aio.UnaryUnaryMultiCallable[_silo_pb2.PreferAnchorsRequest, _silo_pb2.PreferAnchorsResponse]  # type: ignore[assignment]
+    """Which texts of a public anchor pool the silo's own corpus lies near: the silo fetches and
+    checks the pool as for EmbedAnchors, embeds it, scores each text against a sample of its
+    own document vectors and returns only the positions of its `count` best, best first (no
+    vector, score or document). Off unless the silo sets [receiving] anchor_preferences.
     """
     Search: _aio.UnaryUnaryMultiCallable[_silo_pb2.SearchRequest, _silo_pb2.SearchResponse]  # type: ignore[assignment]
     """Nearest documents to a vector given in the silo's own space."""
@@ -90,6 +102,18 @@ class SiloServiceServicer(metaclass=_abc_1.ABCMeta):
         """Embed a public anchor set named by the caller: the silo fetches its texts from its own
         coordinator (GetAnchorSet), refuses them unless they hash to the sha256 named, embeds them
         in bounded batches and streams one vector per text back, in order, in bounded chunks.
+        """
+
+    @_abc_1.abstractmethod
+    def PreferAnchors(
+        self,
+        request: _silo_pb2.PreferAnchorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_silo_pb2.PreferAnchorsResponse, _abc.Awaitable[_silo_pb2.PreferAnchorsResponse]]:
+        """Which texts of a public anchor pool the silo's own corpus lies near: the silo fetches and
+        checks the pool as for EmbedAnchors, embeds it, scores each text against a sample of its
+        own document vectors and returns only the positions of its `count` best, best first (no
+        vector, score or document). Off unless the silo sets [receiving] anchor_preferences.
         """
 
     @_abc_1.abstractmethod

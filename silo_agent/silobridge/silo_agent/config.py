@@ -1,6 +1,7 @@
 """The silo agent's configuration (``silo.toml``): identity, model, storage, server, limits, access.
 
-Access rules fail closed: an RPC whose rule list is absent or empty is denied to everyone.
+Access rules fail closed: an RPC whose rule list is absent or empty is denied to everyone
+(``prefer_anchors``, when absent, has ``embed_anchors``' rules: normally the coordinator only).
 A rule is a glob over the caller's SPIFFE id (``spiffe://demo/coordinator/*``), ``org:<O>`` (any
 certificate of organization O) or ``org:<O>/<role>``. Query text (two-stage re-ranking) is refused
 unless ``[access] accept_query_text = true``. An optional ``[coordinator]`` section makes
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from silobridge.core.config import (
     AuditSettings,
@@ -25,6 +28,7 @@ from silobridge.core.config import (
     server_basics,
     tls_from_config,
 )
+from silobridge.core.disclosure import DisclosurePolicy
 from silobridge.core.errors import ConfigError, InvalidArgument
 from silobridge.security.identity import PeerIdentity, validate_component
 from silobridge.security.ratelimit import DEFAULT_PEER_BURST, DEFAULT_PEER_RATE_PER_SECOND
@@ -38,7 +42,11 @@ DEFAULT_COORDINATOR_NAME = "hub"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Access rule keys: one per RPC of SiloService, and "admin" for SiloAdminService (live writes).
-RPCS = ("describe", "embed", "embed_anchors", "search", "admin")
+RPCS = ("describe", "embed", "embed_anchors", "prefer_anchors", "search", "admin")
+# Without its own rule, PreferAnchors is allowed to whoever may call EmbedAnchors (the
+# coordinator): both name a public set the silo fetches itself. [receiving]
+# anchor_preferences still has to be on.
+_DEFAULT_RULE_FROM = {"prefer_anchors": "embed_anchors"}
 
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -200,7 +208,7 @@ def load_silo_config(path: Path) -> SiloConfig:
 
     acc = Section.of(path, doc, "access")
     access = AccessPolicy(
-        rules={rpc: rules_of(acc, rpc) for rpc in RPCS},
+        rules=_access_rules(acc, doc.get("access", {})),
         disclose_fields=acc.strings("disclose_fields"),
         accept_query_text=acc.get("accept_query_text", bool, False),
         query=rules_of(acc, "query"),
@@ -246,4 +254,31 @@ def load_silo_config(path: Path) -> SiloConfig:
         limits=limits,
         access=access,
         coordinator=coordinator,
+    )
+
+
+def _access_rules(section: Section, table: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The rule list per RPC; an RPC in ``_DEFAULT_RULE_FROM`` that ``table`` (the file's
+    ``[access]``) gives no rule of its own takes the rules of the RPC named there."""
+    rules = {rpc: rules_of(section, rpc) for rpc in RPCS}
+    for rpc, fallback in _DEFAULT_RULE_FROM.items():
+        if rpc not in table:
+            rules[rpc] = rules[fallback]
+    return rules
+
+
+def disclosure_policy(config: SiloConfig) -> DisclosurePolicy:
+    """The public part of the silo's policy, as Describe (and so ListSilos) carries it."""
+    access, receiving = config.access, config.receiving
+    return DisclosurePolicy(
+        disclose_fields=access.disclose_fields,
+        accept_query_text=access.accept_query_text,
+        accept_spaces=access.accept_spaces,
+        max_k=config.limits.max_k,
+        anchor_preferences=receiving.anchor_preferences,
+        traffic_pool=receiving.traffic_pool,
+        traffic_lifetime_s=receiving.traffic_lifetime_s,
+        traffic_max_share=receiving.traffic_max_share,
+        refine=receiving.refine,
+        local_models=receiving.local_models,
     )

@@ -12,23 +12,32 @@ forward makes the silo fetch an adapter.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
 
+import numpy as np
+
 from silobridge.core.errors import InvalidArgument, PermissionDenied
 from silobridge.core.hits import Hit
-from silobridge.core.listings import SiloDescription
+from silobridge.core.listings import PreferenceRequest, SiloDescription
 from silobridge.core.offload import off_loop
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.security.gatekeeper import Gatekeeper
 from silobridge.security.identity import PeerIdentity, Role
 from silobridge.silo_agent.adapter_fetch import AdapterFetcher, Translation
+from silobridge.silo_agent.receiving.preferences import (
+    EMBED_CHUNK,
+    AnchorPreferences,
+    check_count,
+)
 from silobridge.silo_agent.registration import fetch_checked_anchor_set, vectors_per_message
 from silobridge.silo_agent.service import Answer, SiloService, refused_on_behalf_of
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 # One reply of an anchor stream: (offset of its first row, texts in the set, the rows).
 AnchorRows = tuple[int, int, FloatMatrix]
@@ -36,7 +45,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 class SiloHandlers:
-    """``describe``, ``embed``, ``embed_anchors`` and ``search`` as a peer calls them."""
+    """``describe``, ``embed``, ``embed_anchors``, ``prefer_anchors`` and ``search`` as a peer
+    calls them."""
 
     def __init__(
         self,
@@ -50,6 +60,8 @@ class SiloHandlers:
         # Denylist, rate limits and the audit log.
         self.gatekeeper = gatekeeper
         self.adapters = adapters
+        # PreferAnchors ([receiving] anchor_preferences), and the last pool's vectors.
+        self.preferences = AnchorPreferences(service)
 
     @property
     def space(self) -> SpaceDescriptor:
@@ -90,13 +102,7 @@ class SiloHandlers:
         reply carries a bounded number of rows, so no reply can outgrow the message limit.
         """
         caller = self._admit(caller, "embed_anchors")
-        if not anchor_set or not version:
-            raise InvalidArgument("name the anchor set and its version (e.g. public v1)")
-        if not _SHA256.fullmatch(sha256):
-            raise InvalidArgument(
-                f"sha256 {sha256[:80]!r} of anchor set {anchor_set!r} is not 64 lower-case hex "
-                "digits"
-            )
+        _check_named_set(anchor_set, version, sha256)
         texts = await fetch_checked_anchor_set(
             self.service.config,
             anchor_set,
@@ -105,10 +111,19 @@ class SiloHandlers:
             max_texts=self.service.config.limits.max_anchor_texts,
         )
         per_reply = vectors_per_message(self.space.dimension)
+        reused = 0
         for offset in range(0, len(texts), per_reply):
             part = texts[offset : offset + per_reply]
-            rows = await self._run(functools.partial(self.service.embed_anchors, part))
+            # A set derived from the last pool this silo ranked is served from its vectors.
+            rows = self.preferences.cached_rows(part)
+            if rows is None:
+                rows = await self._run(functools.partial(self.service.embed_anchors, part))
+            else:
+                reused += len(part)
             yield offset, len(texts), rows
+        if reused:
+            log.info("EmbedAnchors %s %s: %d of %d rows from the last ranked pool",
+                     anchor_set, version, reused, len(texts))  # fmt: skip
         self.gatekeeper.record(
             caller,
             "EmbedAnchors",
@@ -116,7 +131,55 @@ class SiloHandlers:
             results=len(texts),
             anchor_set=anchor_set,
             version=version,
+            reused=reused or None,
         )
+
+    async def prefer_anchors(self, caller: PeerIdentity, request: PreferenceRequest) -> list[int]:
+        """The positions of the ``request.count`` texts of a public pool nearest this silo's
+        documents, best first; only when its policy answers anchor preferences.
+
+        The pool is fetched and checked like an EmbedAnchors set; nothing but positions leaves.
+        """
+        caller = self._admit(caller, "prefer_anchors")
+        self.preferences.check_enabled()
+        _check_named_set(request.name, request.version, request.sha256)
+        if request.count < 1:
+            raise InvalidArgument(f"count must be at least 1, got {request.count}")
+        texts = await fetch_checked_anchor_set(
+            self.service.config,
+            request.name,
+            request.version,
+            request.sha256,
+            max_texts=self.service.config.limits.max_anchor_texts,
+        )
+        check_count(request.count, len(texts), request.name)
+        pool = self.preferences.embedded(request.sha256)
+        if pool is None:
+            parts: list[FloatMatrix] = []
+            for offset in range(0, len(texts), EMBED_CHUNK):
+                part = texts[offset : offset + EMBED_CHUNK]
+                parts.append(await self._run(functools.partial(self.service.embed_anchors, part)))
+                log.info(
+                    "anchor preferences: embedded %d of %d texts of pool %s %s",
+                    offset + len(part),
+                    len(texts),
+                    request.name,
+                    request.version,
+                )
+            pool = np.concatenate(parts)
+            self.preferences.keep(request.sha256, texts, pool)
+        ranked = pool
+        positions = await self._run(lambda: self.preferences.rank(ranked, request.count))
+        self.gatekeeper.record(
+            caller,
+            "PreferAnchors",
+            allowed=True,
+            results=len(positions),
+            anchor_set=request.name,
+            version=request.version,
+            count=request.count,
+        )
+        return positions
 
     async def search(self, caller: PeerIdentity, query: SiloQuery) -> list[Hit]:
         """The hits for ``query``; a forwarded one answers to its signer's rights, not ours."""
@@ -170,3 +233,12 @@ class SiloHandlers:
             receiving=answered.receiving or None,
         )
         return hits
+
+
+def _check_named_set(anchor_set: str, version: str, sha256: str) -> None:
+    if not anchor_set or not version:
+        raise InvalidArgument("name the anchor set and its version (e.g. public v1)")
+    if not _SHA256.fullmatch(sha256):
+        raise InvalidArgument(
+            f"sha256 {sha256[:80]!r} of anchor set {anchor_set!r} is not 64 lower-case hex digits"
+        )

@@ -17,7 +17,6 @@ import numpy as np
 
 from silobridge.adapters.hubness import HubnessCorrection
 from silobridge.core.config import TrustedCa
-from silobridge.core.disclosure import DisclosurePolicy
 from silobridge.core.documents import INVISIBLE_TEXT_MESSAGE, has_visible_text
 from silobridge.core.errors import (
     InvalidArgument,
@@ -41,7 +40,7 @@ from silobridge.security.signed_query.replay import (
 from silobridge.security.signed_query.signing import now_ms
 from silobridge.security.signed_query.verify import verify_signed_query
 from silobridge.silo_agent.adapter_fetch import Translation
-from silobridge.silo_agent.config import Limits, SiloConfig
+from silobridge.silo_agent.config import Limits, SiloConfig, disclosure_policy
 from silobridge.silo_agent.receiving.hubness_routes import (
     TRAFFIC,
     HubnessCorrections,
@@ -223,19 +222,13 @@ class SiloService:
                 raise InvalidArgument(f"text #{position} {INVISIBLE_TEXT_MESSAGE}")
 
     def describe(self) -> SiloDescription:
-        access, limits = self.config.access, self.config.limits
         return SiloDescription(
             name=self.config.name,
             space=self.space,
             also_serves=self.routes.also_serves,
             document_count=self.data.count(),
-            max_k=limits.max_k,
-            policy=DisclosurePolicy(
-                disclose_fields=access.disclose_fields,
-                accept_query_text=access.accept_query_text,
-                accept_spaces=access.accept_spaces,
-                max_k=limits.max_k,
-            ),
+            max_k=self.config.limits.max_k,
+            policy=disclosure_policy(self.config),
         )
 
     def embed(self, texts: Sequence[str]) -> FloatMatrix:

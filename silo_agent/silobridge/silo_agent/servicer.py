@@ -68,6 +68,16 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
                 )
 
     @unary_boundary
+    async def PreferAnchors(
+        self, request: silo_pb2.PreferAnchorsRequest, context: Context
+    ) -> silo_pb2.PreferAnchorsResponse:
+        self.handled["PreferAnchors"] += 1
+        positions = await self.handlers.prefer_anchors(
+            peer_identity(context), convert.preference_request_from_proto(request)
+        )
+        return convert.positions_to_proto(positions)
+
+    @unary_boundary
     async def Search(
         self, request: silo_pb2.SearchRequest, context: Context
     ) -> silo_pb2.SearchResponse:

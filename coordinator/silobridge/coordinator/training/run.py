@@ -24,6 +24,7 @@ from silobridge.coordinator.registry import adapter_listing
 from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
 from silobridge.coordinator.state.store import CoordinatorState
 from silobridge.coordinator.training.fit import train_adapter
+from silobridge.coordinator.training.preferred import PreferredAnchors
 from silobridge.core.errors import InvalidArgument, NotFound
 from silobridge.core.listings import TrainProgress
 from silobridge.core.offload import off_loop
@@ -61,8 +62,12 @@ class AdapterTrainer:
         anchor_set: str,
         version: str = "",
         kind: str = "",
+        prefer: int = 0,
     ) -> AsyncIterator[TrainProgress]:
-        """Fit, calibrate, sign and store an adapter; yields progress, the adapter last."""
+        """Fit, calibrate, sign and store an adapter; yields progress, the adapter last.
+
+        ``prefer`` > 0: ``anchor_set`` is a pool, and the adapter is trained on the ``prefer``
+        texts of it the two silos prefer (``preferred``)."""
         kind = kind or self.settings.kind
         if kind not in KINDS:
             raise InvalidArgument(f"unknown adapter kind {kind!r}; choose one of {KINDS}")
@@ -73,6 +78,11 @@ class AdapterTrainer:
             lambda: (self._silo_in_space(source_space), self._silo_in_space(target_space)),
         )
         anchors = await off_loop(self.executor, lambda: self.catalogue.get(anchor_set, version))
+        if prefer:
+            chooser = PreferredAnchors(self.catalogue, self.exchange.gateway, self.executor)
+            async for step in chooser.build(anchors, source, target, prefer):
+                yield step
+            anchors = chooser.result()
         matrices = []
         for silo in (source, target):
             vectors = await self.exchange.stored(silo, anchors)

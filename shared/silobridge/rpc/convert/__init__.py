@@ -1,9 +1,9 @@
 """All protobuf <-> domain conversion, in one place: protobuf lives only at the wire.
 
 ``queries`` (what travels with each query), ``listings`` (what servers say about what they
-hold), ``documents`` (live writes to a silo), ``migration`` (moving a silo to another model)
-and ``audit`` (audit checkpoint heads); every name is importable from here, so callers
-write ``convert.hit_to_proto``.
+hold), ``documents`` (live writes to a silo), ``migration`` (moving a silo to another model),
+``preferences`` (a silo's preferred anchors of a public pool) and ``audit`` (audit checkpoint
+heads); every name is importable from here, so callers write ``convert.hit_to_proto``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ from silobridge.rpc.convert.migration import (
     migration_command_to_proto,
     migration_status_from_proto,
     migration_status_to_proto,
+)
+from silobridge.rpc.convert.preferences import (
+    positions_from_proto,
+    positions_to_proto,
+    preference_request_from_proto,
+    preference_request_to_proto,
 )
 from silobridge.rpc.convert.queries import (
     answer_from_proto,
@@ -103,6 +109,10 @@ __all__ = [
     "migration_plan_to_proto",
     "migration_status_from_proto",
     "migration_status_to_proto",
+    "positions_from_proto",
+    "positions_to_proto",
+    "preference_request_from_proto",
+    "preference_request_to_proto",
     "progress_from_proto",
     "progress_to_proto",
     "signed_query_from_proto",

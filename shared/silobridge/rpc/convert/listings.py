@@ -38,6 +38,12 @@ def disclosure_to_proto(policy: DisclosurePolicy) -> common_pb2.DisclosurePolicy
         accept_query_text=policy.accept_query_text,
         accept_spaces=list(policy.accept_spaces),
         max_k=policy.max_k,
+        anchor_preferences=policy.anchor_preferences,
+        traffic_pool=policy.traffic_pool,
+        traffic_lifetime_s=policy.traffic_lifetime_s,
+        traffic_max_share=policy.traffic_max_share,
+        refine=policy.refine,
+        local_models=list(policy.local_models),
     )
 
 
@@ -47,6 +53,12 @@ def disclosure_from_proto(message: common_pb2.DisclosurePolicy) -> DisclosurePol
         accept_query_text=message.accept_query_text,
         accept_spaces=tuple(message.accept_spaces),
         max_k=message.max_k,
+        anchor_preferences=message.anchor_preferences,
+        traffic_pool=message.traffic_pool,
+        traffic_lifetime_s=message.traffic_lifetime_s,
+        traffic_max_share=message.traffic_max_share,
+        refine=message.refine,
+        local_models=tuple(message.local_models),
     )
 
 

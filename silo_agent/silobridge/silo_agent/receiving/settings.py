@@ -15,6 +15,9 @@ traffic_min = 1000          # queries in the pool before it replaces the anchors
 traffic_refresh = 500       # new queries before the correction is rebuilt from the pool
 refine = false              # fit a correction after the adapter on the pool (label-free guard)
 refine_lambda = 30.0        # its pull towards the identity (larger: a smaller correction)
+anchor_preferences = false  # answer PreferAnchors: which texts of a public pool lie near this
+                            # silo's documents (a coarse picture of its topics; never a
+                            # document, vector or score)
 ```
 """
 
@@ -54,6 +57,7 @@ class ReceivingSettings:
     traffic_refresh: int = 500
     refine: bool = False
     refine_lambda: float = 30.0
+    anchor_preferences: bool = False
 
     def hubness_for(self, source_space: str) -> bool:
         """Whether queries translated from ``source_space`` are hubness-corrected here."""
@@ -81,6 +85,9 @@ def receiving_settings(path: Path, doc: Mapping[str, Any]) -> ReceivingSettings:
         traffic_refresh=section.positive("traffic_refresh", ReceivingSettings.traffic_refresh),
         refine=section.get("refine", bool, ReceivingSettings.refine),
         refine_lambda=section.get("refine_lambda", float, ReceivingSettings.refine_lambda),
+        anchor_preferences=section.get(
+            "anchor_preferences", bool, ReceivingSettings.anchor_preferences
+        ),
     )
     section.finish()
     if settings.hubness_depth > MAX_HUBNESS_DEPTH:
