@@ -169,12 +169,12 @@ def test_a_silo_uses_a_refinement_only_once_the_guard_accepts_it(
         translation = _translation(guard_tensors(translated, own))
         # Below traffic_min: nothing is fitted.
         for vector in pool[:399]:
-            corrections.remember("src@11111111", "alice", vector)
+            corrections.remember("src@11111111", "s@00000000", "alice", vector)
         assert refinements.get(translation, data.primary) is None
         _wait_for_fits()
         assert refinements.verdict("a1", "s@00000000") is None
         for vector in pool[399:]:
-            corrections.remember("src@11111111", "alice", vector)
+            corrections.remember("src@11111111", "s@00000000", "alice", vector)
         assert refinements.get(translation, data.primary) is None  # fitted in the background
         _wait_for_fits()
         verdict = refinements.verdict("a1", "s@00000000")
@@ -202,7 +202,7 @@ def test_an_adapter_without_check_pairs_is_never_refined(tmp_path: Path) -> None
         corrections = HubnessCorrections(settings, data)
         refinements = Refinements(corrections, data)
         for vector in docs[:250]:
-            corrections.remember("src@11111111", "alice", vector)
+            corrections.remember("src@11111111", "s@00000000", "alice", vector)
         translation = _translation(None)
         assert refinements.get(translation, data.primary) is None
         deadline = time.monotonic() + 30

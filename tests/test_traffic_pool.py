@@ -78,7 +78,7 @@ def test_the_pool_becomes_the_reference_once_it_holds_enough(tmp_path: Path) -> 
         keys = [key for key, _ in data.primary.search(vectors[0], 200)]
         assert set(keys) <= set(first._penalties)
         for i in range(30):
-            corrections.remember("src", f"signer-{i % 3}", vectors[100 + i])
+            corrections.remember("src", space.space_id, f"signer-{i % 3}", vectors[100 + i])
         traffic = corrections.get("adapter-1", "src", anchors, data.primary)
         assert traffic is not None and traffic.label == TRAFFIC
         assert traffic.reference.shape == (30, DIM)

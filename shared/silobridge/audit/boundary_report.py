@@ -106,8 +106,9 @@ def boundary_report(
              f"opaque doc ids, scores and disclosed fields: {hits}",
              "document text or vectors beyond policy", surprising=disclosing),
         _row("adapter artifacts", "coordinator -> silo (optional)",
-             "signed weights + manifest; the hubness reference (the public anchors' vectors in "
-             "the source space, as the adapter maps them)",
+             "signed weights + manifest; the hubness reference (public anchors as the adapter "
+             "maps them into the silo's space) and the refinement guard's check pairs (some of "
+             "them, beside the silo's own vectors of them)",
              "code: an artifact is data, never imported"),
         preference_flow(silos),
         traffic_flow(silos),

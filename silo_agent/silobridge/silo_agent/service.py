@@ -281,7 +281,7 @@ class SiloService:
             hubness=correction,
         )
         if translation is not None:  # after the search: a query is not its own reference
-            self.hubness.remember(translation.source_space, asker, translated)
+            self.hubness.remember(translation.source_space, space_id, asker, translated)
         steps = [LOCAL_FIT_STEP] if self.route(space_id).local else []
         if refined is not None:
             steps.append(REFINE_STEP)

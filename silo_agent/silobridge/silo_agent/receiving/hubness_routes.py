@@ -59,7 +59,8 @@ class HubnessCorrections:
         the reference instead (rebuilt every ``traffic_refresh`` new queries)."""
         if not self.settings.hubness_for(source_space):
             return None
-        pool = self.traffic.get(source_space) if self.traffic.enabled else None
+        pool_key = traffic_key(source_space, generation.space.space_id)
+        pool = self.traffic.get(pool_key) if self.traffic.enabled else None
         if pool is not None and len(pool) >= self.settings.traffic_min:
             return self._traffic_correction(source_space, pool, generation)
         if reference is None:
@@ -75,11 +76,18 @@ class HubnessCorrections:
                 self._built.popitem(last=False)
             return correction
 
-    def remember(self, source_space: str, signer: str, translated: npt.NDArray[np.float32]) -> None:
-        """Keep a translated query in the traffic pool, if the silo keeps any."""
+    def remember(
+        self,
+        source_space: str,
+        target_space: str,
+        signer: str,
+        translated: npt.NDArray[np.float32],
+    ) -> None:
+        """Keep a query translated from ``source_space`` into ``target_space`` in the traffic
+        pool, if the silo keeps any (one pool per pair: a migrating silo answers in two)."""
         wanted = self.settings.hubness_for(source_space) or self.settings.refine
         if self.traffic.enabled and wanted:
-            self.traffic.pool(source_space).add(signer, translated)
+            self.traffic.pool(traffic_key(source_space, target_space)).add(signer, translated)
 
     def _traffic_correction(
         self, source_space: str, pool: TrafficPool, generation: Generation
@@ -131,6 +139,11 @@ class HubnessCorrections:
             sample.shape[0],
         )
         return correction
+
+
+def traffic_key(source_space: str, target_space: str) -> str:
+    """The traffic pool of queries translated from ``source_space`` into ``target_space``."""
+    return f"{source_space}->{target_space}"
 
 
 def sample_vectors(data: SiloData, generation: Generation, count: int) -> npt.NDArray[np.float32]:

@@ -28,7 +28,11 @@ from silobridge.adapters.refinement import (
     fit_refinement,
 )
 from silobridge.silo_agent.adapter_fetch import Translation
-from silobridge.silo_agent.receiving.hubness_routes import TRAFFIC, HubnessCorrections
+from silobridge.silo_agent.receiving.hubness_routes import (
+    TRAFFIC,
+    HubnessCorrections,
+    traffic_key,
+)
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.generation import Generation
 
@@ -78,7 +82,9 @@ class Refinements:
         # Measured only together with the hubness correction of what it maps: not without it.
         if not self.enabled or not self.settings.hubness_for(translation.source_space):
             return None
-        pool = self.corrections.traffic.get(translation.source_space)
+        pool = self.corrections.traffic.get(
+            traffic_key(translation.source_space, generation.space.space_id)
+        )
         key = (translation.adapter_id, generation.space.space_id)
         with self._lock:
             state = self._states.setdefault(key, _State())

@@ -90,7 +90,7 @@ class TrafficPool:
 
 
 class TrafficPools:
-    """One pool per source space the silo receives translated queries from."""
+    """One pool per (source space, the silo's space it was translated into): ``traffic_key``."""
 
     def __init__(self, capacity: int, max_share: float, lifetime_s: float) -> None:
         self.capacity = capacity
@@ -103,14 +103,14 @@ class TrafficPools:
     def enabled(self) -> bool:
         return self.capacity > 0
 
-    def pool(self, source_space: str) -> TrafficPool:
+    def pool(self, key: str) -> TrafficPool:
         with self._lock:
-            found = self._pools.get(source_space)
+            found = self._pools.get(key)
             if found is None:
                 found = TrafficPool(self.capacity, self.max_share, self.lifetime_s)
-                self._pools[source_space] = found
+                self._pools[key] = found
             return found
 
-    def get(self, source_space: str) -> TrafficPool | None:
+    def get(self, key: str) -> TrafficPool | None:
         with self._lock:
-            return self._pools.get(source_space)
+            return self._pools.get(key)
