@@ -17,6 +17,7 @@ from grpc_health.v1 import health
 from silobridge.audit.wire import recording_interceptors
 from silobridge.core.config import ServerSettings, TlsFiles
 from silobridge.core.endpoints import endpoint_host
+from silobridge.core.stage_timer import start_writer
 from silobridge.rpc import transport
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ async def start_server(
         await close_resources()
         raise
     await transport.mark_serving(health_servicer, service_names)
+    start_writer(recorder_name)  # only with $SILOBRIDGE_STAGE_TIMINGS (the live benchmark)
     return RunningServer(server, port, health_servicer, close_resources)
 
 

@@ -9,6 +9,7 @@ identities with the rules of ``silobridge.security.rules``.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -171,8 +172,14 @@ def certificate_serial_hex(certificate: x509.Certificate) -> str:
     return format(certificate.serial_number, "x")
 
 
+@functools.lru_cache(maxsize=1024)
 def identity_from_certificate_pem(pem: bytes) -> PeerIdentity:
-    """Read the SiloBridge identity of a PEM certificate (as the TLS auth context gives it)."""
+    """Read the SiloBridge identity of a PEM certificate (as the TLS auth context gives it).
+
+    Cached by the certificate's exact bytes (a pure function of them: the TLS handshake has
+    checked the chain and validity already): every call of a connection presents the same
+    certificate, and parsing it cost more than the rest of admitting the call.
+    """
     try:
         certificate = x509.load_pem_x509_certificate(pem)
     except ValueError:

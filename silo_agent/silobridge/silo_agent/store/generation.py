@@ -166,6 +166,8 @@ class Generation:
         index, overlay = self.state()
         if not keys:
             return np.zeros((0, self.space.dimension), dtype=np.float32)
+        if not overlay.holds_vectors and index is not None:  # the usual case: all in the index
+            return index.reconstruct(np.asarray(keys, dtype=np.int64))
         found = [overlay.vector(key) for key in keys]
         missing = [key for key, row in zip(keys, found, strict=True) if row is None]
         from_index: list[FloatVector] = []

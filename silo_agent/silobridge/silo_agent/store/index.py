@@ -223,13 +223,10 @@ class VectorIndex:
         if self.count == 0:
             return [[] for _ in range(matrix.shape[0])]
         scores, ids = self._index.search(matrix, k)
+        # Plain Python numbers in one conversion each (not per element): this runs per query.
         return [
-            [
-                (int(key), float(score))
-                for key, score in zip(row_ids, row_scores, strict=True)
-                if key != -1
-            ]
-            for row_ids, row_scores in zip(ids, scores, strict=True)
+            [(key, score) for key, score in zip(row_ids, row_scores, strict=True) if key != -1]
+            for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True)
         ]
 
     def reconstruct(self, keys: KeyArray) -> FloatMatrix | None:

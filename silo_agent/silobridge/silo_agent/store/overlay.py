@@ -85,6 +85,11 @@ class Overlay:
         """How much the next rebuild would fold in: rows written plus index keys hidden."""
         return len(self._row_of) + len(self.hidden - self._row_of.keys())
 
+    @property
+    def holds_vectors(self) -> bool:
+        """Whether any row was written since the index was built."""
+        return bool(self._row_of)
+
     def vector(self, key: int) -> FloatVector | None:
         row = self._row_of.get(key)
         return None if row is None else self.vectors[row]
