@@ -25,13 +25,14 @@ from silobridge.core.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     SiloBridgeError,
     Unavailable,
 )
 from silobridge.core.federation import FederatedAnswer, SiloOutcome, merge_mode
 from silobridge.core.hits import Hit
 from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription
-from silobridge.core.queries import FederatedQuery, SiloQuery
+from silobridge.core.queries import FederatedBatch, FederatedQuery, SiloBatch, SiloQuery
 from silobridge.core.spaces import FloatMatrix
 from silobridge.core.vectors import WireVector
 from silobridge.embedding.embedders import Embedder, load_embedder
@@ -71,6 +72,15 @@ class FakeGateway:
         if endpoint in self.broken:
             hits[-1] = Hit("bad", float("nan"))
         return hits
+
+    async def search_batch(
+        self, endpoint: str, batch: SiloBatch, *, expect: str = "", timeout: float
+    ) -> list[list[Hit]]:
+        # One call for the batch, answered as its queries would be one by one.
+        return [
+            await self.search(endpoint, SiloQuery(vector, batch.k), expect=expect, timeout=timeout)
+            for vector in batch.vectors
+        ]
 
     async def embed_anchors(
         self,
@@ -306,3 +316,60 @@ def test_a_failing_silo_shows_its_outcome_and_the_peers_status_in_its_status(
     # The asker learns the silo's status and words, not its address.
     assert kjv.message == f"{status_name}: silo kjv says why"
     assert answer.hits and {h.silo for h in answer.hits} == {"pydocs"}
+
+
+def test_an_unsigned_batch_is_translated_per_silo_and_answers_as_single_queries(
+    service: CoordinatorService,
+) -> None:
+    space = service.state.silo("pydocs").space
+    rng = np.random.default_rng(3)
+    wires = tuple(WireVector.of(rng.normal(size=space.dimension)) for _ in range(4))
+    service.gateway.searched.clear()  # type: ignore[attr-defined]
+    batch = FederatedBatch(wires, space.space_id, 5)
+    answer = asyncio.run(service.federated_search_batch(ALICE, batch))
+    assert {s.silo: s.state.value for s in answer.statuses} == {
+        "kjv": "ok",
+        "pydocs": "ok",
+        "web": "denied",
+    }
+    # kjv received the coordinator's translations into its own space, pydocs the vectors as is.
+    assert sorted(set(service.gateway.searched)) == [("kjv:1", 384), ("pydocs:1", 64)]  # type: ignore[attr-defined]
+    singles = [
+        asyncio.run(service.federated_search(ALICE, FederatedQuery(wire, space.space_id, 5)))
+        for wire in wires
+    ]
+    assert [[(h.silo, h.doc_id) for h in hits] for hits in answer.answers] == [
+        [(h.silo, h.doc_id) for h in single.hits] for single in singles
+    ]
+
+
+def test_a_slow_silo_times_out_for_the_whole_batch(service: CoordinatorService) -> None:
+    service.gateway.slow.add("kjv:1")  # type: ignore[attr-defined]
+    space = service.state.silo("pydocs").space
+    wires = tuple(WireVector.of(np.ones(space.dimension, np.float32) + i) for i in range(3))
+    answer = asyncio.run(
+        service.federated_search_batch(
+            ALICE, FederatedBatch(wires, space.space_id, 5), time_remaining=5.0
+        )
+    )
+    assert {s.silo: s.state.value for s in answer.statuses} == {
+        "kjv": "timeout",
+        "pydocs": "ok",
+        "web": "denied",
+    }
+    assert len(answer.answers) == 3
+    assert all({h.silo for h in hits} == {"pydocs"} for hits in answer.answers)
+
+
+def test_a_batch_over_max_batch_or_empty_is_refused(service: CoordinatorService) -> None:
+    space = service.state.silo("pydocs").space
+    wire = WireVector.of(np.ones(space.dimension, np.float32))
+    limit = service.config.server.max_batch
+    with pytest.raises(ResourceExhausted, match="max_batch"):
+        asyncio.run(
+            service.federated_search_batch(
+                ALICE, FederatedBatch((wire,) * (limit + 1), space.space_id, 5)
+            )
+        )
+    with pytest.raises(InvalidArgument, match="at least one"):
+        asyncio.run(service.federated_search_batch(ALICE, FederatedBatch((), space.space_id, 5)))

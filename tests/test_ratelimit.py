@@ -153,3 +153,18 @@ def test_no_window_admits_more_than_burst_plus_rate_times_its_length(
             for last in range(first, len(times)):
                 window = times[last] - times[first]
                 assert last - first + 1 <= burst + rate * window + 1e-6
+
+
+def test_a_call_of_many_queries_spends_one_token_each_or_none() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(1.0, 10, clock=clock)
+    limiter.check(ALICE, 6)
+    with pytest.raises(ResourceExhausted, match=r"retry in 2\.0 s"):
+        limiter.check(ALICE, 6)  # 4 left: refused whole, nothing spent
+    limiter.check(ALICE, 4)
+    assert not allowed(limiter, ALICE)
+    clock.now += 3.0
+    limiter.check(ALICE, 3)
+    with pytest.raises(ResourceExhausted, match="exceed the rate limit's burst of 10"):
+        limiter.check(BOB, 11)  # could never pass, however long it waited
+    limiter.check(BOB, 10)

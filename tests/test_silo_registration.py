@@ -128,6 +128,9 @@ class FakeCoordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def ListAuditHeads(self, request: Any, context: Any) -> Any:
         return self._unused(context)
 
+    def FederatedSearchBatch(self, request: Any, context: Any) -> Any:
+        return self._unused(context)
+
 
 @dataclass
 class Coordinator:

@@ -34,7 +34,7 @@ from silobridge.coordinator.training.fit import train_adapter
 from silobridge.core.errors import FailedPrecondition, NotFound
 from silobridge.core.hits import Hit
 from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription, SiloListing
-from silobridge.core.queries import FederatedQuery, SiloQuery
+from silobridge.core.queries import FederatedQuery, SiloBatch, SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import WireVector
 from silobridge.security.identity import PeerIdentity
@@ -396,6 +396,11 @@ class DescribeOnly:
     async def search(
         self, endpoint: str, query: SiloQuery, *, expect: str = "", timeout: float
     ) -> list[Hit]:
+        raise AssertionError("not searched here")
+
+    async def search_batch(
+        self, endpoint: str, batch: SiloBatch, *, expect: str = "", timeout: float
+    ) -> list[list[Hit]]:
         raise AssertionError("not searched here")
 
     async def embed_anchors(

@@ -45,6 +45,8 @@ class CoordinatorServerSettings(ServerSettings):
     # Per-silo deadline when the caller set none; a caller's own deadline always wins if sooner.
     silo_timeout_seconds: float = 10.0
     max_k: int = 100
+    # Queries in one FederatedSearchBatch; a larger batch is refused (RESOURCE_EXHAUSTED).
+    max_batch: int = 256
     # One Describe of a silo answers every ListSilos for this long (0: probe at every listing).
     probe_cache_seconds: float = 5.0
     # A SubmitAnchorEmbeddings stream must end within this long, however slowly it trickles.
@@ -122,6 +124,7 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
         train_workers=srv.positive("train_workers", CoordinatorServerSettings.train_workers),
         silo_timeout_seconds=timeout,
         max_k=srv.positive("max_k", CoordinatorServerSettings.max_k),
+        max_batch=srv.positive("max_batch", CoordinatorServerSettings.max_batch),
         probe_cache_seconds=srv.get(
             "probe_cache_seconds", float, CoordinatorServerSettings.probe_cache_seconds
         ),

@@ -20,6 +20,7 @@ from silobridge.coordinator.audit_heads import AuditHeadBook
 from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.registry import SiloRegistry
 from silobridge.coordinator.revocation import SiloRevocation
+from silobridge.coordinator.search.batch import BatchSearch
 from silobridge.coordinator.search.fanout import FederatedSearch
 from silobridge.coordinator.search.planner import SearchPlanner
 from silobridge.coordinator.search.translation import Translator
@@ -33,7 +34,7 @@ from silobridge.core.errors import (
     NotFound,
     PermissionDenied,
 )
-from silobridge.core.federation import FederatedAnswer
+from silobridge.core.federation import FederatedAnswer, FederatedBatchAnswer
 from silobridge.core.listings import (
     AdapterFiles,
     AdapterListing,
@@ -45,7 +46,7 @@ from silobridge.core.listings import (
     TrainProgress,
 )
 from silobridge.core.offload import off_loop
-from silobridge.core.queries import FederatedQuery
+from silobridge.core.queries import FederatedBatch, FederatedQuery
 from silobridge.security.denylist import Denylist
 from silobridge.security.identity import PeerIdentity, Role
 
@@ -91,6 +92,7 @@ class CoordinatorService:
         translator = Translator(state, signing_key.public_key())
         planner = SearchPlanner(state, config.policy, translator, self.revocation)
         self.search = FederatedSearch(config, planner, gateway, executor)
+        self.batch_search = BatchSearch(self.search)
         # The silos' audit checkpoint heads: evidence kept outside each silo's host.
         self.audit_heads = AuditHeadBook.open(config.state_dir)
 
@@ -161,6 +163,12 @@ class CoordinatorService:
         Who may query which silo is the ``[policy.query]`` table, checked per silo in the plan.
         """
         return await self.search.answer(caller, query, time_remaining=time_remaining)
+
+    async def federated_search_batch(
+        self, caller: PeerIdentity, batch: FederatedBatch, *, time_remaining: float | None = None
+    ) -> FederatedBatchAnswer:
+        """FederatedSearchBatch: per query its merged hits, and each silo's status once."""
+        return await self.batch_search.answer(caller, batch, time_remaining=time_remaining)
 
     async def get_adapter(self, caller: PeerIdentity, adapter_id: str) -> AdapterFiles:
         """GetAdapter: the signed artifact of ``adapter_id``, byte for byte."""

@@ -11,8 +11,10 @@ from typing import Any
 
 import grpc
 
+from silobridge.coordinator.search.batch import check_batch_size
 from silobridge.coordinator.service import CoordinatorService
 from silobridge.core.listings import AnchorVectors
+from silobridge.core.stage_timer import TIMINGS
 from silobridge.rpc import convert
 from silobridge.rpc.status import stream_boundary, unary_boundary
 from silobridge.rpc.transport import peer_identity
@@ -121,22 +123,54 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def FederatedSearch(
         self, request: coordinator_pb2.FederatedSearchRequest, context: Context
     ) -> coordinator_pb2.FederatedSearchResponse:
-        caller = self._caller(context)
-        self.gatekeeper.limit(caller)
-        query = convert.federated_query_from_proto(request)
+        with TIMINGS.stage("coordinator: FederatedSearch handler, in all"):
+            return await self._federated_search(request, context)
+
+    async def _federated_search(
+        self, request: coordinator_pb2.FederatedSearchRequest, context: Context
+    ) -> coordinator_pb2.FederatedSearchResponse:
+        with TIMINGS.stage("coordinator: admission and request decode"):
+            caller = self._caller(context)
+            self.gatekeeper.limit(caller)
+            query = convert.federated_query_from_proto(request)
         answer = await self.service.federated_search(
             caller, query, time_remaining=context.time_remaining()
         )
+        with TIMINGS.stage("coordinator: audit line and response encode"):
+            self.gatekeeper.record(
+                caller,
+                "FederatedSearch",
+                allowed=True,
+                silos=[status.silo for status in answer.statuses],
+                results=len(answer.hits),
+                signed=query.signed is not None,
+                outcomes=",".join(f"{s.silo}:{s.state.value}" for s in answer.statuses),
+            )
+            return convert.answer_to_proto(answer)
+
+    @unary_boundary
+    async def FederatedSearchBatch(
+        self, request: coordinator_pb2.FederatedSearchBatchRequest, context: Context
+    ) -> coordinator_pb2.FederatedSearchBatchResponse:
+        caller = self._caller(context)
+        batch = convert.federated_batch_from_proto(request)
+        # Size first: an oversized batch is refused before it costs the caller's budget.
+        check_batch_size(len(batch.vectors), self.service.config.server.max_batch)
+        self.gatekeeper.limit(caller, len(batch.vectors))  # one token per query
+        answer = await self.service.federated_search_batch(
+            caller, batch, time_remaining=context.time_remaining()
+        )
         self.gatekeeper.record(
             caller,
-            "FederatedSearch",
+            "FederatedSearchBatch",
             allowed=True,
             silos=[status.silo for status in answer.statuses],
-            results=len(answer.hits),
-            signed=query.signed is not None,
+            results=sum(len(hits) for hits in answer.answers),
+            batch=len(batch.vectors),
+            signed=batch.signed is not None,
             outcomes=",".join(f"{s.silo}:{s.state.value}" for s in answer.statuses),
         )
-        return convert.answer_to_proto(answer)
+        return convert.batch_answer_to_proto(answer)
 
     @unary_boundary
     async def ManageSilo(

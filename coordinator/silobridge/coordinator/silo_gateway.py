@@ -14,7 +14,7 @@ from silobridge.core.errors import ErrorCode, SiloBridgeError
 from silobridge.core.federation import SiloOutcome
 from silobridge.core.hits import Hit
 from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription
-from silobridge.core.queries import SiloQuery
+from silobridge.core.queries import SiloBatch, SiloQuery
 from silobridge.core.spaces import FloatMatrix
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,12 @@ class SiloGateway(Protocol):
     async def search(
         self, endpoint: str, query: SiloQuery, *, expect: str, timeout: float
     ) -> list[Hit]: ...
+
+    async def search_batch(
+        self, endpoint: str, batch: SiloBatch, *, expect: str, timeout: float
+    ) -> list[list[Hit]]:
+        """One call for a whole batch: one hit list per vector, in order."""
+        ...
 
     async def embed_anchors(
         self,

@@ -11,7 +11,7 @@ import asyncio
 from silobridge.core.config import TlsFiles
 from silobridge.core.hits import Hit
 from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription
-from silobridge.core.queries import SiloQuery
+from silobridge.core.queries import SiloBatch, SiloQuery
 from silobridge.core.spaces import FloatMatrix
 from silobridge.rpc.silo_client import SiloClient
 
@@ -42,6 +42,11 @@ class GrpcSiloGateway:
         self, endpoint: str, query: SiloQuery, *, expect: str, timeout: float
     ) -> list[Hit]:
         return await (await self._client(endpoint, expect)).search(query, timeout=timeout)
+
+    async def search_batch(
+        self, endpoint: str, batch: SiloBatch, *, expect: str, timeout: float
+    ) -> list[list[Hit]]:
+        return await (await self._client(endpoint, expect)).search_batch(batch, timeout=timeout)
 
     async def embed_anchors(
         self,

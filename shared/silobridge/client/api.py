@@ -20,11 +20,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import cast
 
+import numpy as np
 import numpy.typing as npt
 
 from silobridge.client.config import ClientConfig
 from silobridge.core.errors import InvalidArgument, SiloBridgeError
-from silobridge.core.federation import FederatedAnswer, merge_mode
+from silobridge.core.federation import (
+    FederatedAnswer,
+    FederatedBatchAnswer,
+    merge_mode,
+)
 from silobridge.core.listings import (
     AdapterListing,
     SiloAction,
@@ -32,7 +37,7 @@ from silobridge.core.listings import (
     SiloState,
     TrainProgress,
 )
-from silobridge.core.queries import FederatedQuery
+from silobridge.core.queries import FederatedBatch, FederatedQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import WireVector
 from silobridge.rpc.coordinator_client import CoordinatorClient
@@ -40,6 +45,9 @@ from silobridge.rpc.silo_client import SiloClient
 from silobridge.security.signed_query.signing import QuerySigner, load_client_signer
 
 _UINT32_MAX = 2**32 - 1
+
+# Queries per FederatedSearchBatch call: the coordinator's default [server] max_batch.
+DEFAULT_MAX_BATCH = 256
 
 # How long a listing of "every silo" is reused for queries that name no silos.
 EVERY_SILO_SECONDS = 10.0
@@ -181,6 +189,93 @@ class FederatedClient:
         )
         with _answered_by(self._coordinator_peer):
             return await self._coordinator.federated_search(query)
+
+    async def search_vectors(
+        self,
+        vectors: npt.ArrayLike,
+        source_space: str,
+        *,
+        k: int = 10,
+        silos: Sequence[str] = (),
+        merge: str = "calibrated",
+        timeout: float | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> FederatedBatchAnswer:
+        """Search the federation with many vectors of ``source_space`` (one per row), in
+        batches of at most ``max_batch`` (the coordinator's ``[server] max_batch``): one
+        signature, one call per batch, one call per silo. The answers come back in row order;
+        the statuses are one per silo for all of them (the first failure of a silo shows).
+        """
+        rows = np.asarray(vectors, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[0] == 0:
+            raise InvalidArgument(
+                f"search_vectors takes a (count, dimension) matrix of queries, got {rows.shape}"
+            )
+        targets = tuple(name.strip() for name in silos if name.strip())
+        k = _count("k", k, minimum=1)
+        mode = merge_mode(merge)
+        max_batch = _count("max_batch", max_batch, minimum=1)
+        if self._signer is not None and self._audience is not None and not targets:
+            targets = await self._every_silo()
+        parts: list[FederatedBatchAnswer] = []
+        for start in range(0, rows.shape[0], max_batch):
+            wires = tuple(WireVector.of(row) for row in rows[start : start + max_batch])
+            signed = None
+            if self._signer is not None and self._audience is not None:
+                # One signature over the whole batch, in order: no vector can be swapped.
+                signed = self._signer.sign_batch(
+                    vectors=wires,
+                    source_space=source_space,
+                    silos=targets,
+                    k=k,
+                    audience=self._audience,
+                )
+            batch = FederatedBatch(
+                vectors=wires,
+                source_space=source_space,
+                k=k,
+                silos=targets,
+                merge=mode,
+                signed=signed,
+            )
+            with _answered_by(self._coordinator_peer):
+                parts.append(await self._coordinator.federated_search_batch(batch, timeout=timeout))
+        return FederatedBatchAnswer.joined(parts)
+
+    async def query_many(
+        self,
+        texts: Sequence[str],
+        *,
+        k: int = 10,
+        silos: Sequence[str] = (),
+        merge: str = "calibrated",
+        timeout: float | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> FederatedBatchAnswer:
+        """Embed ``texts`` at the home silo (one Embed call per ``max_batch`` texts), then search
+        the federation with their vectors in batches; the texts never leave the organization."""
+        if not texts:
+            raise InvalidArgument("no query texts given")
+        for position, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidArgument(f"query text #{position} is empty")
+        check_search_options(k=k, merge=merge)
+        max_batch = _count("max_batch", max_batch, minimum=1)
+        matrices: list[FloatMatrix] = []
+        space: SpaceDescriptor | None = None
+        for start in range(0, len(texts), max_batch):
+            matrix, space = await self.embed(texts[start : start + max_batch])
+            matrices.append(matrix)
+        assert space is not None  # at least one text, so at least one Embed call
+        return await self.search_vectors(
+            np.concatenate(matrices),
+            space.space_id,
+            k=k,
+            silos=silos,
+            merge=merge,
+            timeout=timeout,
+            max_batch=max_batch,
+        )
 
     async def query(
         self,

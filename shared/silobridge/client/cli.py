@@ -160,7 +160,9 @@ def adapters_table(adapters: Sequence[AdapterListing], now: float) -> Table:
 
 def query_command(
     config: ConfigOption,
-    text: Annotated[str, typer.Argument(help="Query text; embedded by your home silo.")],
+    text: Annotated[
+        str, typer.Argument(help="Query text; embedded by your home silo (or use --file).")
+    ] = "",
     k: Annotated[int, typer.Option("--k", "-k", help="Number of merged hits.")] = 10,
     silos: Annotated[
         str, typer.Option(help="Comma-separated silo names; default: all you may query.")
@@ -176,15 +178,36 @@ def query_command(
         int, typer.Option(help="Hits each silo re-ranks (0: the coordinator's default).")
     ] = 0,
     as_json: JsonOption = False,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help='A JSONL file of queries, one {"text": ..., "id": ...} a line: embedded at home '
+            "and searched in batches of up to 256 (one signature each); with --json, one JSON "
+            "object a line.",
+        ),
+    ] = None,
 ) -> None:
     """Search the federation: the text is embedded at home; only its vector travels (by default)."""
     from silobridge.client.api import FederatedClient, check_search_options
     from silobridge.client.config import load_client_config
 
-    if not text.strip():
+    if file is not None and text:
+        fail("give a query text or --file, not both")
+    if file is not None and rerank:
+        fail("--rerank sends one query's text; it is not available with --file")
+    if file is None and not text.strip():
         fail("the query text is empty")
     run_or_exit(lambda: check_search_options(k=k, merge=merge, rerank_depth=rerank_depth))
     cfg = run_or_exit(lambda: load_client_config(config))
+    if file is not None:
+        from silobridge.client.batch_cli import query_file
+
+        query_file(
+            cfg, file, k=k, silos=split_silos(silos), merge=merge, as_json=as_json, out=out, err=err
+        )
+        return
 
     async def run() -> FederatedAnswer:
         # A peer's failure names the peer: the text goes to the home silo, the vector onwards.

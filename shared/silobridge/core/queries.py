@@ -50,3 +50,28 @@ class FederatedQuery:
     rerank_text: str = ""
     rerank_depth: int = 0
     signed: SignedQuery | None = None
+
+
+@dataclass(frozen=True)
+class SiloBatch:
+    """A batch of queries to one silo under one client signature, as a coordinator forwards it:
+    the client's vectors in ``source_space`` exactly as signed, translated by the silo itself
+    with the signed adapter ``adapter_id`` (no re-ranking text in a batch)."""
+
+    vectors: tuple[WireVector, ...]
+    k: int
+    signed: SignedQuery | None = None
+    source_space: str = ""
+    adapter_id: str = ""
+
+
+@dataclass(frozen=True)
+class FederatedBatch:
+    """A client's batch of queries to the coordinator, one signature over all of them."""
+
+    vectors: tuple[WireVector, ...]
+    source_space: str
+    k: int
+    silos: tuple[str, ...] = ()
+    merge: MergeMode = MergeMode.CALIBRATED
+    signed: SignedQuery | None = None

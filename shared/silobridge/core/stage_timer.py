@@ -2,7 +2,8 @@
 
 Off unless ``SILOBRIDGE_STAGE_TIMINGS`` names a directory. Then every process that calls
 ``start_writer`` writes ``<dir>/<process>.json`` once a second and at exit:
-``{"process": str, "pid": int, "stages": {name: {"count": int, "seconds": float}}}``, totals
+``{"process": str, "pid": int, "cpu_seconds": float, "stages": {name: {"count": int,
+"seconds": float}}}``, totals
 since start (a reader takes differences between two snapshots). A stage costs two
 ``perf_counter`` calls and a lock when on, one attribute test when off.
 """
@@ -89,7 +90,13 @@ def start_writer(process: str) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:
-        payload = {"process": process, "pid": os.getpid(), "stages": TIMINGS.snapshot()}
+        payload = {
+            "process": process,
+            "pid": os.getpid(),
+            # CPU time of the whole process: per query, what a busy machine cannot blur.
+            "cpu_seconds": time.process_time(),
+            "stages": TIMINGS.snapshot(),
+        }
         partial = path.with_suffix(".json.tmp")
         partial.write_text(json.dumps(payload))
         partial.replace(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,21 @@ class WireVector:
         # Fixed-width prefix fields keep the encoding injective: no (dtype, dim, data) collide.
         prefix = bytes([self.dtype]) + self.dim.to_bytes(4, "big")
         return hashlib.sha256(prefix + self.data).digest()
+
+
+# Domain separation of the batch digest: never equal to a single vector's ``sha256``.
+BATCH_DIGEST_CONTEXT = b"silobridge-batch-v1\n"
+
+
+def batch_sha256(vectors: Sequence[WireVector]) -> bytes:
+    """sha256 over the context, the count (4 bytes big-endian) and each vector's ``sha256`` in
+    order: what a client signs for a batch (order and content sensitive)."""
+    if not 0 <= len(vectors) < 2**32:
+        raise InvalidArgument(f"a batch of {len(vectors)} vectors is out of range")
+    digest = hashlib.sha256(BATCH_DIGEST_CONTEXT + len(vectors).to_bytes(4, "big"))
+    for vector in vectors:
+        digest.update(vector.sha256())
+    return digest.digest()
 
 
 def validate_query_vector(vector: FloatVector, expected_dim: int) -> FloatVector:

@@ -11,7 +11,7 @@ from types import TracebackType
 
 from silobridge.audit.heads import AuditHead
 from silobridge.core.config import TlsFiles
-from silobridge.core.federation import FederatedAnswer
+from silobridge.core.federation import FederatedAnswer, FederatedBatchAnswer
 from silobridge.core.listings import (
     AdapterFiles,
     AdapterListing,
@@ -22,7 +22,7 @@ from silobridge.core.listings import (
     SiloState,
     TrainProgress,
 )
-from silobridge.core.queries import FederatedQuery
+from silobridge.core.queries import FederatedBatch, FederatedQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.rpc import convert
 from silobridge.rpc.calls import Peer, peer_errors, streamed, unary
@@ -111,6 +111,16 @@ class CoordinatorClient:
             self._peer, self._stub.FederatedSearch(request, timeout=self._deadline(timeout))
         )
         return convert.answer_from_proto(reply, query.source_space)
+
+    async def federated_search_batch(
+        self, batch: FederatedBatch, *, timeout: float | None = None
+    ) -> FederatedBatchAnswer:
+        """A batch of queries in one call: per query its merged hits, per silo one status."""
+        request = convert.federated_batch_to_proto(batch)
+        reply = await unary(
+            self._peer, self._stub.FederatedSearchBatch(request, timeout=self._deadline(timeout))
+        )
+        return convert.batch_answer_from_proto(reply, batch.source_space)
 
     async def train_adapter(
         self,

@@ -18,7 +18,7 @@ from silobridge.core.errors import InvalidArgument
 from silobridge.core.hits import Hit
 from silobridge.core.listings import PreferenceRequest, SiloDescription
 from silobridge.core.migration import MigrationCommand, MigrationPlan, MigrationStatus
-from silobridge.core.queries import SiloQuery
+from silobridge.core.queries import SiloBatch, SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
 from silobridge.core.vectors import FloatVector, WireVector
 from silobridge.rpc import convert
@@ -91,6 +91,18 @@ class SiloClient:
         request = convert.silo_query_to_proto(query)
         reply = await unary(self._peer, self.stub.Search(request, timeout=timeout))
         return [convert.hit_from_proto(hit) for hit in reply.hits]
+
+    async def search_batch(
+        self, batch: SiloBatch, *, timeout: float | None = None
+    ) -> list[list[Hit]]:
+        """A forwarded batch in one call: one hit list per vector, in order."""
+        request = convert.silo_batch_to_proto(batch)
+        reply = await unary(self._peer, self.stub.SearchBatch(request, timeout=timeout))
+        if len(reply.results) != len(batch.vectors):
+            raise InvalidArgument(
+                f"the silo answered {len(reply.results)} of a batch of {len(batch.vectors)}"
+            )
+        return convert.hit_lists_from_proto(reply)
 
     async def search_vector(
         self,

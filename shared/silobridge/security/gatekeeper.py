@@ -89,9 +89,10 @@ class Gatekeeper:
             self.denylist.check(caller)
         return caller
 
-    def limit(self, asker: PeerIdentity) -> None:
-        """Spend one token of ``asker``'s bucket (``ResourceExhausted`` when empty)."""
-        self.limiter.check(asker.spiffe_id or "anonymous")
+    def limit(self, asker: PeerIdentity, cost: int = 1) -> None:
+        """Spend ``cost`` tokens of ``asker``'s bucket, one per query (``ResourceExhausted``
+        when it holds fewer)."""
+        self.limiter.check(asker.spiffe_id or "anonymous", cost)
 
     def record(
         self,

@@ -68,8 +68,16 @@ class RateLimiter:
         """How many keys are tracked now (at most ``max_keys``)."""
         return len(self._buckets)
 
-    def check(self, key: str) -> None:
-        """Spend one of ``key``'s tokens, or raise ``ResourceExhausted`` saying when to retry."""
+    def check(self, key: str, cost: int = 1) -> None:
+        """Spend ``cost`` of ``key``'s tokens (one per query: a batch costs its size), or raise
+        ``ResourceExhausted`` saying when to retry; all or nothing."""
+        if cost < 1:
+            raise ConfigError(f"a rate-limited call costs at least 1 token, got {cost}")
+        if cost > self.burst:
+            raise ResourceExhausted(
+                f"{cost} queries in one call exceed the rate limit's burst of {self.burst} for "
+                f"{key}; send smaller batches"
+            )
         with self._lock:
             now = self._clock()
             bucket = self._buckets.get(key)
@@ -88,11 +96,11 @@ class RateLimiter:
                     float(self.burst), bucket.tokens + elapsed * self.rate_per_second
                 )
                 bucket.updated = max(bucket.updated, now)
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+            if bucket.tokens >= cost:
+                bucket.tokens -= cost
                 return
             # Rounded up so the advice is never "retry in 0.0 s".
-            wait = math.ceil((1.0 - bucket.tokens) / self.rate_per_second * 10) / 10
+            wait = math.ceil((cost - bucket.tokens) / self.rate_per_second * 10) / 10
         raise ResourceExhausted(
             f"rate limit of {self.rate_per_second:g}/s (burst {self.burst}) exceeded for {key}; "
             f"retry in {wait:.1f} s"

@@ -239,6 +239,7 @@ class QueryClaims(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     RERANK_TEXT_SHA256_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     source_space: _builtins.str
     vector_sha256: _builtins.bytes
     """sha256 over the query Vector as sent: dtype (1 byte), dim (4 bytes big-endian), data."""
@@ -251,6 +252,11 @@ class QueryClaims(_message.Message):
     audience: _builtins.str
     """The SPIFFE id of the coordinator the client sends it to: that coordinator alone may forward
     it, and a silo accepts it only from a caller holding this identity.
+    """
+    batch_size: _builtins.int
+    """0 for a single query. For a batch (FederatedSearchBatch, SearchBatch): how many vectors it
+    holds, and vector_sha256 is then the batch digest (core/vectors.py batch_sha256) over
+    them in order, so a batch signature never passes as a single query's, nor the reverse.
     """
     @_builtins.property
     def silos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -269,10 +275,11 @@ class QueryClaims(_message.Message):
         nonce: _builtins.bytes = ...,
         rerank_text_sha256: _builtins.bytes = ...,
         audience: _builtins.str = ...,
+        batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "issued_unix_ms", b"issued_unix_ms", "k", b"k", "nonce", b"nonce", "rerank_text_sha256", b"rerank_text_sha256", "silos", b"silos", "source_space", b"source_space", "vector_sha256", b"vector_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "batch_size", b"batch_size", "issued_unix_ms", b"issued_unix_ms", "k", b"k", "nonce", b"nonce", "rerank_text_sha256", b"rerank_text_sha256", "silos", b"silos", "source_space", b"source_space", "vector_sha256", b"vector_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -573,6 +573,99 @@ class FederatedSearchResponse(_message.Message):
 Global___FederatedSearchResponse: _TypeAlias = FederatedSearchResponse  # noqa: Y015
 
 @_typing.final
+class FederatedSearchBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTORS_FIELD_NUMBER: _builtins.int
+    SOURCE_SPACE_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    SILOS_FIELD_NUMBER: _builtins.int
+    MERGE_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
+    source_space: _builtins.str
+    k: _builtins.int
+    merge: Global___MergeMode.ValueType
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]:
+        """The queries, in order; at most the coordinator's [server] max_batch."""
+
+    @_builtins.property
+    def silos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty means every silo the signature names."""
+
+    @_builtins.property
+    def signed(self) -> _common_pb2.SignedQuery:
+        """One signature over the whole batch (its claims' batch_size is the number of vectors)."""
+
+    def __init__(
+        self,
+        *,
+        vectors: _abc.Iterable[_common_pb2.Vector] | None = ...,
+        source_space: _builtins.str = ...,
+        k: _builtins.int = ...,
+        silos: _abc.Iterable[_builtins.str] | None = ...,
+        merge: Global___MergeMode.ValueType = ...,
+        signed: _common_pb2.SignedQuery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed", b"signed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "merge", b"merge", "signed", b"signed", "silos", b"silos", "source_space", b"source_space", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FederatedSearchBatchRequest: _TypeAlias = FederatedSearchBatchRequest  # noqa: Y015
+
+@_typing.final
+class BatchAnswer(_message.Message):
+    """The merged hits of one query of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FederatedHit]: ...
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___FederatedHit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchAnswer: _TypeAlias = BatchAnswer  # noqa: Y015
+
+@_typing.final
+class FederatedSearchBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchAnswer]:
+        """One per query, in the order of the request's vectors."""
+
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SiloStatus]:
+        """One per silo asked, for the whole batch."""
+
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___BatchAnswer] | None = ...,
+        statuses: _abc.Iterable[_common_pb2.SiloStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FederatedSearchBatchResponse: _TypeAlias = FederatedSearchBatchResponse  # noqa: Y015
+
+@_typing.final
 class GetAdapterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -69,6 +69,11 @@ class CoordinatorServiceStub:
                 request_serializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchResponse.FromString,
                 _registered_method=True)
+        self.FederatedSearchBatch = channel.unary_unary(
+                '/silobridge.v1.CoordinatorService/FederatedSearchBatch',
+                request_serializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchBatchRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchBatchResponse.FromString,
+                _registered_method=True)
         self.GetAdapter = channel.unary_unary(
                 '/silobridge.v1.CoordinatorService/GetAdapter',
                 request_serializer=silobridge_dot_v1_dot_coordinator__pb2.GetAdapterRequest.SerializeToString,
@@ -133,6 +138,14 @@ class CoordinatorServiceServicer:
 
     def FederatedSearch(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FederatedSearchBatch(self, request, context):
+        """Many query vectors in one call under one client signature: one call per silo, one merge
+        per query (no re-ranking text in a batch).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -204,6 +217,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.FederatedSearch,
                     request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchResponse.SerializeToString,
+            ),
+            'FederatedSearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.FederatedSearchBatch,
+                    request_deserializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchBatchRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchBatchResponse.SerializeToString,
             ),
             'GetAdapter': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAdapter,
@@ -415,6 +433,33 @@ class CoordinatorService:
             '/silobridge.v1.CoordinatorService/FederatedSearch',
             silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchRequest.SerializeToString,
             silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FederatedSearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.CoordinatorService/FederatedSearchBatch',
+            silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchBatchRequest.SerializeToString,
+            silobridge_dot_v1_dot_coordinator__pb2.FederatedSearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,10 @@ class CoordinatorServiceStub:
     """Admin only. Streams progress messages; the last one carries the stored adapter."""
     ListAdapters: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListAdaptersRequest, _coordinator_pb2.ListAdaptersResponse]
     FederatedSearch: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchRequest, _coordinator_pb2.FederatedSearchResponse]
+    FederatedSearchBatch: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchBatchRequest, _coordinator_pb2.FederatedSearchBatchResponse]
+    """Many query vectors in one call under one client signature: one call per silo, one merge
+    per query (no re-ranking text in a batch).
+    """
     GetAdapter: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetAdapterRequest, _coordinator_pb2.GetAdapterResponse]
     """A signed adapter artifact, for silos that translate forwarded queries themselves."""
     ManageSilo: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ManageSiloRequest, _coordinator_pb2.ManageSiloResponse]
@@ -63,6 +67,10 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """Admin only. Streams progress messages; the last one carries the stored adapter."""
     ListAdapters: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListAdaptersRequest, _coordinator_pb2.ListAdaptersResponse]  # type: ignore[assignment]
     FederatedSearch: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchRequest, _coordinator_pb2.FederatedSearchResponse]  # type: ignore[assignment]
+    FederatedSearchBatch: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.FederatedSearchBatchRequest, _coordinator_pb2.FederatedSearchBatchResponse]  # type: ignore[assignment]
+    """Many query vectors in one call under one client signature: one call per silo, one merge
+    per query (no re-ranking text in a batch).
+    """
     GetAdapter: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetAdapterRequest, _coordinator_pb2.GetAdapterResponse]  # type: ignore[assignment]
     """A signed adapter artifact, for silos that translate forwarded queries themselves."""
     ManageSilo: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ManageSiloRequest, _coordinator_pb2.ManageSiloResponse]  # type: ignore[assignment]
@@ -126,6 +134,16 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.FederatedSearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.FederatedSearchResponse, _abc.Awaitable[_coordinator_pb2.FederatedSearchResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FederatedSearchBatch(
+        self,
+        request: _coordinator_pb2.FederatedSearchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.FederatedSearchBatchResponse, _abc.Awaitable[_coordinator_pb2.FederatedSearchBatchResponse]]:
+        """Many query vectors in one call under one client signature: one call per silo, one merge
+        per query (no re-ranking text in a batch).
+        """
 
     @_abc_1.abstractmethod
     def GetAdapter(

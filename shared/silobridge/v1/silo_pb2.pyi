@@ -302,6 +302,87 @@ class SearchResponse(_message.Message):
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
 
 @_typing.final
+class SearchBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTORS_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
+    SOURCE_SPACE_FIELD_NUMBER: _builtins.int
+    ADAPTER_ID_FIELD_NUMBER: _builtins.int
+    k: _builtins.int
+    source_space: _builtins.str
+    adapter_id: _builtins.str
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]:
+        """The client's own vectors in `source_space`, exactly as signed; at most [limits] max_batch."""
+
+    @_builtins.property
+    def signed(self) -> _common_pb2.SignedQuery: ...
+    def __init__(
+        self,
+        *,
+        vectors: _abc.Iterable[_common_pb2.Vector] | None = ...,
+        k: _builtins.int = ...,
+        signed: _common_pb2.SignedQuery | None = ...,
+        source_space: _builtins.str = ...,
+        adapter_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed", b"signed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_id", b"adapter_id", "k", b"k", "signed", b"signed", "source_space", b"source_space", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchBatchRequest: _TypeAlias = SearchBatchRequest  # noqa: Y015
+
+@_typing.final
+class HitList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Hit]: ...
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[_common_pb2.Hit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HitList: _TypeAlias = HitList  # noqa: Y015
+
+@_typing.final
+class SearchBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    SPACE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___HitList]:
+        """One per vector of the request, in order."""
+
+    @_builtins.property
+    def space(self) -> _common_pb2.SpaceDescriptor: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___HitList] | None = ...,
+        space: _common_pb2.SpaceDescriptor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["space", b"space"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "space", b"space"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchBatchResponse: _TypeAlias = SearchBatchResponse  # noqa: Y015
+
+@_typing.final
 class Document(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -59,6 +59,11 @@ class SiloServiceStub:
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.SearchRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_silo__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/silobridge.v1.SiloService/SearchBatch',
+                request_serializer=silobridge_dot_v1_dot_silo__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_silo__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
 
 
 class SiloServiceServicer:
@@ -105,6 +110,14 @@ class SiloServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """A batch of queries under one client signature, as a coordinator forwards it: one hit list
+        per vector, in order (no re-ranking text in a batch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SiloServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +145,11 @@ def add_SiloServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=silobridge_dot_v1_dot_silo__pb2.SearchRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_silo__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=silobridge_dot_v1_dot_silo__pb2.SearchBatchRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_silo__pb2.SearchBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +287,33 @@ class SiloService:
             '/silobridge.v1.SiloService/Search',
             silobridge_dot_v1_dot_silo__pb2.SearchRequest.SerializeToString,
             silobridge_dot_v1_dot_silo__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.SiloService/SearchBatch',
+            silobridge_dot_v1_dot_silo__pb2.SearchBatchRequest.SerializeToString,
+            silobridge_dot_v1_dot_silo__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,10 @@ class SiloServiceStub:
     """
     Search: _grpc.UnaryUnaryMultiCallable[_silo_pb2.SearchRequest, _silo_pb2.SearchResponse]
     """Nearest documents to a vector given in the silo's own space."""
+    SearchBatch: _grpc.UnaryUnaryMultiCallable[_silo_pb2.SearchBatchRequest, _silo_pb2.SearchBatchResponse]
+    """A batch of queries under one client signature, as a coordinator forwards it: one hit list
+    per vector, in order (no re-ranking text in a batch).
+    """
 
 @_typing.type_check_only
 class SiloServiceAsyncStub(SiloServiceStub):
@@ -73,6 +77,10 @@ class SiloServiceAsyncStub(SiloServiceStub):
     """
     Search: _aio.UnaryUnaryMultiCallable[_silo_pb2.SearchRequest, _silo_pb2.SearchResponse]  # type: ignore[assignment]
     """Nearest documents to a vector given in the silo's own space."""
+    SearchBatch: _aio.UnaryUnaryMultiCallable[_silo_pb2.SearchBatchRequest, _silo_pb2.SearchBatchResponse]  # type: ignore[assignment]
+    """A batch of queries under one client signature, as a coordinator forwards it: one hit list
+    per vector, in order (no re-ranking text in a batch).
+    """
 
 class SiloServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -123,6 +131,16 @@ class SiloServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_silo_pb2.SearchResponse, _abc.Awaitable[_silo_pb2.SearchResponse]]:
         """Nearest documents to a vector given in the silo's own space."""
+
+    @_abc_1.abstractmethod
+    def SearchBatch(
+        self,
+        request: _silo_pb2.SearchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_silo_pb2.SearchBatchResponse, _abc.Awaitable[_silo_pb2.SearchBatchResponse]]:
+        """A batch of queries under one client signature, as a coordinator forwards it: one hit list
+        per vector, in order (no re-ranking text in a batch).
+        """
 
 def add_SiloServiceServicer_to_server(servicer: SiloServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

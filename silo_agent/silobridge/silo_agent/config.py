@@ -62,6 +62,8 @@ class SiloServerSettings(ServerSettings):
 @dataclass(frozen=True)
 class Limits:
     max_k: int = 100
+    # Queries in one SearchBatch; a larger batch is refused (RESOURCE_EXHAUSTED).
+    max_batch: int = 256
     max_embed_texts: int = 256
     max_text_chars: int = 8_192
     max_anchor_texts: int = 200_000
@@ -184,6 +186,7 @@ def load_silo_config(path: Path) -> SiloConfig:
     lim = Section.of(path, doc, "limits")
     limits = Limits(
         max_k=lim.positive("max_k", Limits.max_k),
+        max_batch=lim.positive("max_batch", Limits.max_batch),
         max_embed_texts=lim.positive("max_embed_texts", Limits.max_embed_texts),
         max_text_chars=lim.positive("max_text_chars", Limits.max_text_chars),
         max_anchor_texts=lim.positive("max_anchor_texts", Limits.max_anchor_texts),

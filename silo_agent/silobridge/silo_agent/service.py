@@ -28,6 +28,7 @@ from silobridge.core.hits import Hit
 from silobridge.core.listings import SiloDescription
 from silobridge.core.queries import SiloQuery
 from silobridge.core.spaces import FloatMatrix, SpaceDescriptor
+from silobridge.core.stage_timer import TIMINGS
 from silobridge.core.vectors import FloatVector, validate_k, validate_query_vector
 from silobridge.embedding.embedders import Embedder
 from silobridge.security.identity import PeerIdentity, Role
@@ -47,13 +48,11 @@ from silobridge.silo_agent.receiving.hubness_routes import (
     corrected_search,
 )
 from silobridge.silo_agent.receiving.refine import REFINE_STEP, Refined, Refinements
+from silobridge.silo_agent.rerank import rerank, rerank_depth
 from silobridge.silo_agent.routes import Route, RouteTable
 from silobridge.silo_agent.store.data import SiloData
-from silobridge.silo_agent.store.generation import Generation
 
 log = logging.getLogger(__name__)
-# First-stage candidates re-scored when the caller names no rerank_depth (at least k).
-DEFAULT_RERANK_DEPTH = 100
 # The silo's nonce memory in its data directory (SQLite).
 NONCE_FILE = "replay-nonces.sqlite"
 # Even a very high rate limit does not make the nonce memory of one signer unbounded.
@@ -272,14 +271,15 @@ class SiloService:
             correction = self.hubness.get(
                 f"local-fit:{space_id}", space_id, local.hubness_reference, local.generation
             )
-        hits = self.search(
-            vector,
-            query.k,
-            query.rerank_text,
-            query.rerank_depth,
-            space_id=space_id,
-            hubness=correction,
-        )
+        with TIMINGS.stage("silo: index search (with hubness re-scoring, docstore)"):
+            hits = self.search(
+                vector,
+                query.k,
+                query.rerank_text,
+                query.rerank_depth,
+                space_id=space_id,
+                hubness=correction,
+            )
         if translation is not None:  # after the search: a query is not its own reference
             self.hubness.remember(translation.source_space, space_id, asker, translated)
         steps = [LOCAL_FIT_STEP] if self.route(space_id).local else []
@@ -288,6 +288,31 @@ class SiloService:
         if correction is not None:
             steps.append(HUBNESS_STEP if correction.label != TRAFFIC else "hubness(traffic)")
         return Answer(hits, "+".join(steps))
+
+    def answers_at_once(self, query: SiloQuery, translation: Translation | None) -> bool:
+        """Whether ``answer`` is sub-millisecond work now (no text to embed, no correction to
+        build first), so the caller may run it on the event loop rather than a worker thread."""
+        if query.rerank_text:
+            return False
+        try:
+            if translation is not None:
+                generation = self.route(translation.target_space).generation
+                return self.hubness.ready(
+                    translation.adapter_id,
+                    translation.source_space,
+                    translation.hubness_reference is not None,
+                    generation,
+                )
+            if self.routes.is_local_fit(query.source_space):
+                local = self.route(query.source_space)
+                has_reference = local.hubness_reference is not None
+                adapter_id = f"local-fit:{query.source_space}"
+                return self.hubness.ready(
+                    adapter_id, query.source_space, has_reference, local.generation
+                )
+        except SiloBridgeError:
+            return False  # refused in the worker thread, with its message
+        return True
 
     def route(self, space_id: str) -> Route:
         """How a vector in ``space_id`` (empty: the primary space) is searched here."""
@@ -328,61 +353,28 @@ class SiloService:
         if route.adapter is not None:
             query = route.adapter.apply_one(query)
         if rerank_text:
-            hits = self._rerank(route.generation, query, k, rerank_text, rerank_depth)
+            hits = rerank(self, route.generation, query, k, rerank_text, rerank_depth)
         elif hubness is not None:
             depth = max(k, self.config.receiving.hubness_depth)
             hits = corrected_search(self.data, route.generation, query, k, depth, hubness)
         else:
             hits = self.data.search_in(route.generation, query, k)
         disclosed = self.config.access.disclose_fields
+        # Built directly (not dataclasses.replace): this runs for every hit of every query.
         return [
-            dataclasses.replace(
-                hit,
-                fields={name: hit.fields[name] for name in disclosed if name in hit.fields},
+            Hit(
+                hit.doc_id,
+                hit.score,
+                {name: hit.fields[name] for name in disclosed if name in hit.fields},
+                hit.silo,
+                hit.merged_score,
             )
             for hit in hits
         ]
 
     def rerank_depth(self, k: int, requested: int) -> int:
         """How many first-stage candidates to re-score: ``requested`` or max(k, 100), clamped."""
-        limit = self.config.limits.max_rerank_depth
-        if requested > limit:
-            raise InvalidArgument(
-                f"rerank_depth={requested} exceeds this silo's max_rerank_depth of {limit}; "
-                f"ask for at most {limit} (0 picks a default)"
-            )
-        depth = requested or max(k, DEFAULT_RERANK_DEPTH)
-        # Never fewer candidates than hits asked for, even where max_rerank_depth < max_k.
-        return max(k, min(depth, limit))
-
-    def _rerank(
-        self, generation: Generation, query: FloatVector, k: int, text: str, requested_depth: int
-    ) -> list[Hit]:
-        # The text is the caller's query: validated, embedded, never logged.
-        max_chars = self.config.limits.max_text_chars
-        if len(text) > max_chars:
-            raise ResourceExhausted(
-                f"rerank_text has {len(text)} characters; the limit is {max_chars}"
-            )
-        if not has_visible_text(text):
-            raise InvalidArgument("rerank_text is blank; send the query text or leave it empty")
-        depth = self.rerank_depth(k, requested_depth)
-        native = self.embedder.embed([text])[0]
-        candidates = self.data.candidates_in(generation, query, depth)
-        if not candidates.hits:
-            return []
-        vectors = candidates.vectors
-        if vectors is None:
-            # An index type that cannot give vectors back: re-embed the candidates' own texts.
-            texts = self.data.texts(hit.doc_id for hit in candidates.hits)
-            vectors = self.embedder.embed(
-                [texts.get(hit.doc_id, "") or " " for hit in candidates.hits],
-                batch_size=self.config.limits.batch_size,
-            )
-        scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(native, dtype=np.float32)
-        order = np.argsort(-scores, kind="stable")[:k]
-        log.debug("re-ranked %d candidates into %d hits", len(candidates.hits), len(order))
-        return [dataclasses.replace(candidates.hits[i], score=float(scores[i])) for i in order]
+        return rerank_depth(self.config.limits, k, requested)
 
     def search_text(self, text: str, k: int) -> list[Hit]:
         """Local debugging: embed and search with the silo's own model (no access check: local).

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from silobridge.core.documents import Document
+from silobridge.core.stage_timer import TIMINGS
 from silobridge.rpc import convert
 from silobridge.rpc.status import stream_boundary, unary_boundary
 from silobridge.rpc.transport import peer_identity
@@ -82,13 +83,24 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
         self, request: silo_pb2.SearchRequest, context: Context
     ) -> silo_pb2.SearchResponse:
         self.handled["Search"] += 1
-        hits = await self.handlers.search(
-            peer_identity(context), convert.silo_query_from_proto(request)
-        )
-        return silo_pb2.SearchResponse(
-            hits=[convert.hit_to_proto(hit) for hit in hits],
-            space=convert.space_to_proto(self.handlers.space),
-        )
+        with TIMINGS.stage("silo: Search handler, in all"):
+            with TIMINGS.stage("silo: peer identity and request decode"):
+                caller, query = peer_identity(context), convert.silo_query_from_proto(request)
+            hits = await self.handlers.search(caller, query)
+            with TIMINGS.stage("silo: response encode"):
+                return silo_pb2.SearchResponse(
+                    hits=[convert.hit_to_proto(hit) for hit in hits],
+                    space=convert.space_to_proto(self.handlers.space),
+                )
+
+    @unary_boundary
+    async def SearchBatch(
+        self, request: silo_pb2.SearchBatchRequest, context: Context
+    ) -> silo_pb2.SearchBatchResponse:
+        self.handled["SearchBatch"] += 1
+        caller, batch = peer_identity(context), convert.silo_batch_from_proto(request)
+        results = await self.handlers.search_batch(caller, batch)
+        return convert.hit_lists_to_proto(results, self.handlers.space)
 
 
 class SiloAdminServicer(silo_pb2_grpc.SiloAdminServiceServicer):

@@ -15,14 +15,15 @@ from concurrent.futures import Executor
 
 from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.search.merge import SiloResult, merge
-from silobridge.coordinator.search.planner import SearchPlanner
-from silobridge.coordinator.search.translation import Route
+from silobridge.coordinator.search.planner import SearchPlan, SearchPlanner
+from silobridge.coordinator.search.translation import NotInMemory, Route, from_memory
 from silobridge.coordinator.silo_gateway import SiloGateway, outcome_of
 from silobridge.core.config import TrustedCa
 from silobridge.core.errors import PermissionDenied
 from silobridge.core.federation import FederatedAnswer, SiloOutcome, SiloStatus
 from silobridge.core.offload import off_loop
 from silobridge.core.queries import FederatedQuery, SignedQuery, SiloQuery
+from silobridge.core.stage_timer import TIMINGS
 from silobridge.core.vectors import FloatVector, WireVector, validate_k, validate_query_vector
 from silobridge.security.identity import PeerIdentity, identity_from_certificate_file
 from silobridge.security.signed_query.verify import verify_signed_query
@@ -65,32 +66,47 @@ class FederatedSearch:
         validate_k(query.k, self.config.server.max_k)
         targets = query.silos
         if query.signed is not None:
-            targets = self._check_signature(caller, query, query.signed)
+            with TIMINGS.stage("coordinator: signature check"):
+                targets = self._check_signature(caller, query, query.signed)
         elif self.config.policy.require_signed:
             raise PermissionDenied(
                 "this coordinator forwards only queries the client signed; sign the query with "
                 "the key of your certificate (the silobridge client does this)"
             )
-        # One worker-thread hop for everything that reads state or loads adapters.
-        plan = await off_loop(
-            self.executor,
-            lambda: self.planner.plan(
-                caller, query.source_space, targets, reranked=bool(query.rerank_text)
-            ),
-        )
+        with TIMINGS.stage("coordinator: plan (policy, routes)"):
+            plan = await self._plan(caller, query, targets)
         normalised = validate_query_vector(vector, plan.source.dimension)
         budget = self.config.server.silo_timeout_seconds
         if time_remaining is not None:
             budget = min(budget, time_remaining - (time.monotonic() - started) - REPLY_MARGIN_S)
-        results = await asyncio.gather(
-            *(self._search_one(route, query, normalised, budget) for route in plan.routes)
-        )
+        with TIMINGS.stage("coordinator: fan-out, until the last silo answered"):
+            results = await asyncio.gather(
+                *(self._search_one(route, query, normalised, budget) for route in plan.routes)
+            )
         answered = [result for result, _status in results if result is not None]
         statuses = [*plan.denied, *(status for _result, status in results)]
-        hits = merge(query.merge, answered, query.k) if answered else []
+        with TIMINGS.stage("coordinator: merge"):
+            hits = merge(query.merge, answered, query.k) if answered else []
         order = {s.name: i for i, s in enumerate(plan.targets)}
         statuses.sort(key=lambda s: order.get(s.silo, len(order)))
         return FederatedAnswer(hits=hits, statuses=statuses, source_space=query.source_space)
+
+    async def _plan(
+        self, caller: PeerIdentity, query: FederatedQuery, targets: tuple[str, ...]
+    ) -> SearchPlan:
+        """The plan, on the event loop from what is in memory (the usual case: a thread hop
+        cost more CPU than the planning); in a worker thread when an adapter or anchors must
+        be read from disk first."""
+
+        def plan() -> SearchPlan:
+            reranked = bool(query.rerank_text)
+            return self.planner.plan(caller, query.source_space, targets, reranked=reranked)
+
+        try:
+            with from_memory():
+                return plan()
+        except NotInMemory:
+            return await off_loop(self.executor, plan)
 
     def _check_signature(
         self, caller: PeerIdentity, query: FederatedQuery, signed: SignedQuery

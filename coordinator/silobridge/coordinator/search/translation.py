@@ -9,8 +9,10 @@ adapter, and an adapter into any of them is current.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -89,6 +91,24 @@ def adapter_refusal(record: AdapterRecord, source: SpaceDescriptor, silo: SiloRe
     )
 
 
+class NotInMemory(Exception):
+    """Planning would read an adapter or anchors from disk: plan in a worker thread instead."""
+
+
+# Set while a plan runs on the event loop: anything not in memory yet raises NotInMemory.
+_FROM_MEMORY: contextvars.ContextVar[bool] = contextvars.ContextVar("from_memory", default=False)
+
+
+@contextlib.contextmanager
+def from_memory() -> Iterator[None]:
+    """Within this block the translator answers only from what it has loaded already."""
+    token = _FROM_MEMORY.set(True)
+    try:
+        yield
+    finally:
+        _FROM_MEMORY.reset(token)
+
+
 class Translator:
     """Finds, verifies, loads and caches adapters; thread-safe (called from worker threads)."""
 
@@ -151,6 +171,8 @@ class Translator:
             cached = self._adapters.get(key)
         if cached is not None:
             return cached
+        if _FROM_MEMORY.get():
+            raise NotInMemory(record.adapter_id)
         adapter = load_record_adapter(record, self.verify_key, source=source, target=target)
         loaded = (adapter, Calibration.from_metrics(record.metrics))
         with self._lock:
@@ -186,6 +208,8 @@ class Translator:
         with self._lock:
             if key in self._identity:
                 return self._identity[key]
+        if _FROM_MEMORY.get():
+            raise NotInMemory(space.space_id)
         calibration = None
         for record in sorted(self.state.adapters(), key=lambda r: -r.created_at):
             if space.fingerprint not in (record.source.fingerprint, record.target.fingerprint):

@@ -1,14 +1,25 @@
 """All protobuf <-> domain conversion, in one place: protobuf lives only at the wire.
 
-``queries`` (what travels with each query), ``listings`` (what servers say about what they
-hold), ``documents`` (live writes to a silo), ``migration`` (moving a silo to another model),
-``preferences`` (a silo's preferred anchors of a public pool) and ``audit`` (audit checkpoint
-heads); every name is importable from here, so callers write ``convert.hit_to_proto``.
+``queries`` (what travels with each query), ``batches`` (batches of queries), ``listings``
+(what servers say about what they hold), ``documents`` (live writes to a silo), ``migration``
+(moving a silo to another model), ``preferences`` (a silo's preferred anchors of a public pool)
+and ``audit`` (audit checkpoint heads); every name is importable from here, so callers write
+``convert.hit_to_proto``.
 """
 
 from __future__ import annotations
 
 from silobridge.rpc.convert.audit import audit_head_from_proto, audit_head_to_proto
+from silobridge.rpc.convert.batches import (
+    batch_answer_from_proto,
+    batch_answer_to_proto,
+    federated_batch_from_proto,
+    federated_batch_to_proto,
+    hit_lists_from_proto,
+    hit_lists_to_proto,
+    silo_batch_from_proto,
+    silo_batch_to_proto,
+)
 from silobridge.rpc.convert.documents import (
     delete_receipt_from_proto,
     delete_receipt_to_proto,
@@ -88,6 +99,8 @@ __all__ = [
     "answer_to_proto",
     "audit_head_from_proto",
     "audit_head_to_proto",
+    "batch_answer_from_proto",
+    "batch_answer_to_proto",
     "delete_receipt_from_proto",
     "delete_receipt_to_proto",
     "description_from_proto",
@@ -96,9 +109,13 @@ __all__ = [
     "disclosure_to_proto",
     "documents_from_proto",
     "documents_to_proto",
+    "federated_batch_from_proto",
+    "federated_batch_to_proto",
     "federated_query_from_proto",
     "federated_query_to_proto",
     "hit_from_proto",
+    "hit_lists_from_proto",
+    "hit_lists_to_proto",
     "hit_to_proto",
     "manage_silo_from_proto",
     "manage_silo_to_proto",
@@ -117,6 +134,8 @@ __all__ = [
     "progress_to_proto",
     "signed_query_from_proto",
     "signed_query_to_proto",
+    "silo_batch_from_proto",
+    "silo_batch_to_proto",
     "silo_listing_from_proto",
     "silo_listing_to_proto",
     "silo_query_from_proto",

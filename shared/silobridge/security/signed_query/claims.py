@@ -36,6 +36,9 @@ class QueryClaims:
     rerank_text_sha256: bytes = b""
     # The SPIFFE id of the coordinator that may forward it; silos accept it only from that caller.
     audience: str = ""
+    # 0 for a single query; for a batch its number of vectors (``vector_sha256`` is then
+    # ``core.vectors.batch_sha256`` over them), so neither passes as the other.
+    batch_size: int = 0
 
 
 def text_sha256(text: str) -> bytes:
@@ -53,6 +56,7 @@ def encode_claims(claims: QueryClaims) -> bytes:
         nonce=claims.nonce,
         rerank_text_sha256=claims.rerank_text_sha256,
         audience=claims.audience,
+        batch_size=claims.batch_size,
     )
     return message.SerializeToString(deterministic=True)
 
@@ -72,4 +76,5 @@ def decode_claims(data: bytes) -> QueryClaims:
         nonce=message.nonce,
         rerank_text_sha256=message.rerank_text_sha256,
         audience=message.audience,
+        batch_size=message.batch_size,
     )

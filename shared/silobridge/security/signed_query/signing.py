@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from silobridge.core.errors import ConfigError, InvalidArgument
-from silobridge.core.vectors import WireVector
+from silobridge.core.vectors import WireVector, batch_sha256
 from silobridge.security.identity import SPIFFE_SCHEME
 from silobridge.security.signed_query.claims import (
     MAX_K,
@@ -84,6 +84,58 @@ class QuerySigner:
         and ``audience`` is the SPIFFE id of the coordinator it is sent to: only that
         coordinator may forward it, so a captured query is worthless to anyone else.
         """
+        return self._sign(
+            vector_sha256=vector.sha256(),
+            batch_size=0,
+            source_space=source_space,
+            silos=silos,
+            k=k,
+            audience=audience,
+            rerank_text=rerank_text,
+            now_ms=now_ms,
+            nonce=nonce,
+        )
+
+    def sign_batch(
+        self,
+        *,
+        vectors: Sequence[WireVector],
+        source_space: str,
+        silos: Sequence[str],
+        k: int,
+        audience: str,
+        now_ms: int | None = None,
+        nonce: bytes | None = None,
+    ) -> SignedQuery:
+        """Sign a batch of queries once: the claims carry ``batch_size`` and the batch digest
+        (``batch_sha256``) of the vectors in order, with one nonce for the whole batch."""
+        if not vectors:
+            raise InvalidArgument("a batch holds at least one vector")
+        return self._sign(
+            vector_sha256=batch_sha256(vectors),
+            batch_size=len(vectors),
+            source_space=source_space,
+            silos=silos,
+            k=k,
+            audience=audience,
+            rerank_text="",
+            now_ms=now_ms,
+            nonce=nonce,
+        )
+
+    def _sign(
+        self,
+        *,
+        vector_sha256: bytes,
+        batch_size: int,
+        source_space: str,
+        silos: Sequence[str],
+        k: int,
+        audience: str,
+        rerank_text: str,
+        now_ms: int | None,
+        nonce: bytes | None,
+    ) -> SignedQuery:
         if not source_space:
             raise InvalidArgument(
                 "a signed query needs the source space its vector was embedded in"
@@ -107,7 +159,7 @@ class QuerySigner:
             raise InvalidArgument(f"the nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
         claims = QueryClaims(
             source_space=source_space,
-            vector_sha256=vector.sha256(),
+            vector_sha256=vector_sha256,
             # Sorted and de-duplicated so the same target set always signs the same bytes.
             silos=targets,
             k=k,
@@ -115,6 +167,7 @@ class QuerySigner:
             nonce=nonce,
             rerank_text_sha256=text_sha256(rerank_text) if rerank_text else b"",
             audience=audience,
+            batch_size=batch_size,
         )
         claims_bytes = encode_claims(claims)
         signature = self.key.sign(SIGNATURE_CONTEXT + claims_bytes, SIGNATURE_ALGORITHM)

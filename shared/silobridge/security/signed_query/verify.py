@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from silobridge.core.errors import ConfigError, PermissionDenied
-from silobridge.core.vectors import WireVector
+from silobridge.core.vectors import WireVector, batch_sha256
 from silobridge.security.identity import PeerIdentity, Role, identity_from_certificate
 from silobridge.security.signed_query.claims import (
     MAX_CLAIMS_BYTES,
@@ -104,8 +105,32 @@ def _check_signer_usage(certificate: x509.Certificate) -> None:
 
 
 def _verified_certificate(
-    certificate_pem: bytes, cas: tuple[x509.Certificate, ...], now: dt.datetime
-) -> x509.Certificate:
+    certificate_pem: bytes, ca_certificate_pem: bytes, now: dt.datetime
+) -> tuple[x509.Certificate, PeerIdentity]:
+    """The signer's certificate and identity if the CA issued it for signing and it is valid
+    at ``now``. Only the validity window is checked per query: the rest is a pure function of
+    the two byte strings, cached (a client signs every query with the same certificate, and the
+    CA's signature check cost as much as the query's own)."""
+    certificate, signer = _issued_signer(certificate_pem, ca_certificate_pem)
+    if now < certificate.not_valid_before_utc:
+        raise PermissionDenied(
+            f"the query's certificate is not valid before {certificate.not_valid_before_utc}"
+        )
+    if now > certificate.not_valid_after_utc:
+        raise PermissionDenied(
+            f"the query's certificate expired at {certificate.not_valid_after_utc}; "
+            "the client needs a new one"
+        )
+    return certificate, signer
+
+
+@functools.lru_cache(maxsize=1024)
+def _issued_signer(
+    certificate_pem: bytes, ca_certificate_pem: bytes
+) -> tuple[x509.Certificate, PeerIdentity]:
+    # Keyed on the CA bundle's bytes too: after a CA rotation every signer is checked afresh.
+    # A refusal raises and is never cached.
+    cas = _load_ca_certificates(ca_certificate_pem)
     if not certificate_pem:
         raise PermissionDenied("the signed query carries no client certificate")
     if len(certificate_pem) > MAX_CERTIFICATE_BYTES:
@@ -122,16 +147,7 @@ def _verified_certificate(
     if not _issued_by_any(certificate, cas):
         raise PermissionDenied("the query's certificate was not issued by this consortium's CA")
     _check_signer_usage(certificate)
-    if now < certificate.not_valid_before_utc:
-        raise PermissionDenied(
-            f"the query's certificate is not valid before {certificate.not_valid_before_utc}"
-        )
-    if now > certificate.not_valid_after_utc:
-        raise PermissionDenied(
-            f"the query's certificate expired at {certificate.not_valid_after_utc}; "
-            "the client needs a new one"
-        )
-    return certificate
+    return certificate, identity_from_certificate(certificate)
 
 
 def _check_signature(certificate: x509.Certificate, claims_bytes: bytes, signature: bytes) -> None:
@@ -192,11 +208,32 @@ def _check_scope(claims: QueryClaims, *, silo: str | None, audience: str) -> Non
         )
 
 
+def _check_vectors(claims: QueryClaims, vector: WireVector | Sequence[WireVector]) -> None:
+    """The claims sign this very vector, or this very batch, and say which of the two."""
+    if isinstance(vector, WireVector):
+        if claims.batch_size != 0:
+            raise PermissionDenied(
+                f"the signature is over a batch of {claims.batch_size} queries, not one query"
+            )
+        digest = vector.sha256()
+    else:
+        if claims.batch_size == 0:
+            raise PermissionDenied("the signature is over a single query, not a batch")
+        if claims.batch_size != len(vector):
+            raise PermissionDenied(
+                f"the signature is over a batch of {claims.batch_size} queries, "
+                f"the request holds {len(vector)}"
+            )
+        digest = batch_sha256(vector)
+    if not hmac.compare_digest(claims.vector_sha256, digest):
+        raise PermissionDenied("the query vector was altered after signing")
+
+
 def verify_signed_query(
     signed: SignedQuery,
     *,
     ca_certificate_pem: bytes,
-    vector: WireVector,
+    vector: WireVector | Sequence[WireVector],
     source_space: str,
     silo: str | None,
     audience: str,
@@ -213,6 +250,9 @@ def verify_signed_query(
     SPIFFE id, a silo the id of the caller forwarding the query. A query naming no silo is
     refused: "every silo" is resolved into names before signing.
 
+    ``vector`` is the query's vector, or a batch's vectors in order (its claims must then name
+    the batch: ``batch_size`` and the batch digest; a single query's must name none).
+
     The nonce is recorded in ``replay`` only after every other check passed, so a rejected
     query cannot burn a nonce for a later genuine one.
     """
@@ -227,10 +267,8 @@ def verify_signed_query(
             f"the signed query's claims are {len(signed.claims)} bytes; "
             f"at most {MAX_CLAIMS_BYTES} allowed"
         )
-    cas = _load_ca_certificates(ca_certificate_pem)
     now = dt.datetime.fromtimestamp(now_ms / 1000.0, tz=dt.UTC)
-    certificate = _verified_certificate(signed.certificate, cas, now)
-    signer = identity_from_certificate(certificate)
+    certificate, signer = _verified_certificate(signed.certificate, ca_certificate_pem, now)
     if signer.role != Role.CLIENT:
         raise PermissionDenied(
             f"the query is signed by {signer.spiffe_id}, a {signer.role}; "
@@ -240,8 +278,7 @@ def verify_signed_query(
     _check_signature(certificate, signed.claims, signed.signature)
     claims = decode_claims(signed.claims)
 
-    if not hmac.compare_digest(claims.vector_sha256, vector.sha256()):
-        raise PermissionDenied("the query vector was altered after signing")
+    _check_vectors(claims, vector)
     if claims.source_space != source_space:
         raise PermissionDenied(
             f"the query was signed for source space {claims.source_space!r}, not {source_space!r}"

@@ -76,6 +76,21 @@ class HubnessCorrections:
                 self._built.popitem(last=False)
             return correction
 
+    def ready(
+        self, adapter_id: str, source_space: str, has_reference: bool, generation: Generation
+    ) -> bool:
+        """Whether ``get`` would answer from what is built, without building anything now (a
+        build samples the silo's documents: too long to run on the event loop)."""
+        if not self.settings.hubness_for(source_space):
+            return True
+        pool_key = traffic_key(source_space, generation.space.space_id)
+        pool = self.traffic.get(pool_key) if self.traffic.enabled else None
+        with self._lock:
+            if pool is not None and len(pool) >= self.settings.traffic_min:
+                built = self._from_traffic.get((source_space, generation.space.space_id))
+                return built is not None and pool.added - built[1] < self.settings.traffic_refresh
+            return not has_reference or (adapter_id, generation.space.space_id) in self._built
+
     def remember(
         self,
         source_space: str,
