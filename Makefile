@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint protos protos-check demo silo-demo migration-demo bench clean-demo
+.PHONY: install test lint protos protos-check demo silo-demo migration-demo bench bench-live clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ silo-demo: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# The live query path under load: a loopback consortium, 100k+ documents per silo (HNSW).
+bench-live: install
+	$(BIN)/python scripts/bench_live.py $(BENCH_LIVE_ARGS)
 
 clean-demo:
 	rm -rf demo-run

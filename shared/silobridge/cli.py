@@ -10,6 +10,7 @@ from silobridge.client.cli import adapters_command, query_command, silos_command
 from silobridge.coordinator.anchors.cli import anchors_app
 from silobridge.coordinator.cli import coordinator_app
 from silobridge.evaluation.cli import eval_command
+from silobridge.loadgen.cli import bench_app
 from silobridge.security.pki.cli import pki_app
 from silobridge.silo_agent.cli import silo_app
 
@@ -29,6 +30,8 @@ app.add_typer(audit_app, name="audit")
 # Adapter artifacts and offline evaluation.
 app.add_typer(adapter_app, name="adapter")
 app.command("eval")(eval_command)
+# Load-testing a running consortium (sizing a deployment).
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""``silobridge bench live``: a load generator for a running consortium (sizing a deployment)."""
