@@ -18,12 +18,12 @@ import pytest
 
 from silobridge.core.config import TlsFiles
 from silobridge.core.documents import Document
-from silobridge.core.queries import FederatedQuery
+from silobridge.core.queries import FederatedBatch, FederatedQuery
 from silobridge.core.vectors import WireVector
 from silobridge.rpc import convert
 from silobridge.rpc.transport import open_channel
 from silobridge.security.pki.ca import issue_certificate
-from silobridge.security.signed_query.signing import sign_query
+from silobridge.security.signed_query.signing import QuerySigner, sign_query
 from silobridge.v1 import (
     coordinator_pb2,
     coordinator_pb2_grpc,
@@ -179,6 +179,28 @@ async def list_adapters(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object
     return await _coord(ch).ListAdapters(coordinator_pb2.ListAdaptersRequest(), timeout=10)
 
 
+async def search_batch(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    request = silo_pb2.SearchBatchRequest(vectors=[convert.wire_vector_to_proto(_vector(net))], k=3)
+    return await _silo(ch).SearchBatch(request, timeout=10)
+
+
+async def federated_search_batch(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    wires = (_vector(net), _vector(net))
+    space = net.space.space.space_id
+    cert, key, _ca = tls.read()
+    silos = (net.space.silo,)
+    signed = QuerySigner.from_pem(key, cert).sign_batch(
+        vectors=wires,
+        source_space=space,
+        silos=silos,
+        k=3,
+        audience=f"spiffe://{CONSORTIUM}/coordinator/hub",
+    )
+    batch = FederatedBatch(vectors=wires, source_space=space, k=3, silos=silos, signed=signed)
+    request = convert.federated_batch_to_proto(batch)
+    return await _coord(ch).FederatedSearchBatch(request, timeout=10)
+
+
 async def federated_search(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
     wire = _vector(net)
     space = net.space.space.space_id
@@ -281,6 +303,11 @@ TABLE: dict[tuple[str, str], list[tuple[str, str, Call]]] = {
         # A coordinator forwarding a query nobody signed: the silo's site policy refuses it.
         ("coordinator", DENIED, search),
     ],
+    ("SiloService", "SearchBatch"): [
+        ("home_client", ALLOWED, search_batch),
+        ("other_client", DENIED, search_batch),
+        ("coordinator", DENIED, search_batch),
+    ],
     ("SiloAdminService", "WriteDocuments"): [
         ("home_client", ALLOWED, write_documents),
         ("other_client", DENIED, write_documents),
@@ -328,6 +355,10 @@ TABLE: dict[tuple[str, str], list[tuple[str, str, Call]]] = {
     ("CoordinatorService", "FederatedSearch"): [
         ("home_client", ALLOWED, federated_search),
         ("other_client", DENIED, federated_search),
+    ],
+    ("CoordinatorService", "FederatedSearchBatch"): [
+        ("home_client", ALLOWED, federated_search_batch),
+        ("other_client", DENIED, federated_search_batch),
     ],
     ("CoordinatorService", "ManageSilo"): [
         ("admin", ALLOWED, manage_silo),
