@@ -148,11 +148,12 @@ def receiving_steps(net: LocalConsortium, silo: str, since: int) -> str:
     where they changed meanwhile."""
     log = net.silo_config(silo).parent / "audit" / "audit.log"
     lines = [json.loads(line) for line in log.read_text().splitlines()[since:]]
-    steps = collections.Counter(
-        line.get("receiving") or "none"
-        for line in lines
-        if line.get("rpc") == "Search" and line.get("via") and not line.get("reranked")
-    )
+    steps: collections.Counter[str] = collections.Counter()
+    for line in lines:
+        # A batch's one line counts for each of its queries.
+        forwarded = line.get("rpc") in ("Search", "SearchBatch") and line.get("via")
+        if forwarded and not line.get("reranked"):
+            steps[line.get("receiving") or "none"] += int(line.get("batch") or 1)
     if len(steps) <= 1:
         return next(iter(steps), "none")
     # The steps changed while the table was measured (e.g. a refinement accepted meanwhile).
