@@ -4,7 +4,8 @@ A coordinator and three silo agents over mutual TLS (deploy/local/localnet.py), 
 the clauses of a demo corpus (≥ 100,000 documents, HNSW) embedded once and cached under
 ``~/.cache/silobridge/bench-live/`` by model and corpus hash. bob (org bible, home kjv) drives
 ``silobridge.loadgen``: direct to kjv, federated to web, federated to all three, closed loops at
-1/8/32/64 and open loops up to saturation; then a soak at 80 % of the best federated-to-all rate.
+1/8/32/64 and open loops up to saturation; then a soak at 80 % of the highest
+federated-to-all open-loop rate answered with p99 ≤ 100 ms.
 Stage timings the servers write under ``$SILOBRIDGE_STAGE_TIMINGS`` are read around each
 concurrency-1 run. Rewrites the "## Live path" section of BENCHMARKS.md.
 """
@@ -189,6 +190,22 @@ RUN_HEADER = ["path", "mode", "load", "queries", "QPS", "p50 ms", "p95 ms", "p99
               "partial"]  # fmt: skip
 
 
+# An open-loop rate is sustained when every query was answered and p99 stayed under this: a
+# path that falls behind queues, and its p99 climbs towards the run's length.
+SUSTAINED_P99_MS = 100.0
+
+
+def sustained_rate(rows: list[RunRow], path: str) -> float:
+    """The highest open-loop rate ``path`` kept up with (the "measured maximum" the soak runs
+    at 80 % of): a closed loop's best QPS, reached with queries waiting, is not sustainable
+    with Poisson arrivals for ten minutes. Half the lowest rate tried if none kept up."""
+    tried = [r for r in rows if r.path == path and r.mode == "open"]
+    kept = [r.load for r in tried if r.errors == 0 and r.p99_ms <= SUSTAINED_P99_MS]
+    if kept:
+        return max(kept)
+    return 0.5 * min((r.load for r in tried), default=10.0)
+
+
 async def load(net: LocalConsortium, args: argparse.Namespace, timings: Path) -> dict[str, Any]:
     verses = load_records("web")  # WEB verses spread over the whole Bible, as queries
     texts = [r.text for r in verses[:: max(1, len(verses) // QUERY_TEXTS)]][:QUERY_TEXTS]
@@ -211,8 +228,7 @@ async def load(net: LocalConsortium, args: argparse.Namespace, timings: Path) ->
         await bench.prepare(texts, silos=["web"], direct=True)
         rows = await bench.run(plan, hook)
         every = next(p for p in bench.paths if p.startswith("federated:all"))
-        best = max(r.qps for r in rows if r.path == every and r.errors == 0)
-        soak_rate = round(0.8 * best, 1)
+        soak_rate = round(0.8 * sustained_rate(rows, every), 1)
         soak_seconds = 30.0 if args.quick else args.soak_seconds
         rss_start = {name: rss_kib(p.popen.pid) for name, p in net.procs.items()}
         say(f"soak: {every} at {soak_rate}/s for {soak_seconds:.0f} s")

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import settings
 
 from silobridge.core.config import TlsFiles
+from silobridge.rpc.transport import open_channel
 from silobridge.security.pki.ca import (
     CertificateAuthority,
     approve_request,
@@ -28,6 +29,7 @@ from silobridge.security.pki.ca import (
     load_ca,
     request_certificate,
 )
+from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 # No hypothesis deadline: a per-example time limit is a timed assertion, and on the shared
 # 2-core machines it fails on load alone (speed is the benchmarks' business).
@@ -325,6 +327,27 @@ class CoordinatorThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
+
+
+def register_silo(
+    coordinator: str, silo: str, tls: TlsFiles
+) -> coordinator_pb2.RegisterSiloResponse:
+    """Register the silo serving at ``silo`` with the coordinator at ``coordinator``, as the
+    silo's own certificate ``tls``; the coordinator's RegisterSiloResponse."""
+
+    async def run() -> coordinator_pb2.RegisterSiloResponse:
+        channel = open_channel(coordinator, tls)
+        try:
+            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+            request = coordinator_pb2.RegisterSiloRequest(endpoint=silo)
+            response: coordinator_pb2.RegisterSiloResponse = await stub.RegisterSilo(
+                request, timeout=10
+            )
+            return response
+        finally:
+            await channel.close()
+
+    return asyncio.run(run())
 
 
 # --- silo agents as child processes (`silobridge silo serve`) -------------------------------

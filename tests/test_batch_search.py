@@ -31,7 +31,7 @@ from silobridge.rpc import convert
 from silobridge.rpc.transport import open_channel
 from silobridge.security.pki.ca import issue_certificate
 from silobridge.security.signed_query.signing import QuerySigner
-from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc, silo_pb2_grpc
+from silobridge.v1 import coordinator_pb2_grpc, silo_pb2_grpc
 
 from .conftest import (
     CONSORTIUM,
@@ -39,6 +39,7 @@ from .conftest import (
     Pki,
     ServerThread,
     ingest_kjv,
+    register_silo,
     write_client_config,
     write_coordinator_config,
     write_silo_config,
@@ -115,18 +116,9 @@ burst = {COORDINATOR_BURST}
     )
     coordinator = CoordinatorThread(coordinator_toml)
 
-    async def register(silo: ServerThread, tls: TlsFiles) -> coordinator_pb2.RegisterSiloResponse:
-        channel = open_channel(coordinator.target, tls)
-        try:
-            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-            request = coordinator_pb2.RegisterSiloRequest(endpoint=silo.target)
-            return await stub.RegisterSilo(request, timeout=10)
-        finally:
-            await channel.close()
-
     registered = None
     for name, silo in silos.items():
-        registered = asyncio.run(register(silo, certificates[name]))
+        registered = register_silo(coordinator.target, silo.target, certificates[name])
     assert registered is not None
     client_toml = write_client_config(
         root / "client.toml",

@@ -82,6 +82,17 @@ class FakeGateway:
             for vector in batch.vectors
         ]
 
+    async def search_many(
+        self, endpoint: str, queries: list[SiloQuery], *, expect: str = "", timeout: float
+    ) -> list[list[Hit] | SiloBridgeError]:
+        outcomes: list[list[Hit] | SiloBridgeError] = []
+        for query in queries:
+            try:
+                outcomes.append(await self.search(endpoint, query, timeout=timeout))
+            except SiloBridgeError as error:
+                outcomes.append(error)
+        return outcomes
+
     async def embed_anchors(
         self,
         endpoint: str,

@@ -326,7 +326,7 @@ def test_ingesting_twice_embeds_nothing_the_second_time(
 ) -> None:
     source = write_jsonl(tmp_path / "kjv.jsonl", verse_records())
     done: list[int] = []
-    first = ingest([source], data, embedder, batch_size=3, progress=done.append)
+    first = ingest([source], data, embedder, batch_size=3, progress=done.append, chunk=3)
     assert (first.files, first.read, first.inserted, first.updated, first.unchanged) == (
         1,
         len(VERSES),

@@ -22,9 +22,7 @@ from silobridge.core.config import TlsFiles
 from silobridge.loadgen.runner import closed_loop, open_loop
 from silobridge.loadgen.session import LiveBench, Plan
 from silobridge.loadgen.stats import RunRow, percentile
-from silobridge.rpc.transport import open_channel
 from silobridge.security.pki.ca import issue_certificate
-from silobridge.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 from .conftest import (
     CONSORTIUM,
@@ -32,6 +30,7 @@ from .conftest import (
     Pki,
     ServerThread,
     ingest_kjv,
+    register_silo,
     write_client_config,
     write_coordinator_config,
     write_silo_config,
@@ -77,16 +76,8 @@ burst = 100000
         )
     )
 
-    async def register(silo: ServerThread, tls: TlsFiles) -> None:
-        channel = open_channel(coordinator.target, tls)
-        try:
-            stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
-            await stub.RegisterSilo(coordinator_pb2.RegisterSiloRequest(endpoint=silo.target))
-        finally:
-            await channel.close()
-
     for name, silo in silos.items():
-        asyncio.run(register(silo, certificates[name]))
+        register_silo(coordinator.target, silo.target, certificates[name])
     try:
         yield write_client_config(
             root / "client.toml",

@@ -18,7 +18,7 @@ import pytest
 
 from silobridge.core.config import TlsFiles
 from silobridge.core.documents import Document
-from silobridge.core.queries import FederatedBatch, FederatedQuery
+from silobridge.core.queries import FederatedBatch, FederatedQuery, SiloQuery
 from silobridge.core.vectors import WireVector
 from silobridge.rpc import convert
 from silobridge.rpc.transport import open_channel
@@ -184,6 +184,12 @@ async def search_batch(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
     return await _silo(ch).SearchBatch(request, timeout=10)
 
 
+async def search_many(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
+    query = SiloQuery(_vector(net), 3)
+    request = convert.silo_queries_to_proto([query, query])
+    return await _silo(ch).SearchMany(request, timeout=10)
+
+
 async def federated_search_batch(net: Net, ch: grpc.aio.Channel, tls: TlsFiles) -> object:
     wires = (_vector(net), _vector(net))
     space = net.space.space.space_id
@@ -307,6 +313,11 @@ TABLE: dict[tuple[str, str], list[tuple[str, str, Call]]] = {
         ("home_client", ALLOWED, search_batch),
         ("other_client", DENIED, search_batch),
         ("coordinator", DENIED, search_batch),
+    ],
+    # Refused once for the whole call; a caller who may search gets each query's own outcome.
+    ("SiloService", "SearchMany"): [
+        ("home_client", ALLOWED, search_many),
+        ("other_client", DENIED, search_many),
     ],
     ("SiloAdminService", "WriteDocuments"): [
         ("home_client", ALLOWED, write_documents),

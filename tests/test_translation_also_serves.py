@@ -31,7 +31,7 @@ from silobridge.coordinator.state.records import AdapterRecord, SiloRecord
 from silobridge.coordinator.state.schema import SCHEMA_VERSION
 from silobridge.coordinator.state.store import STATE_FILE, CoordinatorState
 from silobridge.coordinator.training.fit import train_adapter
-from silobridge.core.errors import FailedPrecondition, NotFound
+from silobridge.core.errors import FailedPrecondition, NotFound, SiloBridgeError
 from silobridge.core.hits import Hit
 from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription, SiloListing
 from silobridge.core.queries import FederatedQuery, SiloBatch, SiloQuery
@@ -401,6 +401,11 @@ class DescribeOnly:
     async def search_batch(
         self, endpoint: str, batch: SiloBatch, *, expect: str = "", timeout: float
     ) -> list[list[Hit]]:
+        raise AssertionError("not searched here")
+
+    async def search_many(
+        self, endpoint: str, queries: list[SiloQuery], *, expect: str = "", timeout: float
+    ) -> list[list[Hit] | SiloBridgeError]:
         raise AssertionError("not searched here")
 
     async def embed_anchors(

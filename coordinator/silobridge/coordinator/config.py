@@ -45,6 +45,9 @@ class CoordinatorServerSettings(ServerSettings):
     # Per-silo deadline when the caller set none; a caller's own deadline always wins if sooner.
     silo_timeout_seconds: float = 10.0
     max_k: int = 100
+    # Search calls in flight to one silo; queries beyond wait and go together in one SearchMany
+    # call (each still signed, checked and audited on its own). 0: every query its own call.
+    silo_calls_in_flight: int = 2
     # Queries in one FederatedSearchBatch; a larger batch is refused (RESOURCE_EXHAUSTED).
     max_batch: int = 256
     # One Describe of a silo answers every ListSilos for this long (0: probe at every listing).
@@ -124,6 +127,9 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
         train_workers=srv.positive("train_workers", CoordinatorServerSettings.train_workers),
         silo_timeout_seconds=timeout,
         max_k=srv.positive("max_k", CoordinatorServerSettings.max_k),
+        silo_calls_in_flight=srv.get(
+            "silo_calls_in_flight", int, CoordinatorServerSettings.silo_calls_in_flight
+        ),
         max_batch=srv.positive("max_batch", CoordinatorServerSettings.max_batch),
         probe_cache_seconds=srv.get(
             "probe_cache_seconds", float, CoordinatorServerSettings.probe_cache_seconds
@@ -132,6 +138,8 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
             "anchor_stream_seconds", float, CoordinatorServerSettings.anchor_stream_seconds
         ),
     )
+    if server.silo_calls_in_flight < 0:
+        raise ConfigError(f"{path}: [server] silo_calls_in_flight must not be negative")
     if not server.probe_cache_seconds >= 0:
         raise ConfigError(f"{path}: [server] probe_cache_seconds must not be negative")
     if not server.anchor_stream_seconds > 0:

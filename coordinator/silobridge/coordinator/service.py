@@ -206,6 +206,7 @@ class CoordinatorService:
 
     async def close(self) -> None:
         """Close silo links, stop the worker pools (dropping queued work) and close the state."""
+        await self.search.silo_calls.close()
         await self.gateway.close()
         for pool in (self.executor, self.train_executor):
             pool.shutdown(wait=True, cancel_futures=True)

@@ -45,6 +45,12 @@ class SiloGateway(Protocol):
         """One call for a whole batch: one hit list per vector, in order."""
         ...
 
+    async def search_many(
+        self, endpoint: str, queries: list[SiloQuery], *, expect: str, timeout: float
+    ) -> list[list[Hit] | SiloBridgeError]:
+        """One call for several separate queries: per query its hits or its own refusal."""
+        ...
+
     async def embed_anchors(
         self,
         endpoint: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from silobridge.core.config import TlsFiles
+from silobridge.core.errors import SiloBridgeError
 from silobridge.core.hits import Hit
 from silobridge.core.listings import AnchorSetRef, PreferenceRequest, SiloDescription
 from silobridge.core.queries import SiloBatch, SiloQuery
@@ -47,6 +48,12 @@ class GrpcSiloGateway:
         self, endpoint: str, batch: SiloBatch, *, expect: str, timeout: float
     ) -> list[list[Hit]]:
         return await (await self._client(endpoint, expect)).search_batch(batch, timeout=timeout)
+
+    async def search_many(
+        self, endpoint: str, queries: list[SiloQuery], *, expect: str, timeout: float
+    ) -> list[list[Hit] | SiloBridgeError]:
+        client = await self._client(endpoint, expect)
+        return await client.search_many(queries, timeout=timeout)
 
     async def embed_anchors(
         self,

@@ -72,6 +72,13 @@ def live_command(
     ] = "",
     duration: Annotated[float, typer.Option(help="Seconds measured per run.")] = 10.0,
     warmup: Annotated[float, typer.Option(help="Seconds of warm-up before a closed run.")] = 1.0,
+    path_warmup: Annotated[
+        float,
+        typer.Option(
+            help="Seconds each path is loaded, unmeasured, before any run (then 10 s more for "
+            "the silos' background warm-up); 0: none."
+        ),
+    ] = 3.0,
     k: Annotated[int, typer.Option(help="Hits per query.")] = 10,
     fixed_interval: Annotated[
         bool, typer.Option(help="Open loop at fixed intervals instead of Poisson arrivals.")
@@ -94,6 +101,7 @@ def live_command(
             duration=duration,
             warmup=warmup,
             poisson=not fixed_interval,
+            path_warmup=path_warmup,
         )
         names = [name.strip() for name in silos.split(",") if name.strip()]
         query_texts = read_query_file(queries, texts) if queries else synthetic_texts(texts)

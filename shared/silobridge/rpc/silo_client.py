@@ -14,7 +14,7 @@ import numpy as np
 
 from silobridge.core.config import TlsFiles
 from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
-from silobridge.core.errors import InvalidArgument
+from silobridge.core.errors import InvalidArgument, SiloBridgeError
 from silobridge.core.hits import Hit
 from silobridge.core.listings import PreferenceRequest, SiloDescription
 from silobridge.core.migration import MigrationCommand, MigrationPlan, MigrationStatus
@@ -103,6 +103,29 @@ class SiloClient:
                 f"the silo answered {len(reply.results)} of a batch of {len(batch.vectors)}"
             )
         return convert.hit_lists_from_proto(reply)
+
+    async def search_many(
+        self, queries: Sequence[SiloQuery], *, timeout: float | None = None
+    ) -> list[list[Hit] | SiloBridgeError]:
+        """Independent queries in one call (``SearchMany``): per query, in order, its hits or
+        the error a ``search`` of its own would have raised."""
+        request = convert.silo_queries_to_proto(queries)
+        reply = await unary(self._peer, self.stub.SearchMany(request, timeout=timeout))
+        outcomes = convert.search_outcomes_from_proto(reply)
+        if len(outcomes) != len(queries):
+            raise InvalidArgument(
+                f"the silo answered {len(outcomes)} of {len(queries)} queries in one call"
+            )
+        return [self._outcome(outcome) for outcome in outcomes]
+
+    def _outcome(self, outcome: convert.Outcome) -> list[Hit] | SiloBridgeError:
+        if not isinstance(outcome, tuple):
+            return outcome
+        code, message = outcome
+        status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
+        if not isinstance(status, grpc.StatusCode) or status is grpc.StatusCode.OK:
+            status = grpc.StatusCode.UNKNOWN  # a refusal is never OK
+        return self._peer.error(status, message)
 
     async def search_vector(
         self,

@@ -112,13 +112,22 @@ def error_for_status(code: grpc.StatusCode, peer_details: str, peer: str) -> Sil
 
 
 async def _abort(servicer: object, context: Ctx, error: Exception, method: str) -> None:
+    status, message = refusal(servicer, context, error, method)
+    await context.abort(status, message)
+
+
+def refusal(
+    servicer: object, context: Ctx, error: Exception, method: str
+) -> tuple[grpc.StatusCode, str]:
+    """The status and public message ``error`` ends a call (or one query of it) with; logged,
+    and audited as a refusal of ``method`` (servicers with a gatekeeper)."""
     status, message = status_for(error)
     if status is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method, exc_info=error)
     else:
         log.info("%s refused: %s: %s", method, status.name, message)
     _audit_refusal(servicer, context, method, f"{status.name}: {message}", error)
-    await context.abort(status, message)
+    return status, message
 
 
 def _audit_refusal(

@@ -43,8 +43,10 @@ SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     # Refuse to share a port with another process: a second server on the same port must fail
     # loudly instead of silently splitting traffic.
     ("grpc.so_reuseport", 0),
-    # Accept the clients' keepalive pings (below) without calling them abusive.
+    # Accept the clients' keepalive pings (below) without calling them abusive, also on a
+    # connection with no call open: else an idle client gets GOAWAY "too_many_pings".
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
     # Ping idle connections so half-open ones (a peer that vanished) are noticed and closed.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),

@@ -383,6 +383,104 @@ class SearchBatchResponse(_message.Message):
 Global___SearchBatchResponse: _TypeAlias = SearchBatchResponse  # noqa: Y015
 
 @_typing.final
+class SearchManyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queries(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchRequest]: ...
+    def __init__(
+        self,
+        *,
+        queries: _abc.Iterable[Global___SearchRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queries", b"queries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchManyRequest: _TypeAlias = SearchManyRequest  # noqa: Y015
+
+@_typing.final
+class QueryRefusal(_message.Message):
+    """How one query of a SearchMany ended when it was refused: the status a Search of its own would
+    have ended with (its gRPC name, e.g. PERMISSION_DENIED) and the silo's message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryRefusal: _TypeAlias = QueryRefusal  # noqa: Y015
+
+@_typing.final
+class SearchOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hits(self) -> Global___HitList: ...
+    @_builtins.property
+    def refusal(self) -> Global___QueryRefusal: ...
+    def __init__(
+        self,
+        *,
+        hits: Global___HitList | None = ...,
+        refusal: Global___QueryRefusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "outcome", b"outcome", "refusal", b"refusal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "outcome", b"outcome", "refusal", b"refusal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["hits", "refusal"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___SearchOutcome: _TypeAlias = SearchOutcome  # noqa: Y015
+
+@_typing.final
+class SearchManyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    SPACE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchOutcome]:
+        """One per query of the request, in order."""
+
+    @_builtins.property
+    def space(self) -> _common_pb2.SpaceDescriptor: ...
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___SearchOutcome] | None = ...,
+        space: _common_pb2.SpaceDescriptor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["space", b"space"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes", "space", b"space"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchManyResponse: _TypeAlias = SearchManyResponse  # noqa: Y015
+
+@_typing.final
 class Document(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

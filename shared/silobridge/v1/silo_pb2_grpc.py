@@ -64,6 +64,11 @@ class SiloServiceStub:
                 request_serializer=silobridge_dot_v1_dot_silo__pb2.SearchBatchRequest.SerializeToString,
                 response_deserializer=silobridge_dot_v1_dot_silo__pb2.SearchBatchResponse.FromString,
                 _registered_method=True)
+        self.SearchMany = channel.unary_unary(
+                '/silobridge.v1.SiloService/SearchMany',
+                request_serializer=silobridge_dot_v1_dot_silo__pb2.SearchManyRequest.SerializeToString,
+                response_deserializer=silobridge_dot_v1_dot_silo__pb2.SearchManyResponse.FromString,
+                _registered_method=True)
 
 
 class SiloServiceServicer:
@@ -118,6 +123,16 @@ class SiloServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMany(self, request, context):
+        """Several independent queries in one call, as a coordinator coalesces concurrent federated
+        queries to this silo under load: each is checked, answered and audited exactly as a Search
+        of its own (its own signature, nonce, policy and rate), and gets its own hits or refusal, in
+        order. At most [limits] max_batch queries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SiloServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +165,11 @@ def add_SiloServiceServicer_to_server(servicer, server):
                     servicer.SearchBatch,
                     request_deserializer=silobridge_dot_v1_dot_silo__pb2.SearchBatchRequest.FromString,
                     response_serializer=silobridge_dot_v1_dot_silo__pb2.SearchBatchResponse.SerializeToString,
+            ),
+            'SearchMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMany,
+                    request_deserializer=silobridge_dot_v1_dot_silo__pb2.SearchManyRequest.FromString,
+                    response_serializer=silobridge_dot_v1_dot_silo__pb2.SearchManyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +334,33 @@ class SiloService:
             '/silobridge.v1.SiloService/SearchBatch',
             silobridge_dot_v1_dot_silo__pb2.SearchBatchRequest.SerializeToString,
             silobridge_dot_v1_dot_silo__pb2.SearchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/silobridge.v1.SiloService/SearchMany',
+            silobridge_dot_v1_dot_silo__pb2.SearchManyRequest.SerializeToString,
+            silobridge_dot_v1_dot_silo__pb2.SearchManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

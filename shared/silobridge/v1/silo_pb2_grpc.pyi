@@ -54,6 +54,12 @@ class SiloServiceStub:
     """A batch of queries under one client signature, as a coordinator forwards it: one hit list
     per vector, in order (no re-ranking text in a batch).
     """
+    SearchMany: _grpc.UnaryUnaryMultiCallable[_silo_pb2.SearchManyRequest, _silo_pb2.SearchManyResponse]
+    """Several independent queries in one call, as a coordinator coalesces concurrent federated
+    queries to this silo under load: each is checked, answered and audited exactly as a Search
+    of its own (its own signature, nonce, policy and rate), and gets its own hits or refusal, in
+    order. At most [limits] max_batch queries.
+    """
 
 @_typing.type_check_only
 class SiloServiceAsyncStub(SiloServiceStub):
@@ -80,6 +86,12 @@ class SiloServiceAsyncStub(SiloServiceStub):
     SearchBatch: _aio.UnaryUnaryMultiCallable[_silo_pb2.SearchBatchRequest, _silo_pb2.SearchBatchResponse]  # type: ignore[assignment]
     """A batch of queries under one client signature, as a coordinator forwards it: one hit list
     per vector, in order (no re-ranking text in a batch).
+    """
+    SearchMany: _aio.UnaryUnaryMultiCallable[_silo_pb2.SearchManyRequest, _silo_pb2.SearchManyResponse]  # type: ignore[assignment]
+    """Several independent queries in one call, as a coordinator coalesces concurrent federated
+    queries to this silo under load: each is checked, answered and audited exactly as a Search
+    of its own (its own signature, nonce, policy and rate), and gets its own hits or refusal, in
+    order. At most [limits] max_batch queries.
     """
 
 class SiloServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -140,6 +152,18 @@ class SiloServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_silo_pb2.SearchBatchResponse, _abc.Awaitable[_silo_pb2.SearchBatchResponse]]:
         """A batch of queries under one client signature, as a coordinator forwards it: one hit list
         per vector, in order (no re-ranking text in a batch).
+        """
+
+    @_abc_1.abstractmethod
+    def SearchMany(
+        self,
+        request: _silo_pb2.SearchManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_silo_pb2.SearchManyResponse, _abc.Awaitable[_silo_pb2.SearchManyResponse]]:
+        """Several independent queries in one call, as a coordinator coalesces concurrent federated
+        queries to this silo under load: each is checked, answered and audited exactly as a Search
+        of its own (its own signature, nonce, policy and rate), and gets its own hits or refusal, in
+        order. At most [limits] max_batch queries.
         """
 
 def add_SiloServiceServicer_to_server(servicer: SiloServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

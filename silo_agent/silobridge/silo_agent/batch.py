@@ -21,13 +21,19 @@ from silobridge.silo_agent.service import SiloService, refused_on_behalf_of
 
 def check_batch(service: SiloService, batch: SiloBatch) -> None:
     """At least one vector, at most ``[limits] max_batch`` (``ResourceExhausted``)."""
+    check_count(service, len(batch.vectors))
+
+
+def check_count(service: SiloService, count: int) -> None:
+    """At least one query in one call, at most ``[limits] max_batch`` (``ResourceExhausted``);
+    for ``SearchBatch`` and ``SearchMany`` alike."""
     limit = service.config.limits.max_batch
-    if not batch.vectors:
-        raise InvalidArgument("a batch holds at least one query vector")
-    if len(batch.vectors) > limit:
+    if not count:
+        raise InvalidArgument("a batch holds at least one query")
+    if count > limit:
         raise ResourceExhausted(
-            f"{len(batch.vectors)} queries in one batch; silo {service.config.name!r} accepts at "
-            f"most {limit} ([limits] max_batch): split the batch"
+            f"{count} queries in one call; silo {service.config.name!r} accepts at most {limit} "
+            "([limits] max_batch): split them"
         )
 
 

@@ -236,6 +236,23 @@ class SiloHandlers:
             self._record_search(caller, asker, query, answered)
         return hits
 
+    async def search_many(
+        self, caller: PeerIdentity, queries: Sequence[SiloQuery]
+    ) -> list[list[Hit] | Exception]:
+        """Independent queries in one call (a coordinator coalescing under load): each answered
+        exactly as ``search`` answers it alone (its own admission, signature, nonce, rate and
+        audit line), in order; a refusal or failure ends only its own query."""
+        batch_queries.check_count(self.service, len(queries))
+        # A caller that may not search at all is refused once for the call, not once per query.
+        self.service.authorize("search", caller)
+        outcomes: list[list[Hit] | Exception] = []
+        for query in queries:
+            try:
+                outcomes.append(await self.search(caller, query))
+            except Exception as error:  # reported per query, as its own Search would end
+                outcomes.append(error)
+        return outcomes
+
     async def search_batch(self, caller: PeerIdentity, batch: SiloBatch) -> list[list[Hit]]:
         """One hit list per query of a forwarded batch: the admission of ``search`` once for
         the batch (the rate limit charged per query), then every query in one worker hop."""

@@ -12,7 +12,7 @@ import grpc
 from silobridge.core.documents import Document
 from silobridge.core.stage_timer import TIMINGS
 from silobridge.rpc import convert
-from silobridge.rpc.status import stream_boundary, unary_boundary
+from silobridge.rpc.status import refusal, stream_boundary, unary_boundary
 from silobridge.rpc.transport import peer_identity
 from silobridge.silo_agent.admin import SiloAdmin
 from silobridge.silo_agent.handlers import SiloHandlers
@@ -92,6 +92,22 @@ class SiloServicer(silo_pb2_grpc.SiloServiceServicer):
                     hits=[convert.hit_to_proto(hit) for hit in hits],
                     space=convert.space_to_proto(self.handlers.space),
                 )
+
+    @unary_boundary
+    async def SearchMany(
+        self, request: silo_pb2.SearchManyRequest, context: Context
+    ) -> silo_pb2.SearchManyResponse:
+        self.handled["SearchMany"] += 1
+        caller, queries = peer_identity(context), convert.silo_queries_from_proto(request)
+        outcomes: list[convert.Outcome] = []
+        for outcome in await self.handlers.search_many(caller, queries):
+            if isinstance(outcome, Exception):
+                # Logged and audited as the refusal of a Search of its own would be.
+                status, message = refusal(self, context, outcome, "SiloServicer.Search")
+                outcomes.append((status.name, message))
+            else:
+                outcomes.append(outcome)
+        return convert.search_outcomes_to_proto(outcomes, self.handlers.space)
 
     @unary_boundary
     async def SearchBatch(

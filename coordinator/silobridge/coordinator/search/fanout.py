@@ -14,6 +14,7 @@ import time
 from concurrent.futures import Executor
 
 from silobridge.coordinator.config import CoordinatorConfig
+from silobridge.coordinator.search.coalesce import CoalescingSearch
 from silobridge.coordinator.search.merge import SiloResult, merge
 from silobridge.coordinator.search.planner import SearchPlan, SearchPlanner
 from silobridge.coordinator.search.translation import NotInMemory, Route, from_memory
@@ -50,6 +51,8 @@ class FederatedSearch:
         self.config = config
         self.planner = planner
         self.gateway = gateway
+        # Concurrent queries to one silo share a call under load (one query: its own call).
+        self.silo_calls = CoalescingSearch(gateway, in_flight=config.server.silo_calls_in_flight)
         self.executor = executor
         self.trusted_ca = TrustedCa(
             config.tls, "this coordinator cannot verify signed queries without TLS"
@@ -167,7 +170,7 @@ class FederatedSearch:
         try:
             # The gRPC deadline ends the call; wait_for guards against a transport that hangs.
             hits = await asyncio.wait_for(
-                self.gateway.search(
+                self.silo_calls.search(
                     route.silo.endpoint,
                     _silo_query(route, query, normalised),
                     expect=route.silo.spiffe_id,

@@ -1,6 +1,7 @@
 """All protobuf <-> domain conversion, in one place: protobuf lives only at the wire.
 
-``queries`` (what travels with each query), ``batches`` (batches of queries), ``listings``
+``queries`` (what travels with each query), ``batches`` (batches of queries), ``coalesced``
+(independent queries to one silo in one call), ``listings``
 (what servers say about what they hold), ``documents`` (live writes to a silo), ``migration``
 (moving a silo to another model), ``preferences`` (a silo's preferred anchors of a public pool)
 and ``audit`` (audit checkpoint heads); every name is importable from here, so callers write
@@ -19,6 +20,13 @@ from silobridge.rpc.convert.batches import (
     hit_lists_to_proto,
     silo_batch_from_proto,
     silo_batch_to_proto,
+)
+from silobridge.rpc.convert.coalesced import (
+    Outcome,
+    search_outcomes_from_proto,
+    search_outcomes_to_proto,
+    silo_queries_from_proto,
+    silo_queries_to_proto,
 )
 from silobridge.rpc.convert.documents import (
     delete_receipt_from_proto,
@@ -87,6 +95,7 @@ from silobridge.rpc.convert.queries import (
 )
 
 __all__ = [
+    "Outcome",
     "adapter_files_from_proto",
     "adapter_files_to_proto",
     "adapter_listing_from_proto",
@@ -132,12 +141,16 @@ __all__ = [
     "preference_request_to_proto",
     "progress_from_proto",
     "progress_to_proto",
+    "search_outcomes_from_proto",
+    "search_outcomes_to_proto",
     "signed_query_from_proto",
     "signed_query_to_proto",
     "silo_batch_from_proto",
     "silo_batch_to_proto",
     "silo_listing_from_proto",
     "silo_listing_to_proto",
+    "silo_queries_from_proto",
+    "silo_queries_to_proto",
     "silo_query_from_proto",
     "silo_query_to_proto",
     "silo_state_from_proto",
