@@ -94,7 +94,9 @@ burst = 100000
 
 @pytest.mark.integration
 def test_every_path_answers_without_errors_and_signing_is_clocked(client_toml: Path) -> None:
-    plan = Plan(concurrency=(1, 4), rates=(20.0,), duration=1.0, warmup=0.2)
+    plan = Plan(
+        concurrency=(1, 4), rates=(20.0,), duration=1.0, warmup=0.2, path_warmup=0.3, settle=0.1
+    )
     seen: list[tuple[str, str, float, str]] = []
 
     async def hook(path: str, mode: str, load: float, when: str) -> None:
@@ -106,12 +108,15 @@ def test_every_path_answers_without_errors_and_signing_is_clocked(client_toml: P
                 ["light of the world", "the lord is my shepherd"] * 5, silos=["b"], direct=True
             )
             rows = await bench.run(plan, hook)
-            return rows, bench.signing_row()
+            batches = await bench.batches(4, 2, plan, silos=["b"])
+            return [*rows, batches], bench.signing_row()
 
     rows, signing = asyncio.run(main())
     paths = {row.path for row in rows}
-    assert paths == {"direct", "federated:b", "federated:all(2)"}
-    assert len(rows) == 3 * 3
+    assert paths == {"direct", "federated:b", "federated:all(2)", "batch of 4:b"}
+    assert len(rows) == 3 * 3 + 1
+    # The batch row counts queries: four per call.
+    assert rows[-1].queries % 4 == 0 and rows[-1].load == 2
     for row in rows:
         assert row.queries > 0, row
         assert row.errors == 0, row
@@ -119,7 +124,7 @@ def test_every_path_answers_without_errors_and_signing_is_clocked(client_toml: P
         assert row.qps > 0
         assert row.p50_ms <= row.p95_ms <= row.p99_ms
     assert signing["count"] > 0 and signing["mean_us"] > 0
-    assert len(seen) == 2 * len(rows) and seen[0][3] == "before"
+    assert len(seen) == 2 * (len(rows) - 1) and seen[0][3] == "before"  # no hook for batches
 
 
 @pytest.mark.integration
@@ -142,6 +147,8 @@ def test_the_command_prints_a_table_and_writes_json_rows(client_toml: Path, tmp_
             "1",
             "--warmup",
             "0.1",
+            "--path-warmup",
+            "0.2",
             "--json",
             str(out),
         ],

@@ -3,7 +3,8 @@
 ``direct``: the client's own home silo, searched with a vector of its own space (no coordinator,
 no signature). ``federated:<silo>`` and ``federated:all``: through the coordinator with
 ``FederatedClient.search_vector``, each query freshly signed (nonces are one-use); the time the
-client spends in its ``QuerySigner`` is clocked per query.
+client spends in its ``QuerySigner`` is clocked per query. ``batch_call``: one
+``FederatedClient.search_vectors`` of many vectors per call (one signature per batch).
 """
 
 from __future__ import annotations
@@ -95,6 +96,25 @@ def federated_call(
     async def call(number: int) -> bool:
         vector = vectors[number % len(vectors)]
         answer: FederatedAnswer = await client.search_vector(vector, space_id, k=k, silos=targets)
+        return not answer.failed
+
+    return call
+
+
+def batch_call(
+    client: FederatedClient,
+    vectors: FloatMatrix,
+    space_id: str,
+    k: int,
+    silos: Sequence[str],
+    size: int,
+) -> Call:
+    """A call sends ``size`` vectors (the next ones, wrapping round) as one batch."""
+    targets = tuple(silos)
+
+    async def call(number: int) -> bool:
+        rows = np.take(vectors, range(number * size, (number + 1) * size), axis=0, mode="wrap")
+        answer = await client.search_vectors(rows, space_id, k=k, silos=targets, max_batch=size)
         return not answer.failed
 
     return call

@@ -10,6 +10,7 @@ the path saturates (it answers under 90 % of the offered rate).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,10 +19,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from silobridge.client.api import FederatedClient
 from silobridge.client.config import ClientConfig
 from silobridge.core.errors import InvalidArgument
-from silobridge.loadgen.paths import direct_call, embed_all, federated_call, time_signing
+from silobridge.core.spaces import FloatMatrix
+from silobridge.loadgen.paths import (
+    batch_call,
+    direct_call,
+    embed_all,
+    federated_call,
+    time_signing,
+)
 from silobridge.loadgen.runner import Call, closed_loop, open_loop
 from silobridge.loadgen.stats import RunRow, summarize
 from silobridge.rpc.silo_client import SiloClient
@@ -72,10 +82,12 @@ class Plan:
     duration: float = 10.0
     warmup: float = 1.0
     poisson: bool = True
-    # Before any run, each path is loaded this long (not measured), then left ``SETTLE_S``:
+    # Before any run, each path is loaded this long (not measured), then left ``settle`` s:
     # silos build their hubness corrections on a route's first query and compute the
     # documents' penalties in the background, which a measured run must not pay for.
+    # ``settle``: seconds then left for that background work.
     path_warmup: float = 3.0
+    settle: float = SETTLE_S
 
 
 class LiveBench:
@@ -93,6 +105,11 @@ class LiveBench:
             expect=config.expected_home_silo(),
         )
         self.paths: dict[str, Call] = {}
+        self._batches: tuple[FloatMatrix, str, list[str]] = (
+            np.zeros((0, 0), dtype=np.float32),
+            "",
+            [],
+        )
         self.signed_queries = 0
         self.signing_seconds = 0.0
 
@@ -124,6 +141,19 @@ class LiveBench:
         self.paths[f"federated:all({len(every)})"] = federated_call(
             self.client, vectors, space_id, self.k, every
         )
+        self._batches = (vectors, space_id, every)
+
+    async def batches(
+        self, size: int, concurrency: int, plan: Plan, silos: Sequence[str] = ()
+    ) -> RunRow:
+        """Closed loop of ``search_vectors`` calls of ``size`` queries each (to every silo
+        unless named): the row counts queries, not calls; its latencies are per batch."""
+        vectors, space_id, every = self._batches
+        targets = tuple(silos) or tuple(every)
+        call = batch_call(self.client, vectors, space_id, self.k, targets, size)
+        outcome = await closed_loop(call, concurrency, plan.duration, plan.warmup)
+        row = summarize(f"batch of {size}:{','.join(targets)}", "closed", concurrency, outcome)
+        return dataclasses.replace(row, queries=row.queries * size, qps=row.qps * size)
 
     async def closed(self, path: str, concurrency: int, plan: Plan) -> RunRow:
         outcome = await closed_loop(self.paths[path], concurrency, plan.duration, plan.warmup)
@@ -139,7 +169,7 @@ class LiveBench:
         if plan.path_warmup > 0:
             for call in self.paths.values():
                 await closed_loop(call, WARMUP_CONCURRENCY, plan.path_warmup, 0.0)
-            await asyncio.sleep(SETTLE_S)
+            await asyncio.sleep(plan.settle)
         for path in self.paths:
             best = 0.0
             for concurrency in plan.concurrency:

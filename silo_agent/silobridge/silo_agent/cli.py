@@ -42,13 +42,26 @@ SiloOption = Annotated[
 ]
 
 
+# Texts per model call in an offline ingest: with texts sorted by length within each chunk, 16
+# embedded 1.16x (minilm-l6) to 1.25x (minilm-l3-onnx) as fast as 64 on 2 cores.
+OFFLINE_BATCH = 16
+LIVE_BATCH = 64
+
+
 @silo_app.command()
 def ingest(
     files: Annotated[list[Path], typer.Argument(help="JSONL (id, text, metadata) or CSV files.")],
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Path to silo.toml (offline ingest).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Texts embedded per batch.")] = 64,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Offline: texts per model call (default 16, sorted by length within chunks of "
+            "1,024 documents: the fastest on CPU, measured). --live: documents per message "
+            "(default 64)."
+        ),
+    ] = None,
     live: Annotated[
         bool, typer.Option("--live", help="Send the documents to a running silo instead.")
     ] = False,
@@ -63,12 +76,12 @@ def ingest(
     admin in silo.toml); each batch is durable when acknowledged, and the next search sees it.
     """
     if live:
-        result, target = _ingest_live(files, client, silo, batch_size, config)
+        result, target = _ingest_live(files, client, silo, batch_size or LIVE_BATCH, config)
         where = f"the silo at {target}"
     else:
         if config is None:
             fail("give --config silo.toml (offline ingest) or --live --client client.toml")
-        result, data_dir = _ingest_offline(files, config, batch_size)
+        result, data_dir = _ingest_offline(files, config, batch_size or OFFLINE_BATCH)
         where = str(data_dir)
     for bad in result.bad_lines:
         err.print(
