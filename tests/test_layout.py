@@ -104,7 +104,15 @@ def test_each_rpc_has_its_own_request_and_response(proto: FileDescriptor) -> Non
 
 def test_declared_services_have_the_promised_rpcs() -> None:
     silo = {m.name for m in silo_pb2.DESCRIPTOR.services_by_name["SiloService"].methods}
-    assert silo == {"Describe", "Embed", "EmbedAnchors", "PreferAnchors", "Search", "SearchBatch"}
+    assert silo == {
+        "Describe",
+        "Embed",
+        "EmbedAnchors",
+        "PreferAnchors",
+        "Search",
+        "SearchBatch",
+        "SearchMany",
+    }
     admin = {m.name for m in silo_pb2.DESCRIPTOR.services_by_name["SiloAdminService"].methods}
     assert admin == {"WriteDocuments", "DeleteDocuments", "PlanMigration", "ControlMigration"}
     coordinator = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"]

@@ -243,8 +243,9 @@ class SiloHandlers:
         exactly as ``search`` answers it alone (its own admission, signature, nonce, rate and
         audit line), in order; a refusal or failure ends only its own query."""
         batch_queries.check_count(self.service, len(queries))
-        # A caller that may not search at all is refused once for the call, not once per query.
-        self.service.authorize("search", caller)
+        # A caller that may not search at all is refused once for the call, not once per query;
+        # the call costs its peer a token first, refused or not (as every call does).
+        self._admit(caller, "search")
         outcomes: list[list[Hit] | Exception] = []
         for query in queries:
             try:
