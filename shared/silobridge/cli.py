@@ -9,7 +9,9 @@ from silobridge.audit.cli import audit_app, boundary_command
 from silobridge.client.cli import adapters_command, query_command, silos_command, train_command
 from silobridge.coordinator.anchors.cli import anchors_app
 from silobridge.coordinator.cli import coordinator_app
+from silobridge.doctor.cli import doctor_command, health_command
 from silobridge.evaluation.cli import eval_command
+from silobridge.kits.cli import kit_app
 from silobridge.loadgen.cli import bench_app
 from silobridge.security.pki.cli import pki_app
 from silobridge.silo_agent.cli import silo_app
@@ -25,6 +27,10 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(silo_app, name="silo")
 app.add_typer(anchors_app, name="anchors")
 app.add_typer(pki_app, name="pki")
+app.add_typer(kit_app, name="kit")
+# Operating a party: preflight of its config, and its server's own health.
+app.command("doctor")(doctor_command)
+app.command("health")(health_command)
 audit_app.command("boundary")(boundary_command)
 app.add_typer(audit_app, name="audit")
 # Adapter artifacts and offline evaluation.

@@ -11,12 +11,19 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from silobridge.core.errors import FailedPrecondition
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.silo_agent.ingest import MIGRATION_RECORD
 from silobridge.silo_agent.store.docstore import DocStore
+
+
+class MetaReader(Protocol):
+    """Where meta values are read from: the docstore, or a read-only view of it (doctor)."""
+
+    def get_meta(self, key: str) -> str | None: ...
+
 
 RECORD_KEY = MIGRATION_RECORD
 # After ``finish``: the model the silo moved from, kept so that a restart with the old
@@ -74,7 +81,7 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def load(docstore: DocStore) -> MigrationRecord | None:
+def load(docstore: MetaReader) -> MigrationRecord | None:
     text = docstore.get_meta(RECORD_KEY)
     return None if text is None else MigrationRecord.from_json(text)
 
@@ -92,7 +99,7 @@ class Retired:
     now: str
 
 
-def retired(docstore: DocStore) -> Retired | None:
+def retired(docstore: MetaReader) -> Retired | None:
     text = docstore.get_meta(RETIRED_KEY)
     if text is None:
         return None

@@ -1,0 +1,1 @@
+"""``silobridge doctor`` and ``silobridge health``: preflight checks and a server's own health."""

@@ -1,0 +1,114 @@
+"""Ports this party listens on, and the peers it must reach over mTLS as who they should be."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from dataclasses import dataclass
+
+from silobridge.core.config import TlsFiles
+from silobridge.core.endpoints import validate_endpoint
+from silobridge.core.errors import InvalidArgument, SiloBridgeError
+from silobridge.doctor.report import Check, fail, ok, skip, warn
+from silobridge.rpc.health_probe import SERVING, health_status
+
+PROBE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class PeerLink:
+    """A server this party calls: what it is called here, where, and the identity it must hold."""
+
+    label: str
+    target: str
+    expect: str | None
+
+
+def _bind(host: str, port: int) -> OSError | None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            return err
+    return None
+
+
+def dial_target(listen: str) -> str:
+    """Where this machine reaches its own server listening on ``listen``."""
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "", "[::]"):  # noqa: S104 - a wildcard is reached on loopback
+        host = "127.0.0.1" if host != "[::]" else "[::1]"
+    return f"{host}:{port}"
+
+
+def port_check(
+    label: str, listen: str, *, own: PeerLink | None, tls: TlsFiles | None, online: bool
+) -> Check:
+    """``listen`` is free to bind, or this party's own server is already serving on it."""
+    name = f"{label} port"
+    try:
+        validate_endpoint(listen, allow_any_port=True)
+    except InvalidArgument as err:
+        return fail(name, err.message, "fix the listen address in the config")
+    host, _, port_text = listen.rpartition(":")
+    port = int(port_text)
+    if port == 0:
+        return ok(name, f"{listen}: the system picks a free port at start")
+    problem = _bind(host.strip("[]"), port)
+    if problem is None:
+        return ok(name, f"{listen} can be bound")
+    if problem.errno != errno.EADDRINUSE:
+        return fail(
+            name,
+            f"cannot bind {listen}: {problem.strerror}",
+            "listen on an address of this machine (0.0.0.0 for every interface)",
+        )
+    if own is not None and online:
+        status = _probe(own, tls)
+        if status == SERVING:
+            return ok(name, f"{listen} is in use by this party's own server (SERVING)")
+    return fail(
+        name,
+        f"{listen} is in use by another process",
+        f"stop what listens on port {port} (`ss -ltnp 'sport = :{port}'`) or pick another port",
+    )
+
+
+def _probe(peer: PeerLink, tls: TlsFiles | None) -> str | SiloBridgeError:
+    try:
+        return asyncio.run(
+            health_status(peer.target, tls, expect=peer.expect, timeout=PROBE_SECONDS)
+        )
+    except SiloBridgeError as err:
+        return err
+
+
+def peer_check(peer: PeerLink, tls: TlsFiles | None, *, online: bool) -> Check:
+    """``peer`` answers a health check over mTLS with the identity it must hold."""
+    name = f"reach {peer.label}"
+    if not online:
+        return skip(name, f"{peer.target}: not tried (--offline)")
+    outcome = _probe(peer, tls)
+    who = peer.expect or "any consortium server"
+    if outcome == SERVING:
+        return ok(name, f"{peer.target} is {who}, SERVING")
+    if isinstance(outcome, str):
+        return warn(
+            name,
+            f"{peer.target} is {who} but reports {outcome}",
+            "it is starting or shutting down: look at its log, then run doctor again",
+        )
+    if "is not" in outcome.message and "certificate names another identity" in outcome.message:
+        return fail(
+            name,
+            outcome.message,
+            f"point the config at {peer.label}'s own address, or fix its expected name",
+        )
+    return fail(
+        name,
+        f"{peer.target}: {outcome.message}",
+        f"start {peer.label}, or fix its address in the config; check that a firewall lets "
+        "this machine reach it",
+    )

@@ -1,0 +1,1 @@
+"""Startup kits: one directory per participant of a consortium (``silobridge kit``)."""
