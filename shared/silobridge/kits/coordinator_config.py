@@ -106,7 +106,8 @@ def coordinator_tables(party: Party, links: Links) -> list[Table]:
                 Key(
                     "denylist",
                     "denylist.txt",
-                    "Certificates refused outright (serial or sha256 per line).",
+                    "Certificates refused outright (serial or sha256 per line); none by default.",
+                    example=True,
                 ),
                 Key("rate_per_second", 50.0, "Federated queries per second per caller."),
                 Key("burst", 100, "Burst above that rate."),

@@ -1,7 +1,8 @@
 """A config file as documented tables: every key with its comment, unset keys shown commented.
 
 A kit's config lists every key its role reads. Keys the kit sets are written as ``key = value``;
-the others as ``# key = default`` so an operator sees what exists and what it defaults to.
+the others as ``# key = default`` (``# example: key = value`` for a key unset by default) so
+an operator sees what exists and what it defaults to.
 ``overrides`` (``{"table": {"key": value}}``) set keys the kit would otherwise leave commented;
 a key no table declares is refused, so a typo never yields a config the server would reject.
 """
@@ -29,6 +30,8 @@ class Key:
     value: TomlValue
     comment: str
     active: bool = False
+    # Unset by default: ``value`` is an example, written ``# example: key = value``.
+    example: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ def render(header: str, tables: Sequence[Table], overrides: Mapping[str, Mapping
                 lines.append(f"{toml_key(key.name)} = {toml_value(given[key.name])}")
             elif key.active:
                 lines.append(f"{toml_key(key.name)} = {toml_value(key.value)}")
+            elif key.example:
+                lines.append(f"# example: {toml_key(key.name)} = {toml_value(key.value)}")
             else:
                 lines.append(f"# {toml_key(key.name)} = {toml_value(key.value)}")
         declared = {key.name for key in table.keys}

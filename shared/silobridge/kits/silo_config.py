@@ -151,7 +151,8 @@ def silo_tables(party: Party, links: Links) -> list[Table]:
                 Key(
                     "denylist",
                     "denylist.txt",
-                    "Certificates refused outright (serial or sha256 per line).",
+                    "Certificates refused outright (serial or sha256 per line); none by default.",
+                    example=True,
                 ),
             ],
         ),

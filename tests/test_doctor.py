@@ -1,0 +1,202 @@
+"""``silobridge doctor`` on real kits: it passes on good ones and names the fix for broken ones.
+
+The servers are real (coordinator and silo over mTLS on loopback); the broken kits are broken
+the way operators break them: a key copied with the wrong mode, a certificate left to expire,
+a peer that is not up, a model changed under an ingested corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from silobridge.doctor.report import Report, Status
+from silobridge.doctor.run import diagnose
+from silobridge.kits.build import write_config
+from silobridge.kits.party import KitManifest, Links
+from silobridge.security.identity import Role
+
+from .conftest import CoordinatorThread, ServerThread, ingest_kjv, run_cli
+from .kit_factory import KitCa, make_kit
+
+
+@dataclasses.dataclass
+class Net:
+    root: Path
+    ca: KitCa
+    hub: Path
+    kjv: Path
+    alice: Path
+    coordinator: CoordinatorThread
+    silo: ServerThread
+
+    @property
+    def adapter_key(self) -> Path:
+        return self.hub / "state" / "adapter-signing.key.pub"
+
+
+def _silo_kit(net_root: Path, ca: KitCa, name: str, coordinator: str, adapter_key: Path) -> Path:
+    links = Links(listen="127.0.0.1:0", coordinator=coordinator, model="static-64", metrics="off")
+    make_kit(ca, net_root / name, Role.SILO, name, "bible", links, adapter_key=adapter_key)
+    return net_root / name
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    root = tmp_path_factory.mktemp("doctor")
+    ca = KitCa.create(root / "ca")
+    hub = root / "hub"
+    make_kit(
+        ca, hub, Role.COORDINATOR, "hub", "consortium", Links(listen="127.0.0.1:0", metrics="off")
+    )
+    coordinator = CoordinatorThread(hub / "coordinator.toml")
+    kjv = _silo_kit(root, ca, "kjv", coordinator.target, hub / "state" / "adapter-signing.key.pub")
+    ingest_kjv(kjv / "silo.toml", 40)
+    silo = ServerThread(kjv / "silo.toml")
+    links = Links(
+        coordinator=coordinator.target, home_silo=silo.target, home_silo_name="kjv", metrics="off"
+    )
+    make_kit(ca, root / "alice", Role.CLIENT, "alice", "bible", links)
+    yield Net(root, ca, hub, kjv, root / "alice", coordinator, silo)
+    silo.stop()
+    coordinator.stop()
+
+
+def _row(report: Report, name: str) -> tuple[Status, str, str]:
+    rows = [c for c in report.checks if c.name == name]
+    assert rows, f"no check {name!r} in {[c.name for c in report.checks]}"
+    return rows[0].status, rows[0].detail, rows[0].hint
+
+
+def _failures(report: Report) -> list[str]:
+    return [f"{c.name}: {c.detail}" for c in report.checks if c.status is Status.FAIL]
+
+
+def test_doctor_passes_on_each_good_kit(net: Net) -> None:
+    for config in (
+        net.hub / "coordinator.toml",
+        net.kjv / "silo.toml",
+        net.alice / "client.toml",
+    ):
+        report = diagnose(config)
+        assert not report.failed, _failures(report)
+    silo = diagnose(net.kjv / "silo.toml")
+    assert _row(silo, "reach coordinator hub")[0] is Status.OK
+    assert _row(silo, "model matches data")[0] is Status.OK
+    assert _row(silo, "index matches docstore")[0] is Status.OK
+    assert _row(silo, "adapter key pinned")[0] is Status.OK
+    client = diagnose(net.alice / "client.toml")
+    assert _row(client, "reach home silo kjv")[0] is Status.OK
+    hub = diagnose(net.hub / "coordinator.toml")
+    assert _row(hub, "state readable")[0] is Status.OK
+
+
+def test_doctor_command_prints_json_and_exits_zero(net: Net) -> None:
+    done = run_cli("doctor", "--config", str(net.kjv / "silo.toml"), "--json")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["passed"] is True
+    assert body["role"] == "silo"
+    assert {row["check"] for row in body["checks"]} >= {"key file mode", "reach coordinator hub"}
+
+
+def test_a_key_other_users_can_read_fails_with_chmod(net: Net, tmp_path: Path) -> None:
+    kit = _silo_kit(tmp_path, net.ca, "loose", net.coordinator.target, net.adapter_key)
+    (kit / "tls" / "loose.key").chmod(0o644)
+    done = run_cli("doctor", "--config", str(kit / "silo.toml"), "--offline")
+    assert done.returncode == 1
+    status, detail, hint = _row(diagnose(kit / "silo.toml", online=False), "key file mode")
+    assert status is Status.FAIL
+    assert "0644" in detail
+    assert hint == f"chmod 600 {kit / 'tls' / 'loose.key'}"
+    assert "chmod 600" in done.stdout
+
+
+def test_an_expired_certificate_fails_with_how_to_renew(net: Net, tmp_path: Path) -> None:
+    kit = _silo_kit(tmp_path, net.ca, "old", net.coordinator.target, net.adapter_key)
+    now = datetime.now(UTC)
+    expired = net.ca.sign(
+        kit / "tls" / "old.csr",
+        not_before=now - timedelta(minutes=4),
+        not_after=now - timedelta(minutes=1),
+    )
+    (kit / "tls" / "old.crt").write_bytes(expired)
+    report = diagnose(kit / "silo.toml")
+    status, detail, hint = _row(report, "certificate validity")
+    assert status is Status.FAIL
+    assert detail.startswith("expired on")
+    assert "pki approve" in hint and "kit install" in hint
+    # Nothing is dialled with a certificate that failed its checks.
+    assert "not tried" in _row(report, "reach coordinator hub")[1]
+
+
+def test_a_certificate_near_its_end_is_a_warning(net: Net, tmp_path: Path) -> None:
+    kit = _silo_kit(tmp_path, net.ca, "soon", net.coordinator.target, net.adapter_key)
+    now = datetime.now(UTC)
+    soon = net.ca.sign(kit / "tls" / "soon.csr", not_before=now, not_after=now + timedelta(days=9))
+    (kit / "tls" / "soon.crt").write_bytes(soon)
+    report = diagnose(kit / "silo.toml", online=False)
+    status, detail, _ = _row(report, "certificate validity")
+    assert status is Status.WARN
+    assert "in 8 days" in detail or "in 9 days" in detail
+    assert not report.failed, _failures(report)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_an_unreachable_peer_fails_with_start_it(net: Net, tmp_path: Path) -> None:
+    target = f"127.0.0.1:{_closed_port()}"
+    kit = _silo_kit(tmp_path, net.ca, "lonely", target, net.adapter_key)
+    report = diagnose(kit / "silo.toml")
+    status, detail, hint = _row(report, "reach coordinator hub")
+    assert status is Status.FAIL
+    assert target in detail
+    assert hint.startswith("start coordinator hub, or fix its address")
+    offline = diagnose(kit / "silo.toml", online=False)
+    assert _row(offline, "reach coordinator hub")[0] is Status.SKIP
+    assert not offline.failed, _failures(offline)
+
+
+def test_a_peer_with_another_identity_is_named(net: Net, tmp_path: Path) -> None:
+    # The coordinator's address, but the silo is told to expect a coordinator named "other".
+    kit = _silo_kit(tmp_path, net.ca, "misled", net.coordinator.target, net.adapter_key)
+    manifest = KitManifest.read(kit)
+    write_config(kit, dataclasses.replace(manifest, overrides={"coordinator": {"name": "other"}}))
+    status, detail, _ = _row(diagnose(kit / "silo.toml"), "reach coordinator other")
+    assert status is Status.FAIL
+    assert "certificate names another identity" in detail
+
+
+def test_a_model_that_did_not_embed_the_data_fails(net: Net, tmp_path: Path) -> None:
+    kit = _silo_kit(tmp_path, net.ca, "switched", net.coordinator.target, net.adapter_key)
+    ingest_kjv(kit / "silo.toml", 10)
+    manifest = KitManifest.read(kit)
+    other = dataclasses.replace(manifest.links, model="minilm-l3-onnx")
+    write_config(kit, dataclasses.replace(manifest, links=other))
+    report = diagnose(kit / "silo.toml", online=False)
+    status, detail, hint = _row(report, "model matches data")
+    assert status is Status.FAIL
+    assert "static-64" in detail and "minilm-l3-onnx" in detail
+    assert "silobridge silo migrate" in hint
+    assert report.failed
+
+
+def test_a_config_that_does_not_load_is_one_failed_row(tmp_path: Path) -> None:
+    config = tmp_path / "silo.toml"
+    config.write_text('[silo]\nname = "x"\n')
+    report = diagnose(config)
+    assert report.role == "silo"
+    assert [c.name for c in report.checks] == ["config"]
+    assert report.failed
+    assert "model" in report.checks[0].detail
