@@ -108,23 +108,26 @@ class BenchConsortium(LocalConsortium):
     # [server] silo_calls_in_flight of the coordinator; None: its default.
     silo_calls_in_flight: int | None = None
 
-    def write_silo_config(self, spec: SiloSpec, coordinator: str) -> Path:
-        return _unlimited(super().write_silo_config(spec, coordinator))
+    def silo_overrides(self, spec: SiloSpec) -> dict[str, dict[str, Any]]:
+        settings = super().silo_overrides(spec)
+        settings["limits"] = {**settings["limits"], **UNLIMITED}
+        return settings
 
-    def write_coordinator_config(self) -> Path:
-        path = _unlimited(super().write_coordinator_config())
+    def coordinator_overrides(self) -> dict[str, dict[str, Any]]:
+        settings = super().coordinator_overrides()
+        settings["policy"] = {**settings["policy"], **UNLIMITED}
         if self.silo_calls_in_flight is not None:
-            setting = f"[server]\nsilo_calls_in_flight = {self.silo_calls_in_flight}"
-            path.write_text(path.read_text().replace("[server]", setting, 1))
-        return path
+            settings["server"] = {"silo_calls_in_flight": self.silo_calls_in_flight}
+        return settings
 
 
-def _unlimited(path: Path) -> Path:
-    text = re.sub(r"rate_per_second = [\d.]+", "rate_per_second = 1000000.0", path.read_text())
-    # The per-peer limit too: one load generator is one peer.
-    lifted = "burst = 1000000\npeer_rate_per_second = 1000000.0\npeer_burst = 1000000"
-    path.write_text(re.sub(r"burst = \d+", lifted, text, count=1))
-    return path
+# The per-peer limit too: one load generator is one peer.
+UNLIMITED = {
+    "rate_per_second": 1000000.0,
+    "burst": 1000000,
+    "peer_rate_per_second": 1000000.0,
+    "peer_burst": 1000000,
+}
 
 
 def ingest_cached(net: LocalConsortium, spec: SiloSpec) -> str:

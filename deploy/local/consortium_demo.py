@@ -361,6 +361,25 @@ async def send_traffic(net: LocalConsortium, count: int) -> None:
     say(f"{len(others)} other queries answered by kjv, which kept them as its hubness reference")
 
 
+def start_all(net: LocalConsortium) -> None:
+    """The coordinator, then each silo; the clients' configs; then the preflight."""
+    net.start_coordinator()
+    for spec in net.silos:
+        net.start_silo(spec)
+    net.write_client_configs()
+    step("3b. preflight: `silobridge doctor` on every party's kit, now that all are up")
+    preflight(net)
+
+
+def preflight(net: LocalConsortium) -> None:
+    """``silobridge doctor`` on every party, online: one table shown, every one must pass."""
+    net.run("doctor", "--config", str(net.silo_config("kjv")))
+    failed = [name for name, passed in net.doctor().items() if not passed]
+    if failed:
+        raise RuntimeError(f"doctor failed for {', '.join(failed)} (run it on their configs)")
+    say(f"doctor passed on all {len(net.doctor_parties())} parties' configs")
+
+
 def audit_logs(net: LocalConsortium) -> list[tuple[Path, Path]]:
     """Each server's audit log and the public half of its key (``keys/`` beside its config)."""
     coordinator = net.coordinator_config.parent
@@ -383,16 +402,13 @@ def main() -> int:
     net = consortium_for(args.dir)
     try:
         with net:
-            step("1. consortium CA and a certificate per party")
+            step("1. consortium CA and a startup kit per party (kit new, pki approve, kit install)")
             net.provision()
             step("2. each organization ingests its corpus with its own model")
             for spec in net.silos:
                 net.ingest(spec)
             step("3. start the coordinator and the three silo agents (they register themselves)")
-            net.start_coordinator()
-            for spec in net.silos:
-                net.start_silo(spec)
-            net.write_client_configs()
+            start_all(net)
             net.run("silos", "--config", str(net.client_config("admin")))
             step("4. the public anchor set: word strings, public sentences and a word chain")
             net.run("anchors", "build", "--config", str(net.coordinator_config),

@@ -1,13 +1,16 @@
 """A whole consortium on loopback, as real processes: what ``make demo`` and the e2e tests run.
 
-It provisions a CA and a certificate per party, writes every config file, ingests each silo's
-corpus, and starts the coordinator and the silo agents as separate ``silobridge`` processes,
-logging to files. Every step is the command a user would type (printed as it runs), and every
-process it started is stopped on exit, also after an error or Ctrl-C.
+It provisions a CA and a startup kit per party (``kit new`` on the party's side, ``pki approve``
+at the CA, ``kit install`` back in the kit, then ``doctor --offline``), fills each kit's config
+in with where its peers listen and the demo's settings, ingests each silo's corpus, and starts
+the coordinator and the silo agents as separate ``silobridge`` processes, logging to files.
+Every step is the command a user would type (printed as it runs), and every process it started
+is stopped on exit, also after an error or Ctrl-C.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -19,8 +22,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from silobridge.core.errors import ConfigError, FailedPrecondition
+from silobridge.kits.build import write_config
+from silobridge.kits.party import KitManifest
+from silobridge.security.identity import Role
 
 SILOBRIDGE = (sys.executable, "-m", "silobridge.cli")
 LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
@@ -110,6 +117,8 @@ class LocalConsortium:
     clients: Sequence[ClientSpec]
     consortium: str = "demo"
     admin: str = "admin"
+    # Each server's /metrics ("host:port"; port 0: any free port; "off": none).
+    metrics: str = "off"
     # Silo name (or "*") -> rules of who may query it, for coordinator.toml's [policy.query].
     query_policy: Mapping[str, Sequence[str]] = field(default_factory=dict)
     say: Callable[[str], None] = print
@@ -159,7 +168,11 @@ class LocalConsortium:
             check=False,
         )
         if done.returncode != 0:
-            detail = f":\n{done.stderr[-3000:]}" if capture else " (its output is above)"
+            detail = (
+                f":\n{(done.stderr or done.stdout)[-3000:]}"
+                if capture
+                else " (its output is above)"
+            )
             raise FailedPrecondition(f"silobridge {shown} failed ({done.returncode}){detail}")
         return done.stdout if capture else ""
 
@@ -181,155 +194,154 @@ class LocalConsortium:
             proc.stop()
         self.procs.clear()
 
-    # --- paths ------------------------------------------------------------------------------
+    # --- paths: one startup kit per party -------------------------------------------------
+
+    def kit(self, name: str) -> Path:
+        """The kit directory of ``name`` (the coordinator's is ``coordinator/``)."""
+        if name == "hub":
+            return self.root / "coordinator"
+        if any(s.name == name for s in self.silos):
+            return self.root / "silos" / name
+        return self.root / "clients" / name
 
     def certs(self, name: str) -> Path:
-        return self.root / "certs" / name
+        """The kit's ``tls/``: its key, its certificate, the CA certificate."""
+        return self.kit(name) / "tls"
 
     def silo_config(self, name: str) -> Path:
-        return self.root / "silos" / name / "silo.toml"
+        return self.kit(name) / "silo.toml"
 
     def client_config(self, name: str) -> Path:
-        return self.root / "clients" / name / "client.toml"
+        return self.kit(name) / "client.toml"
 
     @property
     def coordinator_config(self) -> Path:
-        return self.root / "coordinator" / "coordinator.toml"
+        return self.kit("hub") / "coordinator.toml"
 
     @property
     def adapter_key(self) -> Path:
-        """The coordinator's adapter public key (written on its first start)."""
-        return self.root / "coordinator" / "state" / "adapter-signing.key.pub"
+        """The coordinator's adapter public key (made with its kit)."""
+        return self.kit("hub") / "state" / "adapter-signing.key.pub"
 
-    # --- provisioning -----------------------------------------------------------------------
+    # --- provisioning: kit new → pki approve → kit install, as the parties would ------------
+
+    def doctor_parties(self) -> list[str]:
+        return [name for _role, name, _org in self._parties()]
+
+    def _parties(self) -> list[tuple[Role, str, str]]:
+        parties = [(Role.COORDINATOR, "hub", "consortium"), (Role.CLIENT, self.admin, "consortium")]
+        parties += [(Role.SILO, s.name, s.org) for s in self.silos]
+        parties += [(Role.CLIENT, c.name, c.org) for c in self.clients]
+        return parties
 
     def provision(self) -> None:
-        """Create the CA and one certificate per party (kept on re-runs)."""
+        """Create the CA and one startup kit per party (kept on re-runs)."""
         ca = self.root / "ca"
         if not (ca / "ca.crt").exists():
             self.run("pki", "init", "--dir", str(ca), "--consortium", self.consortium)
-        parties = [("coordinator", "hub", "consortium"), ("client", self.admin, "consortium")]
-        parties += [("silo", s.name, s.org) for s in self.silos]
-        parties += [("client", c.name, c.org) for c in self.clients]
+        parties = self._parties()
         for role, name, org in parties:
-            if not (self.certs(name) / f"{name}.crt").exists():
-                # Servers also name loopback, where the demo tools dial them directly; peers
-                # that expect an identity check the CA-assigned name instead.
-                loopback = [] if role == "client" else ["--dns", "localhost", "--ip", "127.0.0.1"]
-                self.run(
-                    "pki", "issue", "--ca-dir", str(ca), "--out", str(self.certs(name)),
-                    "--role", role, "--name", name, "--org", org, *loopback, capture=True,
-                )  # fmt: skip
-        self.say(f"certificates for {len(parties)} parties in {self.root / 'certs'}")
-
-    def _tls(self, name: str) -> str:
-        certs = self.certs(name)
-        return (
-            f'[tls]\ncert = "{certs / f"{name}.crt"}"\nkey = "{certs / f"{name}.key"}"\n'
-            f'ca = "{certs / "ca.crt"}"\n'
+            if not (self.kit(name) / "tls" / f"{name}.crt").exists():
+                self._make_kit(ca, role, name, org)
+        self.say(
+            f"startup kits for {len(parties)} parties under {self.root} "
+            "(kit new, pki approve, kit install)"
         )
+        for role, name, _org in parties:
+            if role is not Role.CLIENT:
+                self.run(
+                    "doctor", "--config", str(self._config_of(name)), "--offline", capture=True
+                )
+
+    def _config_of(self, name: str) -> Path:
+        manifest = KitManifest.read(self.kit(name))
+        return self.kit(name) / manifest.party.config_name
+
+    def _make_kit(self, ca: Path, role: Role, name: str, org: str) -> None:
+        kit = self.kit(name)
+        shutil.rmtree(kit, ignore_errors=True)  # a kit cut short by an earlier run
+        args = ["kit", "new", "--out", str(kit), "--role", role.value, "--name", name,
+                "--org", org, "--consortium", self.consortium]  # fmt: skip
+        if role is Role.CLIENT:
+            # Where the servers are is known once they listen: write_client_configs.
+            args += ["--home-silo-name", self.silos[0].name]
+        else:
+            # Servers also name loopback, where the demo tools dial them directly; peers
+            # that expect an identity check the CA-assigned name instead.
+            args += ["--listen", "127.0.0.1:0", "--metrics", self.metrics,
+                     "--dns", "localhost", "--ip", "127.0.0.1"]  # fmt: skip
+        self.run(*args, capture=True)
+        csr = kit / "tls" / f"{name}.csr"
+        approve = ["pki", "approve", str(csr), "--ca-dir", str(ca), "--expect-role", role.value,
+                   "--expect-name", name, "--expect-org", org]  # fmt: skip
+        if role is Role.COORDINATOR:
+            approve.append("--allow-coordinator")
+        self.run(*approve, capture=True)
+        install = ["kit", "install", str(kit), "--cert", str(csr.with_suffix(".crt")),
+                   "--ca", str(ca / "ca.crt")]  # fmt: skip
+        if role is Role.SILO:
+            install += ["--adapter-key", str(self.adapter_key)]
+        self.run(*install, capture=True)
+
+    def _configure(
+        self, name: str, links: Mapping[str, str], overrides: Mapping[str, Mapping[str, Any]]
+    ) -> Path:
+        """Re-render the kit's config with where its peers are now and the demo's settings."""
+        kit = self.kit(name)
+        manifest = KitManifest.read(kit)
+        updated = dataclasses.replace(
+            manifest,
+            links=dataclasses.replace(manifest.links, **links),
+            overrides={table: dict(keys) for table, keys in overrides.items()},
+        )
+        return write_config(kit, updated)
+
+    # --- the demo's settings beyond a kit's defaults ----------------------------------------
+
+    def coordinator_overrides(self) -> dict[str, dict[str, Any]]:
+        query = {silo: list(rules) for silo, rules in self.query_policy.items()}
+        return {
+            # Per caller; the demo's retention table is a burst.
+            "policy": {"rate_per_second": 1000.0, "burst": 1000},
+            **({"policy.query": query} if query else {}),
+        }
+
+    def silo_overrides(self, spec: SiloSpec) -> dict[str, dict[str, Any]]:
+        settings: dict[str, dict[str, Any]] = {
+            # The demo's retention table sends 2,500 queries in seconds.
+            "limits": {"rate_per_second": 1000.0, "burst": 1000},
+            "access": {
+                "disclose_fields": list(spec.disclose),
+                "accept_query_text": spec.accept_query_text,
+                "admin": list(spec.admins),
+            },
+        }
+        if spec.local_models or spec.traffic_pool or spec.anchor_preferences:
+            settings["receiving"] = {
+                "local_models": list(spec.local_models),
+                "traffic_pool": spec.traffic_pool,
+                "traffic_max_share": spec.traffic_max_share,
+                "refine": spec.refine,
+                "anchor_preferences": spec.anchor_preferences,
+            }
+        return settings
 
     def write_coordinator_config(self) -> Path:
-        spiffe = f"spiffe://{self.consortium}"
-        query = dict(self.query_policy) or {"*": [f"{spiffe}/client/*"]}
-        rows = "\n".join(f'"{silo}" = {_toml_list(rules)}' for silo, rules in query.items())
-        path = self.coordinator_config
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            f"""# The consortium's coordinator. Paths are relative to this file.
-[coordinator]
-name = "hub"
-state_dir = "state"                  # state.sqlite, adapters/, anchors/
-
-[server]
-listen = "127.0.0.1:0"              # 0: any free port; the log says which
-silo_timeout_seconds = 10
-
-{self._tls("hub")}
-[policy]
-register = ["{spiffe}/silo/*"]      # silos register themselves (name = certificate name)
-anchors = ["{spiffe}/silo/*"]
-adapters = ["{spiffe}/silo/*"]      # silos fetch signed adapters to translate queries
-list = ["{spiffe}/client/*", "{spiffe}/silo/*"]
-train = ["{spiffe}/client/{self.admin}"]
-manage = ["{spiffe}/client/{self.admin}"]  # `silobridge coordinator silo disable|enable|remove`
-rate_per_second = 1000.0            # per caller; the demo's retention table is a burst
-burst = 1000
-
-[policy.query]                      # who may query which silo; "*" = silos without a row
-{rows}
-"""
-        )
-        return path
+        return self._configure("hub", {}, self.coordinator_overrides())
 
     def write_silo_config(self, spec: SiloSpec, coordinator: str) -> Path:
-        spiffe = f"spiffe://{self.consortium}"
-        path = self.silo_config(spec.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            f"""# Silo {spec.name} of organization {spec.org}. Paths are relative to this file.
-[silo]
-name = "{spec.name}"
-data_dir = "data"
-model = "{spec.model}"
-
-[server]
-listen = "127.0.0.1:0"
-
-[limits]
-rate_per_second = 1000.0             # the demo's retention table sends 2,500 queries in seconds
-burst = 1000
-
-{self._tls(spec.name)}
-[coordinator]
-endpoint = "{coordinator}"           # registers itself there on start
-name = "hub"                         # refuses any server there but spiffe://…/coordinator/hub
-adapter_key = "{self.adapter_key}"   # adapters must be signed by this key
-
-[access]
-describe = ["{spiffe}/coordinator/hub", "org:{spec.org}"]
-embed = ["org:{spec.org}/client"]    # only our own people send text to our model
-embed_anchors = ["{spiffe}/coordinator/hub"]
-search = ["{spiffe}/coordinator/hub", "org:{spec.org}/client"]
-query = ["{spiffe}/client/*"]         # on whose behalf: clients of any member organization
-accept_spaces = ["*"]                # translate queries from any space with a signed adapter
-disclose_fields = {_toml_list(spec.disclose)}
-accept_query_text = {"true" if spec.accept_query_text else "false"}
-admin = {_toml_list(spec.admins)}                 # live writes and migrations
-{self._receiving(spec)}"""
-        )
-        return path
-
-    @staticmethod
-    def _receiving(spec: SiloSpec) -> str:
-        if not spec.local_models and not spec.traffic_pool and not spec.anchor_preferences:
-            return ""
-        return f"""
-[receiving]
-local_models = {_toml_list(spec.local_models)}   # fits its own adapter from each, locally
-traffic_pool = {spec.traffic_pool}        # translated queries kept in memory as hubness reference
-traffic_max_share = {spec.traffic_max_share}   # of the pool one signer may hold
-refine = {str(spec.refine).lower()}   # refinement from that pool, behind its guard
-anchor_preferences = {str(spec.anchor_preferences).lower()}   # answers train --prefer
-"""
+        links = {"coordinator": coordinator, "model": spec.model}
+        return self._configure(spec.name, links, self.silo_overrides(spec))
 
     def write_client_config(
         self, name: str, home_silo: str, coordinator: str, home_silo_name: str
     ) -> Path:
-        path = self.client_config(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            f"""# Client {name}. Its query text is embedded by its own organization's silo only.
-[client]
-coordinator = "{coordinator}"
-coordinator_name = "hub"
-home_silo = "{home_silo}"
-home_silo_name = "{home_silo_name}"   # the client refuses any other certificate at home_silo
-timeout_seconds = 30
-
-{self._tls(name)}"""
-        )
-        return path
+        links = {
+            "coordinator": coordinator,
+            "home_silo": home_silo,
+            "home_silo_name": home_silo_name,
+        }
+        return self._configure(name, links, {})
 
     # --- running ----------------------------------------------------------------------------
 
@@ -369,6 +381,16 @@ timeout_seconds = 30
         first = self.silos[0].name
         self.write_client_config(self.admin, self.endpoints[first], coordinator, first)
 
-
-def _toml_list(values: Sequence[str]) -> str:
-    return "[" + ", ".join(f'"{v}"' for v in values) + "]"
+    def doctor(self) -> dict[str, bool]:
+        """``silobridge doctor`` on every party's config, online: name -> passed."""
+        passed = {}
+        for _role, name, _org in self._parties():
+            done = subprocess.run(
+                [*SILOBRIDGE, "doctor", "--config", str(self._config_of(name)), "--json"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            passed[name] = done.returncode == 0
+        return passed

@@ -25,7 +25,7 @@ NEAR_EXPIRY = timedelta(days=30)
 
 _RENEW = (
     "send your CSR (tls/NAME.csr in a kit) to the CA operator again (`silobridge pki "
-    "approve`), then `silobridge kit install KIT --cert NAME.crt --ca ca.crt`"
+    "approve NAME.csr --rotate`), then `silobridge kit install KIT --cert NAME.crt --ca ca.crt`"
 )
 
 

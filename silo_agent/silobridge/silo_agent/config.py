@@ -226,7 +226,9 @@ def load_silo_config(path: Path) -> SiloConfig:
         coord = Section.of(path, doc, "coordinator")
         endpoint = coord.endpoint("endpoint")
         # An empty advertise means unset: the listen host and the bound port.
-        advertise = coord.endpoint("advertise") if doc["coordinator"].get("advertise") else ""
+        advertise = coord.get("advertise", str, "")
+        if advertise:
+            advertise = coord.endpoint("advertise")
         adapter_key = coord.path("adapter_key") if "adapter_key" in doc["coordinator"] else None
         coordinator_name = coord.get("name", str, DEFAULT_COORDINATOR_NAME)
         coord.finish()
