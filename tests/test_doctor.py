@@ -14,8 +14,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from silobridge.adapters import FitConfig, fit
+from silobridge.adapters.artifact import save_adapter
+from silobridge.adapters.signing import load_signing_key
+from silobridge.coordinator.config import load_coordinator_config
+from silobridge.coordinator.state.records import AdapterRecord
+from silobridge.coordinator.state.store import CoordinatorState
+from silobridge.core.spaces import SpaceDescriptor
 from silobridge.doctor.report import Report, Status
 from silobridge.doctor.run import diagnose
 from silobridge.kits.build import write_config
@@ -200,3 +208,65 @@ def test_a_config_that_does_not_load_is_one_failed_row(tmp_path: Path) -> None:
     assert [c.name for c in report.checks] == ["config"]
     assert report.failed
     assert "model" in report.checks[0].detail
+
+
+def _signed_adapter(kit: Path) -> Path:
+    """One procrustes adapter, signed with the kit's own key and recorded in its state."""
+    rng = np.random.default_rng(3)
+    source = rng.standard_normal((64, 8)).astype(np.float32)
+    target = (source @ rng.standard_normal((8, 8))).astype(np.float32)
+    adapter = fit(source, target, FitConfig(kind="procrustes"))
+    src = SpaceDescriptor(space_id="a@1", model_id="a", dimension=8, fingerprint="1" * 16)
+    dst = SpaceDescriptor(space_id="b@2", model_id="b", dimension=8, fingerprint="2" * 16)
+    config = load_coordinator_config(kit / "coordinator.toml")
+    directory = config.state_dir / "adapters" / "a-b"
+    save_adapter(
+        directory,
+        adapter,
+        source=src,
+        target=dst,
+        anchor_set_sha256="0" * 64,
+        signing_key=load_signing_key(config.signing_key),
+    )
+    with CoordinatorState.open(config.state_dir) as state:
+        state.add_adapter(
+            AdapterRecord(
+                adapter_id="a-b",
+                kind="procrustes",
+                source=src,
+                target=dst,
+                anchor_set="public",
+                anchor_set_version="1",
+                anchor_set_sha256="0" * 64,
+                metrics={},
+                created_at=0.0,
+                path=directory,
+            )
+        )
+    return directory
+
+
+def test_a_tampered_adapter_fails_the_coordinators_check(net: Net, tmp_path: Path) -> None:
+    kit = tmp_path / "hub2"
+    make_kit(
+        net.ca,
+        kit,
+        Role.COORDINATOR,
+        "hub2",
+        "consortium",
+        Links(listen="127.0.0.1:0", metrics="off"),
+    )
+    artifact = _signed_adapter(kit)
+    report = diagnose(kit / "coordinator.toml", online=False)
+    assert _row(report, "adapter signatures")[:2] == (
+        Status.OK,
+        f"1 adapters verify with {kit / 'state' / 'adapter-signing.key'}",
+    )
+    weights = artifact / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    status, detail, hint = _row(
+        diagnose(kit / "coordinator.toml", online=False), "adapter signatures"
+    )
+    assert status is Status.FAIL
+    assert detail.startswith("a-b: ")
+    assert "train them again" in hint
