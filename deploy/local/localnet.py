@@ -118,7 +118,7 @@ class LocalConsortium:
     consortium: str = "demo"
     admin: str = "admin"
     # Each server's /metrics ("host:port"; port 0: any free port; "off": none).
-    metrics: str = "off"
+    metrics: str = "127.0.0.1:0"
     # Silo name (or "*") -> rules of who may query it, for coordinator.toml's [policy.query].
     query_policy: Mapping[str, Sequence[str]] = field(default_factory=dict)
     say: Callable[[str], None] = print

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from silobridge.core.config import (
     AuditSettings,
+    MetricsSettings,
     Section,
     ServerSettings,
     TlsFiles,
     audit_settings,
     load_toml,
+    metrics_settings,
     refuse_unknown_sections,
     server_basics,
     tls_from_config,
@@ -102,6 +104,8 @@ class CoordinatorConfig:
     training: TrainingSettings
     policy: CoordinatorPolicy
     audit: AuditSettings
+    # Off unless ``[metrics] listen`` names where to serve them.
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:
@@ -109,7 +113,7 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
     path = path.resolve()
     doc = load_toml(path)
     refuse_unknown_sections(
-        path, doc, {"coordinator", "server", "tls", "training", "policy", "audit"}
+        path, doc, {"coordinator", "server", "tls", "training", "policy", "audit", "metrics"}
     )
 
     main = Section.of(path, doc, "coordinator")
@@ -190,6 +194,7 @@ def load_coordinator_config(path: Path) -> CoordinatorConfig:
 
     return CoordinatorConfig(
         audit=audit,
+        metrics=metrics_settings(path, doc),
         source=path,
         name=name,
         state_dir=state_dir,

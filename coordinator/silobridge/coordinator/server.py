@@ -1,4 +1,5 @@
-"""Assembles and runs the coordinator: config, state, anchors, signing key, gRPC server, health."""
+"""Assembles and runs the coordinator: config, state, anchors, signing key, gRPC server, health,
+metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from silobridge.coordinator.servicer import CoordinatorServicer
 from silobridge.coordinator.silo_gateway import SiloGateway
 from silobridge.coordinator.silo_links import GrpcSiloGateway
 from silobridge.coordinator.state.store import CoordinatorState
+from silobridge.metrics.exporter import ServerMetrics, open_metrics
+from silobridge.metrics.refusals import observe_gatekeeper
+from silobridge.metrics.search import CoalescedCalls, SearchMetrics
 from silobridge.rpc.server_kit import RunningServer, serve_until_stopped, start_server
 from silobridge.security.denylist import Denylist
 from silobridge.security.gatekeeper import Gatekeeper
@@ -82,6 +86,9 @@ async def start_coordinator(
     config = service.config
     gatekeeper = open_gatekeeper(config)
     servicer = CoordinatorServicer(service, gatekeeper)
+    metrics = open_metrics(config.metrics)
+    if metrics is not None:
+        _observe(metrics, service, gatekeeper)
 
     async def close_resources() -> None:
         await service.close()
@@ -97,6 +104,17 @@ async def start_coordinator(
         tls=config.tls,
         close_resources=close_resources,
         listen=listen,
+        metrics=metrics,
+    )
+
+
+def _observe(metrics: ServerMetrics, service: CoordinatorService, gatekeeper: Gatekeeper) -> None:
+    """What the coordinator's metrics are told and read: refusals and audit, the fan-out."""
+    observe_gatekeeper(metrics.registry, gatekeeper)
+    service.search.observer = SearchMetrics(metrics.registry)
+    calls = service.search.silo_calls
+    metrics.registry.register(
+        CoalescedCalls(lambda: (calls.coalesced_calls, calls.coalesced_queries))
     )
 
 

@@ -39,6 +39,7 @@ from silobridge.audit.chain import (
 )
 from silobridge.audit.events import checked_event
 from silobridge.audit.heads import AuditHead, public_key_bytes
+from silobridge.audit.progress import AuditProgress, signed_at
 from silobridge.core.durable import fsync_directory, write_all, write_file_atomically
 from silobridge.core.errors import ConfigError, FailedPrecondition, InvalidArgument, SiloBridgeError
 
@@ -126,11 +127,16 @@ class AuditLog:
         tail: ChainLine | None,
         checkpoint_every: int,
         checkpoint_seconds: float,
+        checkpointed: ChainLine | None = None,
     ) -> None:
         self.path = path
         self._fd = fd
         self._key = key
         self._seq = tail.seq if tail is not None else 0
+        self._opened_at = self._seq
+        covers = checkpointed.fields.get("covers") if checkpointed is not None else None
+        self._checkpoint_covers = covers if isinstance(covers, int) else 0
+        self._checkpoint_unix = signed_at(checkpointed)
         self._head = tail.digest if tail is not None else GENESIS
         self._every = checkpoint_every
         self._seconds = checkpoint_seconds
@@ -220,7 +226,8 @@ class AuditLog:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, signing_key, tail, checkpoint_every, checkpoint_seconds)
+        newest = tail if tail is not None and tail.is_checkpoint else sidecar
+        return cls(path, fd, signing_key, tail, checkpoint_every, checkpoint_seconds, newest)
 
     def __enter__(self) -> AuditLog:
         return self
@@ -259,6 +266,16 @@ class AuditLog:
         if not isinstance(covers, int) or not isinstance(head, str) or not isinstance(sig, str):
             return None
         return AuditHead(covers, head, base64.b64decode(sig), self._public_key)
+
+    def progress(self) -> AuditProgress:
+        """Lines written and the newest signed checkpoint, as one consistent reading."""
+        with self._lock:
+            return AuditProgress(
+                lines=self._seq,
+                written=self._seq - self._opened_at,
+                checkpointed=self._checkpoint_covers,
+                checkpoint_unix=self._checkpoint_unix,
+            )
 
     def checkpoint(self) -> None:
         """Sign the chain head now (nothing to do if no event was written since the last one)."""
@@ -318,6 +335,7 @@ class AuditLog:
             self._broken = f"audit log {self.path}: cannot make a checkpoint durable: {err}"
             raise FailedPrecondition(self._broken) from None
         self._pending = 0
+        self._checkpoint_covers, self._checkpoint_unix = covers, time.time()
         if self.on_checkpoint is not None:
             try:
                 self.on_checkpoint(AuditHead(covers, head, signature, self._public_key))

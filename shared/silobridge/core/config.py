@@ -1,6 +1,7 @@
 """Strict TOML configuration reading: unknown keys and wrong types are errors that name the key.
 
-Also the tables every server's config shares: ``[server]`` basics, ``[tls]`` and ``[audit]``.
+Also the tables every server's config shares: ``[server]`` basics, ``[tls]``, ``[audit]`` and
+``[metrics]``.
 """
 
 from __future__ import annotations
@@ -154,6 +155,24 @@ def audit_settings(source: Path, document: Mapping[str, Any], *, default_dir: st
     )
     if not settings.refusal_summary_seconds > 0:
         raise ConfigError(f"{source}: [audit] refusal_summary_seconds must be positive")
+    section.finish()
+    return settings
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Where a server serves Prometheus ``/metrics`` over plain HTTP; ``None``: not at all."""
+
+    listen: str | None = None
+
+
+def metrics_settings(source: Path, document: Mapping[str, Any]) -> MetricsSettings:
+    """The ``[metrics]`` table: ``listen = "host:port"`` (port 0: the OS picks one). Absent
+    table, no metrics: nothing listens that the config does not name."""
+    if "metrics" not in document:
+        return MetricsSettings()
+    section = Section.of(source, document, "metrics")
+    settings = MetricsSettings(listen=section.endpoint("listen", listen=True))
     section.finish()
     return settings
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 from silobridge.core.config import TlsFiles
@@ -111,4 +113,34 @@ def peer_check(peer: PeerLink, tls: TlsFiles | None, *, online: bool) -> Check:
         f"{peer.target}: {outcome.message}",
         f"start {peer.label}, or fix its address in the config; check that a firewall lets "
         "this machine reach it",
+    )
+
+
+def _serves_metrics(listen: str) -> bool:
+    url = f"http://{dial_target(listen)}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_SECONDS) as reply:
+            return bool(reply.status == 200 and b"silobridge_" in reply.read())
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def metrics_port_check(listen: str | None) -> Check:
+    """``[metrics] listen`` is free, or already serves this party's /metrics."""
+    name = "metrics port"
+    if listen is None:
+        return skip(name, "no [metrics] table: metrics are off")
+    host, _, port_text = listen.rpartition(":")
+    port = int(port_text)
+    if port == 0:
+        return ok(name, f"{listen}: the system picks a free port at start")
+    problem = _bind(host.strip("[]"), port)
+    if problem is None:
+        return ok(name, f"{listen} can be bound")
+    if problem.errno == errno.EADDRINUSE and _serves_metrics(listen):
+        return ok(name, f"{listen} already serves SiloBridge /metrics (the server is up)")
+    return fail(
+        name,
+        f"cannot bind {listen}: {problem.strerror}",
+        f"free port {port} or set another [metrics] listen (it must differ per server)",
     )

@@ -11,7 +11,13 @@ from silobridge.coordinator.config import CoordinatorConfig, load_coordinator_co
 from silobridge.core.config import TlsFiles, load_toml
 from silobridge.core.errors import SiloBridgeError
 from silobridge.doctor import coordinator_checks, silo_checks
-from silobridge.doctor.network_checks import PeerLink, dial_target, peer_check, port_check
+from silobridge.doctor.network_checks import (
+    PeerLink,
+    dial_target,
+    metrics_port_check,
+    peer_check,
+    port_check,
+)
 from silobridge.doctor.report import Check, Report, fail, guarded, ok, report, warn
 from silobridge.doctor.tls_checks import Expected, tls_checks
 from silobridge.security.identity import (
@@ -107,6 +113,7 @@ def _peers(
 def silo_report(config: SiloConfig, online: bool) -> list[Check]:
     side = ServerSide(config.tls, config.server.listen, config.name, Role.SILO)
     checks = _server(side, online)
+    checks.append(metrics_port_check(config.metrics.listen))
     links = []
     link = config.coordinator
     if link is not None and config.tls is not None:
@@ -127,6 +134,7 @@ def silo_report(config: SiloConfig, online: bool) -> list[Check]:
 def coordinator_report(config: CoordinatorConfig, online: bool) -> list[Check]:
     side = ServerSide(config.tls, config.server.listen, config.name, Role.COORDINATOR)
     checks = _server(side, online)
+    checks.append(metrics_port_check(config.metrics.listen))
     checks += coordinator_checks.signing_key_checks(config)
     state_rows, state = coordinator_checks.state_checks(config)
     checks += state_rows

@@ -126,12 +126,17 @@ def refusal(
         log.exception("%s failed", method, exc_info=error)
     else:
         log.info("%s refused: %s: %s", method, status.name, message)
-    _audit_refusal(servicer, context, method, f"{status.name}: {message}", error)
+    _audit_refusal(servicer, context, method, status, f"{status.name}: {message}", error)
     return status, message
 
 
 def _audit_refusal(
-    servicer: object, context: Ctx, method: str, reason: str, error: BaseException | None = None
+    servicer: object,
+    context: Ctx,
+    method: str,
+    status: grpc.StatusCode,
+    reason: str,
+    error: BaseException | None = None,
 ) -> None:
     """Every refused call leaves an audit line, whoever made it (servicers with a gatekeeper):
     under the error's ``asker`` (a forwarded query's verified signer) ``via`` the peer, if set."""
@@ -146,7 +151,8 @@ def _audit_refusal(
         asker = getattr(error, "asker", None)
         via = {"via": who.spiffe_id} if isinstance(asker, PeerIdentity) else {}
         who = asker if isinstance(asker, PeerIdentity) else who
-        gatekeeper.record(who, method.rsplit(".", 1)[-1], allowed=False, reason=reason, **via)
+        rpc = method.rsplit(".", 1)[-1]
+        gatekeeper.record(who, rpc, allowed=False, reason=reason, status=status.name, **via)
     except Exception:  # an audit failure must not turn a refusal into a crash; it is logged
         log.exception("could not audit the refusal of %s", method)
 

@@ -1,6 +1,7 @@
 """What every servicer does around each call: a per-peer budget for every call before anything
 else, refuse denylisted certificates, rate-limit askers, and leave an audit line for the outcome
 (the gRPC boundary records every refusal; identical refusals are summarised, ``refusals``).
+Each refusal is also told to an observer (the server's metrics), without who was refused.
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from silobridge.audit.events import audit_event
 from silobridge.audit.log import AuditLog, open_audit_log
 from silobridge.core.config import AuditSettings
+from silobridge.core.errors import PermissionDenied, ResourceExhausted
 from silobridge.security.denylist import Denylist
 from silobridge.security.identity import PeerIdentity
 from silobridge.security.ratelimit import (
@@ -22,6 +25,32 @@ from silobridge.security.ratelimit import (
 from silobridge.security.refusals import DEFAULT_INTERVAL_SECONDS, RefusalSummary
 
 log = logging.getLogger(__name__)
+
+# Why the gatekeeper itself stopped a call (``RefusalObserver.stopped``).
+PEER_RATE_LIMIT = "peer_rate_limit"  # the calling peer's per-call budget
+RATE_LIMIT = "rate_limit"  # the asker's per-query budget
+DENYLIST = "denylist"  # a denylisted certificate
+
+
+class RefusalObserver(Protocol):
+    """Told of refusals as they happen (the server's metrics); never of who was refused."""
+
+    def refused(self, rpc: str, status: str) -> None:
+        """A call (or one query of it) of ``rpc`` was refused with gRPC status ``status``."""
+        ...
+
+    def stopped(self, reason: str) -> None:
+        """The gatekeeper's own check refused a call: ``PEER_RATE_LIMIT``, ``RATE_LIMIT`` or
+        ``DENYLIST`` (the refusal itself is told to ``refused`` too, at the boundary)."""
+        ...
+
+
+class _Unobserved:
+    def refused(self, rpc: str, status: str) -> None:
+        pass
+
+    def stopped(self, reason: str) -> None:
+        pass
 
 
 class Gatekeeper:
@@ -52,6 +81,8 @@ class Gatekeeper:
             if audit is not None
             else None
         )
+        # Replaced by the server when it serves metrics.
+        self.observer: RefusalObserver = _Unobserved()
 
     @classmethod
     def open(
@@ -80,19 +111,31 @@ class Gatekeeper:
     def admit_peer(self, peer: PeerIdentity) -> PeerIdentity:
         """The calling peer, once per call and before authorization: it spends one token of
         its per-peer budget (``ResourceExhausted`` when empty), then the denylist."""
-        self.peer_limiter.check(peer.spiffe_id or "anonymous")
+        try:
+            self.peer_limiter.check(peer.spiffe_id or "anonymous")
+        except ResourceExhausted:
+            self.observer.stopped(PEER_RATE_LIMIT)
+            raise
         return self.admit(peer)
 
     def admit(self, caller: PeerIdentity) -> PeerIdentity:
         """The caller, unless its certificate is denylisted (``PermissionDenied``)."""
         if self.denylist is not None:
-            self.denylist.check(caller)
+            try:
+                self.denylist.check(caller)
+            except PermissionDenied:
+                self.observer.stopped(DENYLIST)
+                raise
         return caller
 
     def limit(self, asker: PeerIdentity, cost: int = 1) -> None:
         """Spend ``cost`` tokens of ``asker``'s bucket, one per query (``ResourceExhausted``
         when it holds fewer)."""
-        self.limiter.check(asker.spiffe_id or "anonymous", cost)
+        try:
+            self.limiter.check(asker.spiffe_id or "anonymous", cost)
+        except ResourceExhausted:
+            self.observer.stopped(RATE_LIMIT)
+            raise
 
     def record(
         self,
@@ -103,13 +146,17 @@ class Gatekeeper:
         reason: str = "",
         silos: Sequence[str] = (),
         results: int | None = None,
+        status: str = "",
         **extra: str | int | float | bool | None,
     ) -> None:
         """Append one audit line; never query text or vectors (``audit_event`` refuses them).
 
         A refusal identical to one written within the summary interval is counted instead, and
         written as one line with ``repeated`` when the interval ends (or at ``close``).
+        ``status``: a refusal's gRPC status name, for the observer (``reason`` says it too).
         """
+        if not allowed:
+            self.observer.refused(rpc, status or "UNKNOWN")
         if self.audit is None:
             return
         event = audit_event(

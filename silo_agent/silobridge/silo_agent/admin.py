@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Protocol
 
 from silobridge.core.documents import DeleteReceipt, Document, WriteReceipt
 from silobridge.core.errors import InvalidArgument, ResourceExhausted
@@ -26,6 +27,22 @@ from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.store.data import SiloData
 
 log = logging.getLogger(__name__)
+
+
+class WriteObserver(Protocol):
+    """Told of every durable live change (the server's metrics: live ingest progress)."""
+
+    def written(self, inserted: int, updated: int, unchanged: int) -> None: ...
+
+    def deleted(self, count: int) -> None: ...
+
+
+class _Unobserved:
+    def written(self, inserted: int, updated: int, unchanged: int) -> None:
+        pass
+
+    def deleted(self, count: int) -> None:
+        pass
 
 
 class SiloAdmin:
@@ -47,6 +64,7 @@ class SiloAdmin:
         # Migration commands run for minutes (a start fits adapters, a cut-over builds an
         # index): on threads of their own, never on the query workers.
         self.commands = ThreadPoolExecutor(max_workers=2, thread_name_prefix="silo-migration")
+        self.observer: WriteObserver = _Unobserved()  # the server's metrics, when on
 
     def _admit(self, caller: PeerIdentity) -> PeerIdentity:
         caller = self.gatekeeper.admit_peer(caller)  # the per-peer budget, before authorization
@@ -66,6 +84,7 @@ class SiloAdmin:
             first = False
             documents = self._checked(batch)
             receipt = await off_loop(self.executor, functools.partial(self._store, documents))
+            self.observer.written(receipt.inserted, receipt.updated, receipt.unchanged)
             # One line per durable batch: a stream cut off later still leaves its record.
             self.gatekeeper.record(
                 caller,
@@ -84,6 +103,7 @@ class SiloAdmin:
         ids = self._checked_ids(doc_ids)
         data = self.service.data
         counts = await off_loop(self.executor, lambda: self.migration.delete(ids))
+        self.observer.deleted(len(counts.deleted))
         self.gatekeeper.record(caller, "DeleteDocuments", allowed=True, results=len(counts.deleted))
         self.compactor.maybe_start()
         return DeleteReceipt(len(counts.deleted), counts.missing, data.count())

@@ -40,6 +40,12 @@ class HeadAnchor:
         self._task: asyncio.Task[None] | None = None
         self.recorded = 0  # how many heads the coordinator said it holds, after the last send
 
+    @property
+    def recorded_covers(self) -> int:
+        """The line that the newest head the coordinator acknowledged covers (0: none yet)."""
+        sent = self._sent
+        return sent.covers if sent is not None else 0
+
     def checkpointed(self, head: AuditHead) -> None:
         """The audit log's listener: hand the head to the event loop and return at once."""
         # A closed loop (stopping): the next start sends the newest head.

@@ -19,11 +19,13 @@ from typing import Any
 
 from silobridge.core.config import (
     AuditSettings,
+    MetricsSettings,
     Section,
     ServerSettings,
     TlsFiles,
     audit_settings,
     load_toml,
+    metrics_settings,
     refuse_unknown_sections,
     server_basics,
     tls_from_config,
@@ -135,6 +137,8 @@ class SiloConfig:
     coordinator: CoordinatorLink | None = None
     audit: AuditSettings | None = None
     receiving: ReceivingSettings = dataclasses.field(default_factory=ReceivingSettings)
+    # Off unless ``[metrics] listen`` names where to serve them.
+    metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
 
 
 def load_silo_config(path: Path) -> SiloConfig:
@@ -154,6 +158,7 @@ def load_silo_config(path: Path) -> SiloConfig:
             "coordinator",
             "audit",
             "receiving",
+            "metrics",
         },
     )
 
@@ -249,6 +254,7 @@ def load_silo_config(path: Path) -> SiloConfig:
     return SiloConfig(
         audit=audit,
         receiving=receiving_settings(path, doc),
+        metrics=metrics_settings(path, doc),
         source=path,
         name=name,
         data_dir=data_dir,

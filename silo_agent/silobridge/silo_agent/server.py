@@ -35,6 +35,7 @@ from silobridge.silo_agent.service import SiloService
 from silobridge.silo_agent.servicer import SiloAdminServicer, SiloServicer
 from silobridge.silo_agent.store.data import SiloData
 from silobridge.silo_agent.store.index import pin_faiss_threads
+from silobridge.silo_agent.telemetry import silo_metrics
 from silobridge.v1 import silo_pb2, silo_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class RunningSilo:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.server.metrics_port
 
     async def stop(self, grace: float) -> None:
         await self.server.stop(grace)
@@ -155,6 +160,7 @@ async def start_silo(service: SiloService, *, listen: str | None = None) -> Runn
         tls=config.tls,
         close_resources=close_resources,
         listen=listen,
+        metrics=silo_metrics(service, gatekeeper, admin.admin, migration, heads),
     )
     announcer.port = running.port
     if config.receiving.local_models:

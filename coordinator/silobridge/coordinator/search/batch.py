@@ -17,6 +17,7 @@ from silobridge.coordinator.search.fanout import (
     FederatedSearch,
 )
 from silobridge.coordinator.search.merge import SiloResult, merge
+from silobridge.coordinator.search.observe import BATCH, tell
 from silobridge.coordinator.search.translation import Route
 from silobridge.coordinator.silo_gateway import outcome_of
 from silobridge.core.errors import InvalidArgument, PermissionDenied, ResourceExhausted
@@ -74,15 +75,18 @@ class BatchSearch:
         budget = config.server.silo_timeout_seconds
         if time_remaining is not None:
             budget = min(budget, time_remaining - (time.monotonic() - started) - REPLY_MARGIN_S)
+        fanning_out = time.monotonic()
         results = await asyncio.gather(
             *(self._search_one(route, batch, normalised, budget) for route in plan.routes)
         )
+        fan_out_seconds = time.monotonic() - fanning_out
         answered = [result for result, _status in results if result is not None]
         answers: list[list[Hit]] = []
         for position in range(len(batch.vectors)):
             per_silo = [silo_results[position] for silo_results in answered]
             answers.append(merge(batch.merge, per_silo, batch.k) if per_silo else [])
         statuses = [*plan.denied, *(status for _result, status in results)]
+        tell(self.single.observer, BATCH, fan_out_seconds, statuses)
         order = {s.name: i for i, s in enumerate(plan.targets)}
         statuses.sort(key=lambda s: order.get(s.silo, len(order)))
         return FederatedBatchAnswer(

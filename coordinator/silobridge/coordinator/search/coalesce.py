@@ -72,6 +72,7 @@ class CoalescingSearch:
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.coalesced_calls = 0  # SearchMany calls sent: an operator metric, and for tests
+        self.coalesced_queries = 0  # the queries those calls carried
 
     async def search(
         self, endpoint: str, query: SiloQuery, *, expect: str, timeout: float
@@ -138,6 +139,7 @@ class CoalescingSearch:
     async def _many(self, lane: _Lane, taken: list[_Waiting]) -> None:
         timeout = max(waiting.deadline for waiting in taken) - time.monotonic()
         self.coalesced_calls += 1
+        self.coalesced_queries += len(taken)
         try:
             outcomes = await self.gateway.search_many(
                 lane.endpoint, [w.query for w in taken], expect=lane.expect, timeout=timeout

@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.search.coalesce import CoalescingSearch
 from silobridge.coordinator.search.merge import SiloResult, merge
+from silobridge.coordinator.search.observe import SEARCH, SearchObserver, Unobserved, tell
 from silobridge.coordinator.search.planner import SearchPlan, SearchPlanner
 from silobridge.coordinator.search.translation import NotInMemory, Route, from_memory
 from silobridge.coordinator.silo_gateway import SiloGateway, outcome_of
@@ -59,6 +60,8 @@ class FederatedSearch:
         )
         # Read once: a renewed certificate keeps the identity.
         self._own_id: str | None = None
+        # Told each silo's outcome and each fan-out's time (the server's metrics, when on).
+        self.observer: SearchObserver = Unobserved()
 
     async def answer(
         self, caller: PeerIdentity, query: FederatedQuery, *, time_remaining: float | None = None
@@ -82,12 +85,14 @@ class FederatedSearch:
         budget = self.config.server.silo_timeout_seconds
         if time_remaining is not None:
             budget = min(budget, time_remaining - (time.monotonic() - started) - REPLY_MARGIN_S)
+        fanning_out = time.monotonic()
         with TIMINGS.stage("coordinator: fan-out, until the last silo answered"):
             results = await asyncio.gather(
                 *(self._search_one(route, query, normalised, budget) for route in plan.routes)
             )
         answered = [result for result, _status in results if result is not None]
         statuses = [*plan.denied, *(status for _result, status in results)]
+        tell(self.observer, SEARCH, time.monotonic() - fanning_out, statuses)
         with TIMINGS.stage("coordinator: merge"):
             hits = merge(query.merge, answered, query.k) if answered else []
         order = {s.name: i for i, s in enumerate(plan.targets)}
