@@ -196,3 +196,15 @@ def test_kit_new_command_sets_keys_and_refuses_unknown_ones(tmp_path: Path) -> N
     assert refused.exit_code == 1
     assert "[limits] has no key nope" in refused.output
     assert not (tmp_path / "b").exists()
+
+
+def test_a_kit_serves_metrics_unless_told_not_to(tmp_path: Path) -> None:
+    party = Party(Role.SILO, "kjv", "bible", CONSORTIUM)
+    new_kit(tmp_path / "on", party, Links())
+    assert load_silo_config(tmp_path / "on" / "silo.toml").metrics.listen == "127.0.0.1:9464"
+    new_kit(tmp_path / "off", party, Links(metrics="off"))
+    assert load_silo_config(tmp_path / "off" / "silo.toml").metrics.listen is None
+    hub = Party(Role.COORDINATOR, "hub", "consortium", CONSORTIUM)
+    new_kit(tmp_path / "hub", hub, Links(metrics="0.0.0.0:9464"))
+    config = load_coordinator_config(tmp_path / "hub" / "coordinator.toml")
+    assert config.metrics.listen == "0.0.0.0:9464"
