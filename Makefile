@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_deploy.py
 
 protos: install
 	bash scripts/gen_protos.sh

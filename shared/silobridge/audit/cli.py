@@ -22,9 +22,17 @@ from silobridge.audit.boundary_report import (
     report_to_dict,
     silo_is_surprising,
 )
-from silobridge.audit.heads import AuditHead, heads_to_json, read_heads_file
+from silobridge.audit.heads import AuditHead, heads_to_rows, read_heads_file
 from silobridge.audit.verify import MAX_TAIL, verify_log
-from silobridge.core.cli_support import fail, run_async_or_exit, run_or_exit, stdout_console
+from silobridge.core.cli_support import (
+    BYTES,
+    fail,
+    print_json,
+    progress_bar,
+    run_async_or_exit,
+    run_or_exit,
+    stdout_console,
+)
 from silobridge.core.listings import SiloListing
 
 if TYPE_CHECKING:
@@ -67,7 +75,7 @@ def verify_command(
         typer.Option(
             "--heads",
             help="Checkpoint heads recorded at the coordinator (`silobridge audit heads SILO "
-            "> FILE`): each must be in the log, which catches a log cut back to an older "
+            "--json > FILE`): each must be in the log, which catches a log cut back to an older "
             "checkpoint.",
         ),
     ] = None,
@@ -85,7 +93,11 @@ def verify_command(
         public_key = run_or_exit(lambda: signing.load_verify_key(key))
     limit = None if allow_tail else max_tail
     recorded = run_or_exit(lambda: read_heads_file(heads)) if heads is not None else []
-    report = run_or_exit(lambda: verify_log(log, public_key, max_tail=limit, heads=recorded))
+    size = log.stat().st_size if log.is_file() else None
+    with progress_bar(f"verifying {log.name}", total=size, unit=BYTES) as bar:
+        report = run_or_exit(
+            lambda: verify_log(log, public_key, max_tail=limit, heads=recorded, progress=bar.update)
+        )
     out = stdout_console()
     if not report.ok:
         where = f" at line {report.first_bad_line}" if report.first_bad_line is not None else ""
@@ -124,10 +136,17 @@ def _live_silos(cfg: ClientConfig) -> list[SiloListing]:
 def heads_command(
     silo: Annotated[str, typer.Argument(help="The silo whose recorded heads to print.")],
     config: Annotated[Path, typer.Option("--config", "-c", help="Path to client.toml.")],
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the heads file as JSON (also whenever stdout is no terminal)."
+        ),
+    ] = False,
 ) -> None:
-    """Print the audit checkpoint heads the coordinator recorded for SILO, as JSON.
+    """List the audit checkpoint heads the coordinator recorded for SILO.
 
-    Keep the output as evidence, and check the silo's log against it with
+    A table at a terminal; with --json, or into a file or pipe, the JSON heads file: keep it as
+    evidence, and check the silo's log against it with
     `silobridge audit verify LOG --key KEY.pub --heads FILE`.
     """
     from silobridge.client.config import load_client_config
@@ -141,7 +160,29 @@ def heads_command(
     recorded = run_async_or_exit(list_heads)
     if not recorded:
         fail(f"the coordinator holds no audit checkpoint heads for silo {silo!r}")
-    typer.echo(heads_to_json(recorded))
+    out = stdout_console()
+    # `audit heads SILO > FILE` has always written the heads file: a redirect still does.
+    if as_json or not out.is_terminal:
+        print_json(heads_to_rows(recorded))
+    else:
+        out.print(_heads_table(silo, recorded))
+
+
+def _heads_table(silo: str, heads: list[AuditHead]) -> Table:
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    shown = Table("line", "head", "log key", "recorded (UTC)", title=f"audit heads of {silo}")
+    for head in heads:
+        when = datetime.fromtimestamp(head.recorded_unix, UTC) if head.recorded_unix else None
+        shown.add_row(
+            str(head.covers),
+            head.head[:16],
+            head.key_id[:16],
+            f"{when:%Y-%m-%d %H:%M:%S}" if when else "-",
+        )
+    return shown
 
 
 def _table(title: str, headers: tuple[str, ...], rows: list[Row]) -> Table:

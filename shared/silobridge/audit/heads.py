@@ -80,20 +80,18 @@ def check_head(head: AuditHead) -> Ed25519PublicKey:
     return key
 
 
-def heads_to_json(heads: Sequence[AuditHead]) -> str:
-    return json.dumps(
-        [
-            {
-                "covers": head.covers,
-                "head": head.head,
-                "signature": base64.b64encode(head.signature).decode("ascii"),
-                "public_key": head.public_key.hex(),
-                "recorded_unix": head.recorded_unix,
-            }
-            for head in heads
-        ],
-        indent=1,
-    )
+def heads_to_rows(heads: Sequence[AuditHead]) -> list[dict[str, str | int]]:
+    """The heads as the heads file holds them (``silobridge audit heads --json``)."""
+    return [
+        {
+            "covers": head.covers,
+            "head": head.head,
+            "signature": base64.b64encode(head.signature).decode("ascii"),
+            "public_key": head.public_key.hex(),
+            "recorded_unix": head.recorded_unix,
+        }
+        for head in heads
+    ]
 
 
 def read_heads_file(path: Path) -> list[AuditHead]:

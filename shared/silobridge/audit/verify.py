@@ -9,7 +9,7 @@ back to an older checkpoint: a recorded head is missing from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from silobridge.core.errors import ConfigError, NotFound
 
 # Lines a server writes between checkpoints by default ([audit] checkpoint_every).
 MAX_TAIL = 100
+# Lines between two calls of ``verify_log``'s progress callback.
+PROGRESS_EVERY = 4096
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ def verify_log(
     *,
     max_tail: int | None = MAX_TAIL,
     heads: Sequence[AuditHead] = (),
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Check every hash, link and checkpoint of the log at ``path``; report the first bad line.
 
@@ -59,6 +62,8 @@ def verify_log(
 
     ``heads`` are checkpoint heads recorded elsewhere (the coordinator): each one signed by
     ``public_key`` (all of them when no key is given) must be in the log, at its line.
+    ``progress``, when given, receives the bytes of the log read so far, every few thousand
+    lines and at the end.
     """
     expected = _expected_heads(heads, public_key)
     sidecar_file = sidecar_path(path)
@@ -77,7 +82,7 @@ def verify_log(
     lines = checkpoints = signed = 0
     prev = GENESIS
     with handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_reported(handle, progress), start=1):
             try:
                 if not raw.endswith(b"\n"):
                     raise BadLine(
@@ -129,6 +134,18 @@ def verify_log(
         f"{len(expected)} recorded checkpoint heads found in the log" if expected else "",
     ]
     return VerifyReport(True, lines, checkpoints, None, "; ".join(n for n in notes if n))
+
+
+def _reported(lines: Iterable[bytes], progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """``lines`` as they are, telling ``progress`` the bytes read so far now and then."""
+    read = 0
+    for number, raw in enumerate(lines, start=1):
+        read += len(raw)
+        if progress is not None and number % PROGRESS_EVERY == 0:
+            progress(read)
+        yield raw
+    if progress is not None:
+        progress(read)
 
 
 def _tail_problem(tail: int, signed: int, checkpoints: int, max_tail: int | None) -> str:

@@ -20,6 +20,8 @@ from rich.text import Text
 
 from silobridge.core.cli_support import (
     fail,
+    print_json,
+    progress_bar,
     run_async_or_exit,
     run_or_exit,
     stderr_console,
@@ -45,6 +47,10 @@ STATE_STYLES = {
     SiloOutcome.ERROR: "red",
 }
 NDCG_METRIC = "heldout_ndcg@10"
+# The stages a TrainAdapter stream reports, in order (coordinator/training: run, fit, preferred).
+PREFER_STAGE = "prefer anchors"
+TRAIN_STAGES = ("collect anchors", "fit", "calibrate", "store")
+DONE_STAGE = "done"
 
 
 def _whole(header: str) -> Column:
@@ -223,7 +229,7 @@ def query_command(
 
     result = run_async_or_exit(run)
     if as_json:
-        out.print_json(json.dumps(result.to_dict()))
+        print_json(result.to_dict())
     else:
         out.print(hits_table(result, title=f"federated search: {text!r}"))
         out.print(status_table(result))
@@ -257,7 +263,7 @@ def _listing(
 
     rows = run_async_or_exit(run)
     if as_json:
-        out.print_json(json.dumps([row_json(row) for row in rows]))
+        print_json([row_json(row) for row in rows])
     else:
         out.print(table(rows))
 
@@ -299,25 +305,23 @@ def train_command(
         float | None, typer.Option(help="Seconds before giving up; default: wait.")
     ] = None,
 ) -> None:
-    """Train an adapter source → target on an anchor set at the coordinator (admins only)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    """Train an adapter source → target on an anchor set at the coordinator (admins only).
 
+    Each stage the coordinator reports is printed on stderr, under a bar of the stages done
+    (on a terminal); the fit's share of the time depends on the kind, so no ETA is guessed.
+    """
     from silobridge.client.api import FederatedClient
     from silobridge.client.config import load_client_config
 
     cfg = run_or_exit(lambda: load_client_config(config))
     started = time.monotonic()
+    stages = [*((PREFER_STAGE,) if prefer else ()), *TRAIN_STAGES]
 
     async def run() -> AdapterListing | None:
         adapter: AdapterListing | None = None
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
+        with progress_bar(
+            f"training {source} → {target}", total=len(stages), unit="stages", eta=False
         ) as progress:
-            task = progress.add_task(f"training {source} → {target}", total=None)
             async with FederatedClient(cfg) as client:
                 steps = client.train(
                     source,
@@ -329,10 +333,11 @@ def train_command(
                     timeout=timeout,
                 )
                 async for step in steps:
-                    progress.console.print(
-                        f"[cyan]{escape(step.stage)}[/cyan] {escape(step.message)}"
-                    )
-                    progress.update(task, description=f"training: {step.stage}")
+                    progress.note(f"[cyan]{escape(step.stage)}[/cyan] {escape(step.message)}")
+                    done = stages.index(step.stage) if step.stage in stages else None
+                    if step.stage == DONE_STAGE:
+                        done = len(stages)
+                    progress.update(done, description=f"training: {step.stage}")
                     adapter = step.adapter or adapter
         return adapter
 

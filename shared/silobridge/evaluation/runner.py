@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from silobridge.adapters.anchor_preference import (
     MAX_DOCUMENTS,
@@ -30,6 +30,7 @@ from silobridge.adapters.refinement import (
     fit_refinement,
     guard_tensors,
 )
+from silobridge.core.cli_support import progress_display
 from silobridge.core.errors import InvalidArgument
 from silobridge.core.spaces import FloatMatrix
 from silobridge.embedding.embedders import Embedder, load_embedder
@@ -85,16 +86,12 @@ class EvalSession:
 
     @contextmanager
     def progress(self) -> Iterator[Progress | None]:
-        if self.console is None:
+        # One task per (model, texts) embedded, on the shared display (a terminal only).
+        bar = None if self.console is None else progress_display(unit="texts", console=self.console)
+        if bar is None:
             yield None
             return
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-        ) as bar:
+        with bar:
             yield bar
 
 

@@ -11,9 +11,16 @@ import typer
 from rich.table import Table
 
 from silobridge.client.config import load_client_config
-from silobridge.core.cli_support import run_async_or_exit, stdout_console
+from silobridge.core.cli_support import ProgressBar, progress_bar, run_async_or_exit, stdout_console
 from silobridge.core.errors import InvalidArgument
-from silobridge.loadgen.session import LiveBench, Plan, read_query_file, synthetic_texts
+from silobridge.loadgen.session import (
+    AUTO_RATE_STEPS,
+    EXTRA_STEPS,
+    LiveBench,
+    Plan,
+    read_query_file,
+    synthetic_texts,
+)
 from silobridge.loadgen.stats import RunRow
 
 bench_app = typer.Typer(no_args_is_help=True, help="Load-test a running consortium.")
@@ -27,6 +34,46 @@ def _numbers(text: str, what: str) -> list[float]:
     if any(value <= 0 for value in values):
         raise InvalidArgument(f"--{what} values must be > 0")
     return values
+
+
+class RunProgress:
+    """``LiveBench.run``'s hook drawing one bar step per measured run.
+
+    Each path runs every concurrency, then open loops at most at every rate; a path that
+    saturates early gives its remaining steps back, so the ETA stays the time of the runs left.
+    """
+
+    def __init__(self, bar: ProgressBar, plan: Plan, paths: int) -> None:
+        self.bar = bar
+        self.per_path = len(plan.concurrency) + (
+            len(plan.rates) or len(AUTO_RATE_STEPS) + EXTRA_STEPS
+        )
+        self.total = self.per_path * paths
+        self.done = 0
+        self.path = ""
+        self.path_done = 0
+        bar.update(0, total=self.total)
+
+    async def __call__(self, path: str, mode: str, load: float, moment: str) -> None:
+        if moment == "before":
+            if path != self.path:
+                self._close_path()
+                self.path = path
+            shown = f"c={int(load)}" if mode == "closed" else f"{load:g}/s"
+            self.bar.update(description=f"bench {path} {mode} {shown}")
+            return
+        self.done += 1
+        self.path_done += 1
+        self.bar.update(self.done, total=self.total)
+
+    def _close_path(self) -> None:
+        if self.path:
+            self.total -= self.per_path - self.path_done
+        self.path_done = 0
+
+    def finish(self) -> None:
+        self._close_path()
+        self.bar.update(self.done, total=self.done, description="bench done")
 
 
 def rows_table(rows: Sequence[RunRow], title: str = "live load") -> Table:
@@ -107,7 +154,10 @@ def live_command(
         query_texts = read_query_file(queries, texts) if queries else synthetic_texts(texts)
         async with LiveBench(client_config, k=k) as bench:
             await bench.prepare(query_texts, silos=names, direct=direct)
-            rows = await bench.run(plan)
+            with progress_bar("bench", unit="runs") as bar:
+                runs = RunProgress(bar, plan, len(bench.paths))
+                rows = await bench.run(plan, hook=runs)
+                runs.finish()
             return {"rows": [row.to_dict() for row in rows], "signing": bench.signing_row()}
 
     report = run_async_or_exit(main)

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from silobridge.core.cli_support import (
     fail,
+    print_json,
+    progress_bar,
     run_async_or_exit,
     run_or_exit,
     serve_or_exit,
@@ -74,6 +75,9 @@ def ingest(
 
     Live (--live --client client.toml): to a running silo, as one of its admins (access rule
     admin in silo.toml); each batch is durable when acknowledged, and the next search sees it.
+
+    The files are read once first to count their documents, so the progress bar on stderr
+    (drawn on a terminal only) shows the total and an ETA.
     """
     if live:
         result, target = _ingest_live(files, client, silo, batch_size or LIVE_BATCH, config)
@@ -94,21 +98,10 @@ def ingest(
     )
 
 
-def _progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]ingest"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("documents"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
-
-
 def _ingest_offline(files: list[Path], config: Path, batch_size: int) -> tuple[IngestSummary, Path]:
     from silobridge.embedding.embedders import load_embedder
     from silobridge.silo_agent.config import load_silo_config
+    from silobridge.silo_agent.ingest import count_documents
     from silobridge.silo_agent.ingest import ingest as run_ingest
     from silobridge.silo_agent.store.data import SiloData
     from silobridge.silo_agent.store.index import pin_faiss_threads
@@ -116,19 +109,19 @@ def _ingest_offline(files: list[Path], config: Path, batch_size: int) -> tuple[I
     cfg = run_or_exit(lambda: load_silo_config(config))
 
     def run() -> IngestSummary:
+        total = count_documents(files)
         pin_faiss_threads(cfg.server.threads)
         with err.status(f"loading model {cfg.model} …"):
             embedder = load_embedder(cfg.model, threads=max(cfg.server.threads, 2))
             data = SiloData.open(cfg.data_dir, embedder.space, cfg.index)
         try:
-            with _progress_bar() as bar:
-                task = bar.add_task("ingest", total=None)
+            with progress_bar("ingest", total=total, unit="documents") as bar:
                 return run_ingest(
                     files,
                     data,
                     embedder,
                     batch_size=batch_size,
-                    progress=lambda done: bar.update(task, completed=done),
+                    progress=bar.update,
                 )
         finally:
             data.close()
@@ -148,23 +141,24 @@ def _ingest_live(
     files: list[Path], client: Path | None, silo: str | None, batch_size: int, config: Path | None
 ) -> tuple[IngestSummary, str]:
     from silobridge.rpc.silo_client import SiloClient
+    from silobridge.silo_agent.ingest import count_documents
     from silobridge.silo_agent.live_ingest import ingest_live
 
     if config is not None:
         fail("--live sends to a running silo: give --client client.toml, not --config")
     cfg, target = _admin_target(client, silo)
+    total = run_or_exit(lambda: count_documents(files))
 
     async def run() -> IngestSummary:
         async with SiloClient(
             target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
         ) as peer:
-            with _progress_bar() as bar:
-                task = bar.add_task("ingest", total=None)
+            with progress_bar("ingest", total=total, unit="documents") as bar:
                 return await ingest_live(
                     files,
                     peer,
                     batch_size=batch_size,
-                    progress=lambda done: bar.update(task, completed=done),
+                    progress=bar.update,
                 )
 
     return run_async_or_exit(run), target
@@ -243,7 +237,7 @@ def search(
             }
             for h in hits
         ]
-        out.print_json(json.dumps(rows))
+        print_json(rows)
         return
     table = Table("rank", "doc id", "score", "text", title=f"local search: {text!r}")
     for rank, hit in enumerate(hits, 1):
@@ -276,7 +270,7 @@ def query(
     name, hits = run_async_or_exit(run)
     if as_json:
         rows = [{"doc_id": h.doc_id, "score": h.score, "fields": dict(h.fields)} for h in hits]
-        out.print_json(json.dumps(rows))
+        print_json(rows)
         return
     table = Table("rank", "doc id", "score", "disclosed fields", title=f"silo {name}: {text!r}")
     for rank, hit in enumerate(hits, 1):
@@ -312,16 +306,7 @@ def push_anchors(
     def run() -> AnchorPush:
         with err.status(f"loading model {cfg.model} …"):
             embedder = load_embedder(cfg.model, threads=max(cfg.server.threads, 2))
-        with Progress(
-            TextColumn("[bold]embed anchors"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("texts"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=False,
-        ) as bar:
-            task = bar.add_task("embed", total=None)
+        with progress_bar("embed anchors", unit="texts") as bar:
             return asyncio.run(
                 push_anchor_embeddings(
                     cfg,
@@ -329,7 +314,7 @@ def push_anchors(
                     anchor_set,
                     version,
                     batch_size=batch_size,
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    progress=lambda done, total: bar.update(done, total=total),
                 )
             )
 

@@ -10,14 +10,20 @@ Exit codes: 0 done, 1 refused or failed (the message says why and what to do).
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from silobridge.core.cli_support import fail, run_async_or_exit, run_or_exit, stdout_console
+from silobridge.core.cli_support import (
+    fail,
+    print_json,
+    progress_bar,
+    run_async_or_exit,
+    run_or_exit,
+    stdout_console,
+)
 from silobridge.core.migration import MigrationCommand, MigrationState
 
 if TYPE_CHECKING:
@@ -76,11 +82,13 @@ def plan(
         async with SiloClient(
             target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
         ) as peer:
-            return await peer.plan_migration(to, sample_size=sample, timeout=600)
+            # One call, no progress to report: the bar shows the time it has taken so far.
+            with progress_bar(f"timing {to} on the silo", eta=False, enabled=not as_json):
+                return await peer.plan_migration(to, sample_size=sample, timeout=600)
 
     result = run_async_or_exit(run)
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        print_json(asdict(result))
         return
     out.print(
         f"silo at {target}: {result.current.space_id} -> {result.target.space_id} "
@@ -113,6 +121,8 @@ def _control(
     client: Path,
     silo: str | None,
     as_json: bool,
+    *,
+    waiting: str = "",
     **options: str | int | float,
 ) -> MigrationStatus:
     from silobridge.rpc.silo_client import SiloClient
@@ -123,11 +133,13 @@ def _control(
         async with SiloClient(
             target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
         ) as peer:
-            return await peer.control_migration(
-                command,
-                timeout=COMMAND_TIMEOUT_S,
-                **options,  # type: ignore[arg-type]
-            )
+            # ``waiting``: a call that takes minutes; the bar shows the time taken so far.
+            with progress_bar(waiting, eta=False, enabled=bool(waiting) and not as_json):
+                return await peer.control_migration(
+                    command,
+                    timeout=COMMAND_TIMEOUT_S,
+                    **options,  # type: ignore[arg-type]
+                )
 
     status = run_async_or_exit(run)
     _print_status(status, as_json)
@@ -138,7 +150,7 @@ def _print_status(status: MigrationStatus, as_json: bool) -> None:
     if as_json:
         body = asdict(status)
         body["fraction"] = status.fraction
-        out.print_json(json.dumps(body))
+        print_json(body)
         return
     if status.message:
         out.print(status.message)
@@ -180,6 +192,7 @@ def start(
         client,
         silo,
         as_json,
+        waiting=f"embedding a sample with {to}, fitting in-domain adapters",
         to_model=to,
         sample_size=sample,
         cpu_share=cpu_share,
@@ -203,8 +216,6 @@ def status(
 
 
 def _watch(client: Path, silo: str | None, as_json: bool) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from silobridge.rpc.silo_client import SiloClient
 
     cfg, target = admin_target(client, silo)
@@ -213,20 +224,11 @@ def _watch(client: Path, silo: str | None, as_json: bool) -> None:
         async with SiloClient(
             target, cfg.tls, insecure=cfg.insecure, expect=expected_home(cfg, silo)
         ) as peer:
-            with Progress(
-                TextColumn("re-encoding"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=out,
-                disable=as_json,
-            ) as bar:
-                task = bar.add_task("re-encode", total=None, rate="")
+            with progress_bar("re-encoding", unit="documents", enabled=not as_json) as bar:
                 while True:
                     now = await peer.control_migration(MigrationCommand.STATUS, timeout=60)
-                    rate = f"{now.documents_per_second:.0f}/s" if now.documents_per_second else ""
-                    bar.update(task, total=now.documents, completed=now.reencoded, rate=rate)
+                    rate = f" {now.documents_per_second:.0f}/s" if now.documents_per_second else ""
+                    bar.update(now.reencoded, total=now.documents, description=f"re-encoding{rate}")
                     if now.state is not MigrationState.REENCODING:
                         return now
                     await asyncio.sleep(WATCH_EVERY_S)

@@ -10,7 +10,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from silobridge.core.cli_support import fail, run_or_exit, stderr_console, stdout_console
+from silobridge.core.cli_support import (
+    fail,
+    print_json,
+    run_or_exit,
+    stderr_console,
+    stdout_console,
+)
 
 anchors_app = typer.Typer(
     no_args_is_help=True, help="Build and list the consortium's public anchor sets."
@@ -19,6 +25,7 @@ out = stdout_console()
 err = stderr_console()
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path to coordinator.toml.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 SHA_PREFIX = 12
 
 
@@ -99,12 +106,18 @@ def build(
 
 
 @anchors_app.command("list")
-def list_sets(config: ConfigOption) -> None:
-    """List every version of every anchor set in the coordinator's state directory."""
+def list_sets(config: ConfigOption, as_json: JsonOption = False) -> None:
+    """List every version of every anchor set in the coordinator's state directory.
+
+    --json: an array of {name, version, count, sha256 (whole), created_at, source}.
+    """
     from silobridge.coordinator.anchors.catalogue import AnchorCatalogue
 
     root = run_or_exit(lambda: _anchors_root(config))
     sets = run_or_exit(lambda: AnchorCatalogue(root).list())
+    if as_json:
+        print_json(sets)
+        return
     if not sets:
         err.print(
             f"no anchor sets in {escape(str(root))}; build one with "

@@ -14,7 +14,13 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from silobridge.core.cli_support import fail, run_or_exit, stdout_console
+from silobridge.core.cli_support import (
+    fail,
+    print_json,
+    run_or_exit,
+    stderr_console,
+    stdout_console,
+)
 from silobridge.core.errors import ConfigError
 from silobridge.security.identity import Role
 from silobridge.security.pki import ca as pki
@@ -294,3 +300,40 @@ def issue_command(
     console.print(f"  private key:    {escape(str(files.key))}")
     console.print(f"  certificate:    {escape(str(files.cert))}")
     console.print(f"  CA certificate: {escape(str(files.ca_cert))}")
+
+
+@pki_app.command("list")
+def list_command(
+    ca_dir: CaDirOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the certificates this CA issued, oldest first (its record, issued.json).
+
+    --json: an array of {spiffe_id, role, name, org, serial, sha256, not_after, issued_at}. No
+    passphrase is needed: the record holds no secret.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    from silobridge.security.pki.ca import CA_CERT_FILE
+    from silobridge.security.pki.issued import IssuedIndex
+
+    if not (ca_dir / CA_CERT_FILE).is_file():
+        fail(f"no consortium CA in {ca_dir} (no {CA_CERT_FILE}); make one with `pki init`")
+    records = run_or_exit(lambda: IssuedIndex.load(ca_dir)).records
+    if as_json:
+        print_json(list(records))
+        return
+    if not records:
+        stderr_console().print(
+            f"the record of {escape(str(ca_dir))} lists no certificate yet", highlight=False
+        )
+        return
+    table = Table(title=f"certificates issued by the CA in {ca_dir}")
+    for column in ("name", "role", "org", "serial", "valid until", "issued"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        cells = (record.name, record.role, record.org, record.serial)
+        dates = (record.not_after[:19], record.issued_at[:19])
+        table.add_row(*(Text(cell) for cell in (*cells, *dates)))
+    stdout_console().print(table)
