@@ -187,6 +187,18 @@ accept_query_text = {"true" if accept_query_text else "false"}
     return config
 
 
+# The index backends a silo test may run on (README: "Pointing a silo at Milvus").
+INDEX_BACKENDS = ("faiss", "milvus")
+
+
+def index_table(backend: str) -> str:
+    """``[index]`` for ``backend``, as a silo.toml's last table (``write_silo_config``'s
+    ``extra``): Milvus Lite in a file of the silo's data directory."""
+    if backend == "faiss":
+        return ""
+    return '\n[index]\nbackend = "milvus"\nuri = "milvus.db"\n'
+
+
 class ServerThread:
     """A real silo gRPC server on its own event loop in a background thread."""
 

@@ -270,3 +270,30 @@ def test_a_tampered_adapter_fails_the_coordinators_check(net: Net, tmp_path: Pat
     assert status is Status.FAIL
     assert detail.startswith("a-b: ")
     assert "train them again" in hint
+
+
+def test_a_milvus_backed_silo_is_checked_against_its_collection(net: Net, tmp_path: Path) -> None:
+    links = Links(
+        listen="127.0.0.1:0", coordinator=net.coordinator.target, model="static-64", metrics="off"
+    )
+    kit = tmp_path / "milvus"
+    overrides = {"index": {"backend": "milvus", "uri": "index.db"}}
+    make_kit(
+        net.ca,
+        kit,
+        Role.SILO,
+        "mkjv",
+        "bible",
+        links,
+        overrides=overrides,
+        adapter_key=net.adapter_key,
+    )
+    report = diagnose(kit / "silo.toml", online=False)
+    assert _row(report, "documents")[0] is Status.WARN
+    ingest_kjv(kit / "silo.toml", 12)
+    report = diagnose(kit / "silo.toml", online=False)
+    assert _row(report, "index matches docstore")[:2] == (
+        Status.OK,
+        "12 vectors for 12 documents",
+    )
+    assert not report.failed, _failures(report)

@@ -20,9 +20,11 @@ from silobridge.evaluation.corpus import load_records
 from silobridge.rpc.silo_client import SiloClient
 
 from .conftest import (
+    INDEX_BACKENDS,
     Pki,
     ServerThread,
     SiloProcess,
+    index_table,
     ingest_kjv,
     run_cli,
     write_client_config,
@@ -48,10 +50,11 @@ async def _search_text(silo: SiloClient, text: str, k: int = 5) -> list[Hit]:
     return await silo.search_vector(vectors[0], k)
 
 
+@pytest.mark.parametrize("backend", INDEX_BACKENDS)
 def test_live_add_update_and_delete_are_seen_by_the_next_search(
-    pki: Pki, tmp_path: Path, serve_silo: type[ServerThread]
+    pki: Pki, tmp_path: Path, serve_silo: type[ServerThread], backend: str
 ) -> None:
-    config = write_silo_config(tmp_path / "silo", pki.silo, extra=ADMINS)
+    config = write_silo_config(tmp_path / "silo", pki.silo, extra=ADMINS + index_table(backend))
     ingest_kjv(config, 120)
     server = serve_silo(config)
     web, kjv = load_records("web"), load_records("kjv")
@@ -118,10 +121,11 @@ def _client_toml(directory: Path, tls: TlsFiles, silo: str) -> Path:
     return write_client_config(directory / "client.toml", tls, home_silo=silo)
 
 
+@pytest.mark.parametrize("backend", INDEX_BACKENDS)
 def test_acknowledged_live_writes_survive_kill_9(
-    pki: Pki, tmp_path: Path, processes: list[SiloProcess]
+    pki: Pki, tmp_path: Path, processes: list[SiloProcess], backend: str
 ) -> None:
-    config = write_silo_config(tmp_path / "silo", pki.silo, extra=ADMINS)
+    config = write_silo_config(tmp_path / "silo", pki.silo, extra=ADMINS + index_table(backend))
     ingest_kjv(config, 40)
     web = load_records("web")
     corpus = tmp_path / "new.jsonl"

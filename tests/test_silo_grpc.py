@@ -18,7 +18,7 @@ from silobridge.evaluation.corpus import load_records
 from silobridge.rpc.convert import vector_to_proto
 from silobridge.v1 import common_pb2, silo_pb2, silo_pb2_grpc
 
-from .conftest import Pki, ServerThread, write_silo_config
+from .conftest import INDEX_BACKENDS, Pki, ServerThread, index_table, write_silo_config
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +52,27 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     return path, query_ids
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=INDEX_BACKENDS)
 def silo(
-    pki: Pki, corpus: tuple[Path, list[str]], tmp_path_factory: pytest.TempPathFactory
+    pki: Pki,
+    corpus: tuple[Path, list[str]],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[ServerThread]:
-    config = write_silo_config(tmp_path_factory.mktemp("silo"), pki.silo, disclose=("book",))
+    """The silo, ingested by the CLI, once with each index backend."""
+    config = write_silo_config(
+        tmp_path_factory.mktemp("silo"),
+        pki.silo,
+        disclose=("book",),
+        extra=index_table(request.param),
+    )
     result = CliRunner().invoke(app, ["silo", "ingest", "--config", str(config), str(corpus[0])])
     assert result.exit_code == 0, result.output
     server = ServerThread(config)
+    manifest = server.service.data.manifest  # the index the CLI built is what is served
+    assert manifest is not None and manifest.factory.startswith(f"{request.param}:") == (
+        request.param == "milvus"
+    )
     yield server
     server.stop()
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from silobridge.core.errors import SiloBridgeError
+from silobridge.core.errors import FailedPrecondition, SiloBridgeError
 from silobridge.doctor.report import Check, fail, ok, skip, warn
 from silobridge.embedding.embedders import load_embedder
 from silobridge.kits.install import check_adapter_key
@@ -20,7 +20,8 @@ from silobridge.silo_agent.config import SiloConfig
 from silobridge.silo_agent.migration import record
 from silobridge.silo_agent.store.data import DOCSTORE_NAME
 from silobridge.silo_agent.store.generation import SOURCE
-from silobridge.silo_agent.store.index import read_manifest
+from silobridge.silo_agent.store.index import IndexManifest, read_manifest
+from silobridge.silo_agent.store.index_home import open_index_home
 
 
 def adapter_key_check(config: SiloConfig) -> Check:
@@ -141,20 +142,49 @@ def _no_index(name: str, stored: Stored) -> Check:
     )
 
 
+def _rebuild_hint(config: SiloConfig) -> str:
+    milvus = config.index.milvus
+    if milvus is None:
+        return f"delete {config.data_dir / SOURCE.index_dir}; `silo serve` rebuilds it"
+    return (
+        f"drop the collection behind the alias {milvus.collection_prefix}__index; `silo serve` "
+        "rebuilds it from the docstore"
+    )
+
+
+def _read_index_manifest(config: SiloConfig) -> IndexManifest | None:
+    """The source slot's manifest: a FAISS file, or a Milvus collection's property."""
+    if config.index.milvus is None:
+        return read_manifest(config.data_dir / SOURCE.index_dir)
+    home = open_index_home(config.data_dir, config.index, (SOURCE.index_dir,))
+    try:
+        return home.read_manifest(SOURCE.index_dir)
+    finally:
+        home.close()
+
+
 def _index_check(config: SiloConfig, stored: Stored) -> Check:
     name = "index matches docstore"
     try:
-        manifest = read_manifest(config.data_dir / SOURCE.index_dir)
+        manifest = _read_index_manifest(config)
+    except FailedPrecondition as err:
+        if "open in another process" in err.message:
+            return skip(name, f"{err.message.split(':')[0]}: the serving silo checks it at start")
+        return fail(name, err.message, _rebuild_hint(config))
     except SiloBridgeError as err:
-        return fail(name, err.message, "delete the index directory; `silo serve` rebuilds it")
+        return fail(name, err.message, "check [index] in silo.toml and that the index is up")
     if manifest is None:
         return _no_index(name, stored)
+    return _compare(name, config, stored, manifest)
+
+
+def _compare(name: str, config: SiloConfig, stored: Stored, manifest: IndexManifest) -> Check:
     if stored.fingerprint is not None and manifest.fingerprint != stored.fingerprint:
         return fail(
             name,
             f"the index was built in space {manifest.fingerprint} ({manifest.model_id!r}); the "
             f"docstore holds {stored.fingerprint}",
-            f"delete {config.data_dir / SOURCE.index_dir}; `silo serve` rebuilds it",
+            _rebuild_hint(config),
         )
     if manifest.count == stored.documents:
         return ok(name, f"{manifest.count} vectors for {stored.documents} documents")
@@ -167,7 +197,7 @@ def _index_check(config: SiloConfig, stored: Stored) -> Check:
     return fail(
         name,
         f"{manifest.count} vectors in the index, {stored.documents} documents in the docstore",
-        f"delete {config.data_dir / SOURCE.index_dir}; `silo serve` rebuilds it from the docstore",
+        _rebuild_hint(config),
     )
 
 

@@ -6,6 +6,7 @@ from silobridge.kits.party import ADAPTER_KEY, Links, Party
 from silobridge.kits.render import Key, Table
 from silobridge.kits.shared_tables import audit_table, metrics_tables, tls_table
 from silobridge.security.identity import Role
+from silobridge.silo_agent.store.milvus_settings import default_prefix
 
 
 def silo_tables(party: Party, links: Links) -> list[Table]:
@@ -176,7 +177,7 @@ def silo_tables(party: Party, links: Links) -> list[Table]:
         ),
         Table(
             "index",
-            "The vector index (FAISS, in data_dir).",
+            "The vector index (FAISS files in data_dir, or Milvus).",
             [
                 Key(
                     "exact_threshold", 20_000, "Below this many vectors: exact search; above: HNSW."
@@ -184,6 +185,26 @@ def silo_tables(party: Party, links: Links) -> list[Table]:
                 Key("hnsw_factory", "HNSW32,Flat", "FAISS factory of the approximate index."),
                 Key("ef_search", 128, "HNSW search breadth."),
                 Key("ef_construction", 80, "HNSW build breadth."),
+                Key("backend", "faiss", "faiss, or milvus (README: Pointing a silo at Milvus)."),
+                Key(
+                    "uri",
+                    "milvus.db",
+                    "milvus: a .db file (Milvus Lite, in data_dir) or http(s)://host:port.",
+                    example=True,
+                ),
+                Key(
+                    "token_file",
+                    "milvus.token",
+                    "milvus server: the file holding its token.",
+                    example=True,
+                ),
+                Key("db_name", "silos", "milvus: its database (default: default).", example=True),
+                Key(
+                    "collection_prefix",
+                    default_prefix(party.name),
+                    "milvus: names its aliases and collections (default: the silo name).",
+                    example=True,
+                ),
             ],
         ),
         Table(

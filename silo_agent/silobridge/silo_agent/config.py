@@ -38,6 +38,7 @@ from silobridge.security.rules import RulePolicy, matches_any, rules_of
 from silobridge.security.signed_query.replay import DEFAULT_MAX_AGE_S, DEFAULT_MAX_SKEW_S
 from silobridge.silo_agent.receiving.settings import ReceivingSettings, receiving_settings
 from silobridge.silo_agent.store.index import IndexSettings
+from silobridge.silo_agent.store.milvus_settings import milvus_settings
 
 # What the consortium's coordinator is conventionally called (its certificate's name).
 DEFAULT_COORDINATOR_NAME = "hub"
@@ -180,11 +181,16 @@ def load_silo_config(path: Path) -> SiloConfig:
     tls = tls_from_config(path, doc, insecure=server.insecure, insecure_key="server.insecure")
 
     idx = Section.of(path, doc, "index")
+    hnsw_factory = idx.get("hnsw_factory", str, IndexSettings.hnsw_factory)
     index = IndexSettings(
         exact_threshold=idx.positive("exact_threshold", IndexSettings.exact_threshold),
-        hnsw_factory=idx.get("hnsw_factory", str, IndexSettings.hnsw_factory),
+        hnsw_factory=hnsw_factory,
         hnsw_ef_search=idx.positive("ef_search", IndexSettings.hnsw_ef_search),
         hnsw_ef_construction=idx.positive("ef_construction", IndexSettings.hnsw_ef_construction),
+        # backend = "milvus": uri, token_file, db_name, collection_prefix (store/milvus_settings)
+        milvus=milvus_settings(
+            idx, doc.get("index", {}), silo_name=name, data_dir=data_dir, hnsw_factory=hnsw_factory
+        ),
     )
     idx.finish()
 

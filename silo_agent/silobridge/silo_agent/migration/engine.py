@@ -92,7 +92,7 @@ class MigrationEngine:
                 f"the silo already serves space {source.space_id}: there is nothing to migrate"
             )
         # Leftovers of a rollback cut short by a crash.
-        files.remove_target_files(self.data.data_dir)
+        files.remove_target_files(self.data.data_dir, self.data.home)
         journal.clear(self.data.docstore)
         limits = self.service.config.limits
         adapters = fit_local(
@@ -172,7 +172,7 @@ class MigrationEngine:
             self.service.embedder = self.source_embedder
             self.service.routes = RouteTable.native(self.data.source, primary=self.data.source)
             journal.clear(self.data.docstore)
-            files.remove_target_files(self.data.data_dir)
+            files.remove_target_files(self.data.data_dir, self.data.home)
             self.data.refresh()
         # Also before a cut-over: the coordinator must stop routing the new space here.
         self.primary_changed()
@@ -199,7 +199,7 @@ class MigrationEngine:
         )
 
     def _complete_finish(self, current: MigrationRecord) -> None:
-        files.promote_files(self.data.data_dir)
+        files.promote_files(self.data.data_dir, self.data.home)
         record.retire(self.data.docstore, current)
         self.data.docstore.delete_meta(record.RECORD_KEY)
 

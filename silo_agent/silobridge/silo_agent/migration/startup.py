@@ -16,6 +16,8 @@ from silobridge.silo_agent.migration import files, record
 from silobridge.silo_agent.migration.record import Stage
 from silobridge.silo_agent.store.data import DOCSTORE_NAME, rebuild_lock
 from silobridge.silo_agent.store.docstore import DocStore
+from silobridge.silo_agent.store.generation import SOURCE, TARGET
+from silobridge.silo_agent.store.index_home import open_index_home
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,12 @@ def models_for(config: SiloConfig) -> tuple[str, str | None]:
             with rebuild_lock(config.data_dir):
                 current = record.load(docstore)
                 if current is not None and current.stage is Stage.FINISHING:
-                    files.promote_files(config.data_dir)
+                    slots = (SOURCE.index_dir, TARGET.index_dir)
+                    home = open_index_home(config.data_dir, config.index, slots)
+                    try:
+                        files.promote_files(config.data_dir, home)
+                    finally:
+                        home.close()
                     record.retire(docstore, current)
                     docstore.delete_meta(record.RECORD_KEY)
                 current = record.load(docstore)

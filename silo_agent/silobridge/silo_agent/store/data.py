@@ -20,12 +20,8 @@ from silobridge.core.spaces import SpaceDescriptor
 from silobridge.embedding.embedders import Embedder
 from silobridge.silo_agent.store.docstore import DocStore
 from silobridge.silo_agent.store.generation import MAX_OVERLAY_ROWS, SOURCE, TARGET, Generation
-from silobridge.silo_agent.store.index import (
-    IndexManifest,
-    IndexSettings,
-    read_manifest,
-    space_mismatch_message,
-)
+from silobridge.silo_agent.store.index import IndexManifest, IndexSettings, space_mismatch_message
+from silobridge.silo_agent.store.index_home import IndexHome, open_index_home
 from silobridge.silo_agent.store.rows import DeleteCounts, UpsertCounts
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -64,12 +60,18 @@ class SiloData:
     """
 
     def __init__(
-        self, data_dir: Path, space: SpaceDescriptor, settings: IndexSettings, docstore: DocStore
+        self,
+        data_dir: Path,
+        space: SpaceDescriptor,
+        settings: IndexSettings,
+        docstore: DocStore,
+        home: IndexHome,
     ) -> None:
         self.data_dir = data_dir
         self.settings = settings
         self.docstore = docstore
-        self.source = Generation(data_dir, SOURCE, space, settings, docstore)
+        self.home = home  # where the generations' indexes are saved: FAISS files or Milvus
+        self.source = Generation(home, SOURCE, space, settings, docstore)
         self.target: Generation | None = None
         self._primary = self.source
         # One writer at a time (writes, deletes, refreshes, rebuilds), across generations.
@@ -83,13 +85,19 @@ class SiloData:
         """Open (creating if new) a data directory for ``space``; refuse another model's data."""
         root = Path(data_dir)
         root.mkdir(parents=True, exist_ok=True)
+        settings = settings or IndexSettings()
         docstore = DocStore(root / DOCSTORE_NAME)
+        home: IndexHome | None = None
         try:
             _claim_or_check_space(docstore, space)
-            data = cls(root, space, settings or IndexSettings(), docstore)
+            home = open_index_home(root, settings, (SOURCE.index_dir, TARGET.index_dir))
+            data = cls(root, space, settings, docstore, home)
             data.source.load_index_if_present()
+            home.serve(SOURCE.index_dir)  # a migration's recovery moves it to its primary
             data.refresh()
         except BaseException:
+            if home is not None:
+                home.close()
             docstore.close()
             raise
         return data
@@ -117,7 +125,7 @@ class SiloData:
         Its index is brought up to date before it is served: the first time, every document's
         provisional vector would otherwise sit in the overlay (and hold up every write).
         """
-        target = Generation(self.data_dir, TARGET, space, self.settings, self.docstore)
+        target = Generation(self.home, TARGET, space, self.settings, self.docstore)
         with self._rebuild_lock, _directory_lock(self.data_dir / REBUILD_LOCK_NAME):
             target.load_index_if_present()
             target.refresh()
@@ -129,22 +137,25 @@ class SiloData:
         return target
 
     def set_primary(self, generation: Generation) -> None:
-        """Answer default searches from ``generation`` (one reference swap)."""
+        """Answer default searches from ``generation`` (one swap; Milvus: the serving alias)."""
         self._primary = generation
+        self.home.serve(generation.slot.index_dir)
 
     def close_target(self) -> None:
         """Stop serving the target slot (its files are the migration's to remove)."""
         with self._write_lock:
             self._primary = self.source
             self.target = None
+            self.home.serve(SOURCE.index_dir)
 
     def promote_target(self, space: SpaceDescriptor) -> Generation:
         """After a finished migration: the source slot holds ``space``'s vectors; serve it alone."""
         with self._write_lock:
-            source = Generation(self.data_dir, SOURCE, space, self.settings, self.docstore)
+            source = Generation(self.home, SOURCE, space, self.settings, self.docstore)
             source.load_index_if_present()
             source.refresh()
             self.source, self.target, self._primary = source, None, source
+            self.home.serve(SOURCE.index_dir)
         return source
 
     def generations(self) -> list[Generation]:
@@ -156,10 +167,6 @@ class SiloData:
         return next((g for g in self.generations() if g.space.space_id == space_id), None)
 
     # --- the primary generation, as a one-space silo sees it ---------------------------------
-
-    @property
-    def index_dir(self) -> Path:
-        return self._primary.index_dir
 
     @property
     def space(self) -> SpaceDescriptor:
@@ -314,10 +321,10 @@ class SiloData:
         return manifests.get(id(self._primary)) or self.source.rebuild()
 
     def compact(self) -> list[IndexManifest]:
-        """Rebuild the generations whose overlays are large (the background compaction)."""
+        """Fold large overlays into their indexes (the background compaction; FAISS rebuilds)."""
         with self._rebuild_lock, _directory_lock(self.data_dir / REBUILD_LOCK_NAME):
             # Read under the lock: a generation a rollback or finish dropped is not rebuilt.
-            return [g.rebuild() for g in self.generations() if g.needs_compaction]
+            return [g.compact() for g in self.generations() if g.needs_compaction]
 
     def rebuild_generation(self, generation: Generation) -> IndexManifest:
         """Rebuild one generation's index now (a migration does before its cut-over)."""
@@ -328,7 +335,7 @@ class SiloData:
 
     def reload_index(self) -> bool:
         """Pick up an index another process (``silo ingest``) saved; True if it changed."""
-        current = read_manifest(self.source.index_dir)
+        current = self.home.read_manifest(SOURCE.index_dir)
         if current is None or current == self.source.manifest:
             return False
         self.source.load_index_if_present()
@@ -336,6 +343,7 @@ class SiloData:
         return True
 
     def close(self) -> None:
+        self.home.close()
         self.docstore.close()
 
 

@@ -2,9 +2,10 @@
 
 A silo serves one generation, or two while it migrates to another model: the *source* slot
 (the ``documents`` table's own vectors, ``index/``) and the *target* slot (the
-``migration_vectors`` table, ``index-next/``). Each keeps its saved index and an exact
-``Overlay`` of what was written after that index, swapped as a pair so a concurrent search
-never mixes two states.
+``migration_vectors`` table, ``index-next/``). Each keeps its saved index (in the data
+directory's ``IndexHome``: FAISS files, or a Milvus collection) and an exact ``Overlay`` of
+what was written after that index, swapped as a pair so a concurrent search never mixes two
+states.
 """
 
 from __future__ import annotations
@@ -12,19 +13,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from silobridge.core.spaces import SpaceDescriptor
 from silobridge.silo_agent.store.docstore import DocStore
-from silobridge.silo_agent.store.index import (
-    IndexManifest,
-    IndexSettings,
-    VectorIndex,
-    read_manifest,
-)
+from silobridge.silo_agent.store.index import IndexManifest, IndexSettings
+from silobridge.silo_agent.store.index_home import IndexHome, IndexReplaced, ServedIndex
 from silobridge.silo_agent.store.overlay import Overlay, search_with_overlay
 from silobridge.silo_agent.store.rows import Changes
 
@@ -63,24 +59,25 @@ class Generation:
 
     def __init__(
         self,
-        data_dir: Path,
+        home: IndexHome,
         slot: Slot,
         space: SpaceDescriptor,
         settings: IndexSettings,
         docstore: DocStore,
     ) -> None:
+        self.home = home
         self.slot = slot
         self.space = space
         self.settings = settings
         self.docstore = docstore
-        self.index_dir = data_dir / slot.index_dir
-        self.index: VectorIndex | None = None
+        self.index: ServedIndex | None = None
         self.manifest: IndexManifest | None = None
         self.overlay = Overlay.empty(0, space.dimension)
         self._swap_lock = threading.Lock()
         self.write_lock = threading.RLock()
+        self._reload_lock = threading.Lock()
 
-    def state(self) -> tuple[VectorIndex | None, Overlay]:
+    def state(self) -> tuple[ServedIndex | None, Overlay]:
         """The index and overlay to search, as one consistent pair."""
         with self._swap_lock:
             return self.index, self.overlay
@@ -90,14 +87,14 @@ class Generation:
         return self.docstore.get_meta(self.slot.indexed_meta)
 
     def load_index_if_present(self) -> None:
-        if read_manifest(self.index_dir) is None:
+        if self.home.read_manifest(self.slot.index_dir) is None:
             return
         # Read before the index: a rebuild saves its index before it records the version, so
         # a version read first is never newer than the index, and the overlay then serves a
         # superset of what the index lacks (never a gap).
         base_version = int(self.indexed_version or 0)
-        index = VectorIndex.load(
-            self.index_dir,
+        index = self.home.load(
+            self.slot.index_dir,
             expected_fingerprint=self.space.fingerprint,
             expected_model_id=self.space.model_id,
             settings=self.settings,
@@ -127,10 +124,16 @@ class Generation:
         keys, vectors = self.docstore.all_vectors(self.slot.table)
         if vectors.shape[0] == 0:
             vectors = np.zeros((0, self.space.dimension), dtype=np.float32)
-        index = VectorIndex.build(keys, vectors, self.settings)
-        manifest = index.save(
-            self.index_dir, fingerprint=self.space.fingerprint, model_id=self.space.model_id
+        index = self.home.save(
+            self.slot.index_dir,
+            keys,
+            vectors,
+            self.settings,
+            fingerprint=self.space.fingerprint,
+            model_id=self.space.model_id,
         )
+        manifest = index.manifest
+        assert manifest is not None  # a saved index has one
         self.docstore.set_meta(self.slot.indexed_meta, str(version))
         with self.write_lock:
             # Rows written while this index was being built are still after ``version``.
@@ -138,7 +141,28 @@ class Generation:
             overlay = Overlay.of(version, changes, index.max_key)
             with self._swap_lock:
                 self.index, self.manifest, self.overlay = index, manifest, overlay
-            return manifest
+        # After the swap: a search still holding the old index meets IndexReplaced and retries.
+        self.home.discard_superseded(self.slot.index_dir)
+        return manifest
+
+    def compact(self) -> IndexManifest:
+        """Fold the overlay into the index: in place where the backend can, else a rebuild."""
+        index, overlay = self.state()
+        if index is None or not self.home.folds_in_place:
+            return self.rebuild()
+        # The saved index holds everything up to the overlay's base; fold what came after.
+        changes = self._changes_since(overlay.base_version)
+        folded = self.home.fold(self.slot.index_dir, index, changes, self.settings)
+        if folded is None or folded.manifest is None:
+            return self.rebuild()
+        # Meanwhile searches kept the old overlay, which hides every key it changed: a row
+        # folded in early is never returned twice, a crash here leaves the old version.
+        self.docstore.set_meta(self.slot.indexed_meta, str(changes.version))
+        with self.write_lock:
+            after = Overlay.of(changes.version, self._changes_since(changes.version), None)
+            with self._swap_lock:
+                self.index, self.manifest, self.overlay = folded, folded.manifest, after
+        return folded.manifest
 
     def _changes_since(self, version: int) -> Changes:
         changes = self.docstore.changes_since(version, self.slot.table)
@@ -159,7 +183,21 @@ class Generation:
     def search(self, query: FloatVector, k: int) -> list[tuple[int, float]]:
         """Top-``k`` (key, inner product) of this generation, best first."""
         index, overlay = self.state()
-        return search_with_overlay(index, overlay, query, k)
+        try:
+            return search_with_overlay(index, overlay, query, k)
+        except IndexReplaced:
+            # A rebuild dropped that index after swapping in its successor (or, with a Milvus
+            # server, another process rebuilt the slot): search what is saved now.
+            self._reload_replaced(index)
+            index, overlay = self.state()
+            return search_with_overlay(index, overlay, query, k)
+
+    def _reload_replaced(self, gone: ServedIndex | None) -> None:
+        with self._reload_lock:
+            if self.state()[0] is gone:  # not swapped here: another process saved a new one
+                with self.write_lock:
+                    self.load_index_if_present()
+                    self.refresh()
 
     def vectors_of(self, keys: list[int]) -> FloatMatrix | None:
         """Stored vectors of ``keys``, from the overlay where it holds them, else the index."""

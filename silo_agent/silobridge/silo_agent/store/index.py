@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from silobridge.core.durable import ensure_directory, write_file_atomically
 from silobridge.core.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
+from silobridge.silo_agent.store.milvus_settings import MilvusSettings
 
 FloatMatrix = npt.NDArray[np.float32]
 KeyArray = npt.NDArray[np.int64]
@@ -46,6 +47,12 @@ class IndexSettings:
     hnsw_factory: str = "HNSW32,Flat"
     hnsw_ef_search: int = 128
     hnsw_ef_construction: int = 80
+    # None: FAISS files in the data directory; else the Milvus server or Lite file to use.
+    milvus: MilvusSettings | None = None
+
+    @property
+    def backend(self) -> str:
+        return "faiss" if self.milvus is None else "milvus"
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 FAISS's HNSW cannot delete or replace a vector, so a serving silo never edits the saved index:
 rows written since it was built are searched exactly here, and the index's own entries for
-changed or deleted keys are hidden. An ``Overlay`` is immutable; a write swaps in a new one, so
-a search running meanwhile sees one consistent state.
+changed or deleted keys are hidden (every changed key for a Milvus collection, which compaction
+edits in place: its ``max_key`` is unknown). An ``Overlay`` is immutable; a write swaps in a new
+one, so a search running meanwhile sees one consistent state.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from silobridge.silo_agent.store.index import VectorIndex
+from silobridge.silo_agent.store.index_home import ServedIndex
 from silobridge.silo_agent.store.rows import Changes, KeyArray
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -96,7 +97,7 @@ class Overlay:
 
 
 def search_with_overlay(
-    index: VectorIndex | None, overlay: Overlay, query: FloatVector, k: int
+    index: ServedIndex | None, overlay: Overlay, query: FloatVector, k: int
 ) -> list[tuple[int, float]]:
     """Top-``k`` (key, inner product) over the index minus hidden keys, plus the overlay rows."""
     found: list[tuple[int, float]] = []
