@@ -141,6 +141,12 @@ def test_hnsw_recall_at_10_against_exact_search(
     milvus = filled(opened, tmp_path / "milvus", on_milvus(lite, exact_threshold=1), vectors)
     assert milvus.manifest is not None
     assert milvus.manifest.factory == "milvus:HNSW,M=32,efConstruction=80"
+    # The graph Milvus built is the one asked for (Lite once built its defaults instead).
+    home = milvus_home(milvus)
+    collection = home.collection_of("index")
+    assert collection is not None
+    described = home.client.describe_index(collection, home.client.list_indexes(collection)[0])
+    assert described["params"] == {"M": 32, "efConstruction": 80}
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
 
     def recall(data: SiloData) -> float:

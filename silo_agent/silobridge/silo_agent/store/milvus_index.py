@@ -90,7 +90,10 @@ def create_collection(
             field_name=VECTOR_FIELD,
             index_type="HNSW",
             metric_type="IP",
-            params={"M": kind.links, "efConstruction": kind.ef_construction},
+            # Nested once more: pymilvus flattens ``params`` into top-level pairs, which Milvus
+            # Lite ignores (it built M=16, efConstruction=200 whatever was asked); a ``params``
+            # pair holding the JSON is what Lite reads and what Milvus servers also accept.
+            params={"params": {"M": kind.links, "efConstruction": kind.ef_construction}},
         )
     # Strong: a search sees every row written before it, as the overlay handover requires.
     client.create_collection(name, schema=schema, consistency_level="Strong")
