@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint protos protos-check demo silo-demo migration-demo bench bench-live clean-demo
+.PHONY: install test lint protos protos-check demo silo-demo migration-demo bench bench-live bench-milvus clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: install
 # The live query path under load: a loopback consortium, 100k+ documents per silo (HNSW).
 bench-live: install
 	$(BIN)/python scripts/bench_live.py $(BENCH_LIVE_ARGS)
+
+# A silo's index, FAISS against Milvus (Lite), through silo serve over mTLS (~3-5 minutes).
+bench-milvus: install
+	$(BIN)/python scripts/bench_milvus.py $(BENCH_MILVUS_ARGS)
 
 clean-demo:
 	rm -rf demo-run
