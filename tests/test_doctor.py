@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from silobridge.adapters import FitConfig, fit
 from silobridge.adapters.artifact import save_adapter
-from silobridge.adapters.signing import load_signing_key
+from silobridge.adapters.signing import generate_signing_key, load_signing_key
 from silobridge.coordinator.config import load_coordinator_config
 from silobridge.coordinator.state.records import AdapterRecord
 from silobridge.coordinator.state.store import CoordinatorState
@@ -30,7 +31,7 @@ from silobridge.kits.build import write_config
 from silobridge.kits.party import KitManifest, Links
 from silobridge.security.identity import Role
 
-from .conftest import CoordinatorThread, ServerThread, ingest_kjv, run_cli
+from .conftest import CoordinatorThread, ServerThread, SiloProcess, ingest_kjv, run_cli
 from .kit_factory import KitCa, make_kit
 
 
@@ -291,9 +292,114 @@ def test_a_milvus_backed_silo_is_checked_against_its_collection(net: Net, tmp_pa
     report = diagnose(kit / "silo.toml", online=False)
     assert _row(report, "documents")[0] is Status.WARN
     ingest_kjv(kit / "silo.toml", 12)
-    report = diagnose(kit / "silo.toml", online=False)
+    report = diagnose(kit / "silo.toml")
     assert _row(report, "index matches docstore")[:2] == (
         Status.OK,
         "12 vectors for 12 documents",
     )
     assert not report.failed, _failures(report)
+    # Offline (start.sh, before serving) the Lite file is left alone: opening it takes its lock.
+    offline = diagnose(kit / "silo.toml", online=False)
+    assert _row(offline, "index matches docstore")[0] is Status.SKIP
+
+
+def _free_port() -> int:
+    return _closed_port()
+
+
+def test_health_and_ports_of_a_running_silo(net: Net, tmp_path: Path) -> None:
+    """A silo on fixed ports: health says SERVING, doctor knows its own ports from a stranger."""
+    grpc_port, metrics_port = _free_port(), _free_port()
+    links = Links(
+        listen=f"127.0.0.1:{grpc_port}",
+        coordinator=net.coordinator.target,
+        model="static-64",
+        metrics=f"127.0.0.1:{metrics_port}",
+    )
+    kit = tmp_path / "fixed"
+    make_kit(net.ca, kit, Role.SILO, "fixed", "bible", links, adapter_key=net.adapter_key)
+    ingest_kjv(kit / "silo.toml", 8)
+    config = str(kit / "silo.toml")
+    down = run_cli("health", "--config", config)
+    assert down.returncode == 1
+    assert f"127.0.0.1:{grpc_port}" in down.stderr
+    silo = SiloProcess(kit / "silo.toml")
+    try:
+        up = run_cli("health", "--config", config)
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.strip() == f"127.0.0.1:{grpc_port}: SERVING"
+        report = diagnose(kit / "silo.toml")
+        assert _row(report, "gRPC port")[:2] == (
+            Status.OK,
+            f"127.0.0.1:{grpc_port} is in use by this party's own server (SERVING)",
+        )
+        assert _row(report, "metrics port")[0] is Status.OK
+        assert not report.failed, _failures(report)
+        # Offline, doctor cannot tell its own server from another process.
+        offline = diagnose(kit / "silo.toml", online=False)
+        status, _, hint = _row(offline, "gRPC port")
+        assert status is Status.FAIL and "without --offline" in hint
+        # Another party configured onto the same metrics port: not its own server's.
+        hub = tmp_path / "hub3"
+        clash = Links(listen="127.0.0.1:0", metrics=f"127.0.0.1:{metrics_port}")
+        make_kit(net.ca, hub, Role.COORDINATOR, "hub3", "consortium", clash)
+        status, detail, _ = _row(diagnose(hub / "coordinator.toml"), "metrics port")
+        assert status is Status.FAIL and "Address already in use" in detail
+    finally:
+        silo.terminate()
+
+
+def test_a_port_another_process_holds_fails(net: Net, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        links = Links(listen=f"127.0.0.1:{port}", metrics="off")
+        make_kit(net.ca, tmp_path / "h", Role.COORDINATOR, "h", "consortium", links)
+        status, detail, hint = _row(diagnose(tmp_path / "h" / "coordinator.toml"), "gRPC port")
+    assert status is Status.FAIL
+    assert "not by this party's server" in detail
+    assert f"sport = :{port}" in hint
+
+
+def test_a_signing_key_whose_public_half_silos_pinned_is_another(net: Net, tmp_path: Path) -> None:
+    kit = tmp_path / "hub4"
+    make_kit(
+        net.ca,
+        kit,
+        Role.COORDINATOR,
+        "hub4",
+        "consortium",
+        Links(listen="127.0.0.1:0", metrics="off"),
+    )
+    pub = kit / "state" / "adapter-signing.key.pub"
+    pub.unlink()
+    other = generate_signing_key(tmp_path / "other.key")
+    pub.write_bytes(other.read_bytes())
+    status, detail, _ = _row(
+        diagnose(kit / "coordinator.toml", online=False), "adapter key for silos"
+    )
+    assert status is Status.FAIL
+    assert "is not the public half" in detail
+
+
+def test_damaged_coordinator_state_is_one_failed_row_among_the_others(
+    net: Net, tmp_path: Path
+) -> None:
+    kit = tmp_path / "hub5"
+    make_kit(
+        net.ca,
+        kit,
+        Role.COORDINATOR,
+        "hub5",
+        "consortium",
+        Links(listen="127.0.0.1:0", metrics="off"),
+    )
+    _signed_adapter(kit)
+    state = kit / "state" / "state.sqlite"
+    with sqlite3.connect(state) as conn:
+        conn.execute("UPDATE adapters SET metrics = '{not json'")
+    report = diagnose(kit / "coordinator.toml", online=False)
+    assert _row(report, "state readable")[0] is Status.FAIL
+    assert _row(report, "key file mode")[0] is Status.OK  # the other rows are all there
+    assert _row(report, "gRPC port")[0] is Status.OK

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from silobridge.adapters.signing import generate_signing_key
 from silobridge.cli import app
 from silobridge.client.config import load_client_config
 from silobridge.coordinator.config import load_coordinator_config
@@ -208,3 +209,69 @@ def test_a_kit_serves_metrics_unless_told_not_to(tmp_path: Path) -> None:
     new_kit(tmp_path / "hub", hub, Links(metrics="0.0.0.0:9464"))
     config = load_coordinator_config(tmp_path / "hub" / "coordinator.toml")
     assert config.metrics.listen == "0.0.0.0:9464"
+
+
+def test_install_refuses_bundles_it_did_not_check(ca: KitCa, tmp_path: Path) -> None:
+    """A second CA in ca.crt would be trusted by TLS; a key beside a certificate is no cert."""
+    kit = _new_silo_kit(tmp_path)
+    cert = tmp_path / "web.crt"
+    cert.write_bytes(ca.sign(kit / "tls" / "web.csr"))
+    rogue = KitCa.create(tmp_path / "rogue-ca")
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes(ca.cert.read_bytes() + rogue.cert.read_bytes())
+    with pytest.raises(ConfigError, match="exactly one PEM certificate, found 2"):
+        install_kit(kit, cert, bundle)
+    with_key = tmp_path / "with-key.crt"
+    with_key.write_bytes(cert.read_bytes() + (kit / "tls" / "web.key").read_bytes())
+    with pytest.raises(ConfigError, match="exactly one PEM certificate"):
+        install_kit(kit, with_key, ca.cert)
+    with pytest.raises(ConfigError, match="not a self-signed CA certificate"):
+        install_kit(kit, cert, cert)
+    assert not (kit / "tls" / "ca.crt").exists()
+    install_kit(kit, cert, ca.cert)
+    assert (kit / "tls" / "ca.crt").read_bytes().count(b"BEGIN CERTIFICATE") == 1
+
+
+def test_a_pinned_adapter_key_is_never_replaced_silently(
+    ca: KitCa, kits: dict[str, Path], tmp_path: Path
+) -> None:
+    kit = _new_silo_kit(tmp_path)
+    cert = tmp_path / "web.crt"
+    cert.write_bytes(ca.sign(kit / "tls" / "web.csr"))
+    hub_key = kits["hub"] / "state" / "adapter-signing.key.pub"
+    install_kit(kit, cert, ca.cert, adapter_key_file=hub_key)
+    other = tmp_path / "other-signing.key"
+    other_pub = generate_signing_key(other)
+    with pytest.raises(ConfigError, match="holds another adapter signing key"):
+        install_kit(kit, cert, ca.cert, adapter_key_file=other_pub)
+    assert (kit / "tls" / "adapter-signing.pub").read_bytes() == hub_key.read_bytes()
+    # Renewing the certificate without --adapter-key keeps the pin.
+    install_kit(kit, cert, ca.cert)
+    assert (kit / "tls" / "adapter-signing.pub").read_bytes() == hub_key.read_bytes()
+    with pytest.raises(ConfigError, match="only silos verify adapters"):
+        install_kit(
+            kits["alice"], kits["alice"] / "tls" / "alice.crt", ca.cert, adapter_key_file=hub_key
+        )
+
+
+def test_a_kit_is_private_to_its_owner(tmp_path: Path) -> None:
+    kit = _new_silo_kit(tmp_path)
+    assert _mode(kit) == 0o700
+    assert _mode(kit / "data") == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match="not yours alone"):
+        new_kit(shared, Party(Role.SILO, "web", "webcorp", CONSORTIUM), Links())
+
+
+def test_a_value_the_loader_refuses_or_a_bad_name_leaves_no_kit(tmp_path: Path) -> None:
+    party = Party(Role.SILO, "kjv", "bible", CONSORTIUM)
+    with pytest.raises(InvalidArgument, match="disclose_fields"):
+        new_kit(tmp_path / "a", party, Links(), overrides={"access": {"disclose_fields": "book"}})
+    assert not (tmp_path / "a").exists()
+    client = Party(Role.CLIENT, "bob", "bible", CONSORTIUM)
+    links = Links(home_silo_name="kjv")
+    with pytest.raises(InvalidArgument, match="client certificate carries no DNS"):
+        new_kit(tmp_path / "b", client, links, dns_names=["bob.example"])
+    assert not (tmp_path / "b").exists()

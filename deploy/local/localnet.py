@@ -14,15 +14,15 @@ import dataclasses
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from processes import Proc
 
 from silobridge.core.errors import ConfigError, FailedPrecondition
 from silobridge.kits.build import write_config
@@ -75,42 +75,9 @@ class ClientSpec:
 
 
 @dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
-        """Wait until the log matches ``pattern``; raise with the log's tail if it dies first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = pattern.search(self.text())
-            if match:
-                return match
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.1)
-        tail = "\n".join(self.text().splitlines()[-25:])
-        state = "exited" if self.popen.poll() is not None else "timed out"
-        raise FailedPrecondition(f"{self.name} {state} before {pattern.pattern!r}; log:\n{tail}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-
-@dataclass
 class LocalConsortium:
-    """Everything under ``root``: ``ca/``, ``certs/``, one folder per party, ``logs/``."""
+    """Everything under ``root``: ``ca/``, a kit per party (``coordinator/``, ``silos/NAME``,
+    ``clients/NAME``), ``logs/``."""
 
     root: Path
     silos: Sequence[SiloSpec]
@@ -126,6 +93,9 @@ class LocalConsortium:
     endpoints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        names = ["hub", self.admin, *(s.name for s in self.silos), *(c.name for c in self.clients)]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"every party needs its own name (one kit each): {names}")
         self.root = self.root.resolve()
         self.logs = self.root / "logs"
         # Children print tables to our terminal, or to a log file: give them its width (or a
@@ -259,7 +229,24 @@ class LocalConsortium:
 
     def _make_kit(self, ca: Path, role: Role, name: str, org: str) -> None:
         kit = self.kit(name)
-        shutil.rmtree(kit, ignore_errors=True)  # a kit cut short by an earlier run
+        if not (kit / "kit.json").exists():
+            shutil.rmtree(kit, ignore_errors=True)  # a `kit new` cut short by an earlier run
+            self._new_kit(kit, role, name, org)
+        # A kit whose certificate never came back (an earlier run stopped here) keeps its key,
+        # its data and its state: its request is approved again (a renewal to the CA).
+        csr = kit / "tls" / f"{name}.csr"
+        approve = ["pki", "approve", str(csr), "--ca-dir", str(ca), "--expect-role", role.value,
+                   "--expect-name", name, "--expect-org", org, "--rotate"]  # fmt: skip
+        if role is Role.COORDINATOR:
+            approve.append("--allow-coordinator")
+        self.run(*approve, capture=True)
+        install = ["kit", "install", str(kit), "--cert", str(csr.with_suffix(".crt")),
+                   "--ca", str(ca / "ca.crt")]  # fmt: skip
+        if role is Role.SILO:
+            install += ["--adapter-key", str(self.adapter_key)]
+        self.run(*install, capture=True)
+
+    def _new_kit(self, kit: Path, role: Role, name: str, org: str) -> None:
         args = ["kit", "new", "--out", str(kit), "--role", role.value, "--name", name,
                 "--org", org, "--consortium", self.consortium]  # fmt: skip
         if role is Role.CLIENT:
@@ -271,17 +258,6 @@ class LocalConsortium:
             args += ["--listen", "127.0.0.1:0", "--metrics", self.metrics,
                      "--dns", "localhost", "--ip", "127.0.0.1"]  # fmt: skip
         self.run(*args, capture=True)
-        csr = kit / "tls" / f"{name}.csr"
-        approve = ["pki", "approve", str(csr), "--ca-dir", str(ca), "--expect-role", role.value,
-                   "--expect-name", name, "--expect-org", org]  # fmt: skip
-        if role is Role.COORDINATOR:
-            approve.append("--allow-coordinator")
-        self.run(*approve, capture=True)
-        install = ["kit", "install", str(kit), "--cert", str(csr.with_suffix(".crt")),
-                   "--ca", str(ca / "ca.crt")]  # fmt: skip
-        if role is Role.SILO:
-            install += ["--adapter-key", str(self.adapter_key)]
-        self.run(*install, capture=True)
 
     def _configure(
         self, name: str, links: Mapping[str, str], overrides: Mapping[str, Mapping[str, Any]]

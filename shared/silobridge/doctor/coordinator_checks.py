@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from silobridge.adapters.artifact import load_adapter
-from silobridge.adapters.signing import load_signing_key
+from silobridge.adapters.signing import load_signing_key, load_verify_key, public_key_path
 from silobridge.coordinator.config import CoordinatorConfig
 from silobridge.coordinator.state.records import (
     SELECT_ADAPTERS,
@@ -21,7 +25,7 @@ from silobridge.coordinator.state.records import (
 )
 from silobridge.coordinator.state.store import STATE_FILE
 from silobridge.core.errors import SiloBridgeError
-from silobridge.doctor.report import Check, fail, ok
+from silobridge.doctor.report import Check, fail, ok, warn
 from silobridge.doctor.tls_checks import key_private
 
 
@@ -45,18 +49,41 @@ def signing_key_checks(config: CoordinatorConfig) -> list[Check]:
         ]
     checks = [key_private(name, path)]
     try:
-        load_signing_key(path)
+        key = load_signing_key(path)
     except SiloBridgeError as err:
         checks.append(fail(name, err.message, "restore the key from a backup"))
-    else:
-        checks.append(ok(name, f"{path} (Ed25519)"))
+        return checks
+    checks.append(ok(name, f"{path} (Ed25519)"))
+    checks.append(_public_half(path, key.public_key()))
     return checks
+
+
+def _public_half(path: Path, public: Ed25519PublicKey) -> Check:
+    """The ``.pub`` beside the key, which silos pin, must be this key's."""
+    name = "adapter key for silos"
+    pub = public_key_path(path)
+    if not pub.is_file():
+        return warn(name, f"no {pub}: silos need it to verify adapters", "restore it from a backup")
+    try:
+        pinned = load_verify_key(pub)
+    except SiloBridgeError as err:
+        return fail(name, err.message, "restore it from a backup")
+    raw = serialization.PublicFormat.Raw
+    encoding = serialization.Encoding.Raw
+    if pinned.public_bytes(encoding, raw) != public.public_bytes(encoding, raw):
+        return fail(
+            name,
+            f"{pub} is not the public half of {path}: silos that pinned it refuse every adapter "
+            "this key signs",
+            "restore the key and its .pub from one backup (or re-pin every silo)",
+        )
+    return ok(name, f"{pub} is the signing key's public half")
 
 
 def read_state(config: CoordinatorConfig) -> StateRead | None:
     """The registry and adapter records, or None before the coordinator first ran."""
     path = config.state_dir / STATE_FILE
-    if not path.is_file():
+    if not path.is_file():  # PermissionError on an unreadable state directory, not "absent"
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
@@ -74,9 +101,11 @@ def state_checks(config: CoordinatorConfig) -> tuple[list[Check], StateRead | No
     name = "state readable"
     try:
         state = read_state(config)
-    except (sqlite3.Error, ValueError, KeyError, TypeError) as err:
+    except (sqlite3.Error, ValueError, KeyError, TypeError, OSError) as err:
         hint = "check the state directory's owner and mode; restore it from a backup"
         return [fail(name, f"{config.state_dir / STATE_FILE}: {err}", hint)], None
+    except SiloBridgeError as err:
+        return [fail(name, err.message, "restore the state directory from a backup")], None
     if state is None:
         return [ok(name, f"no {STATE_FILE} yet in {config.state_dir}: made at first start")], None
     found = f"{len(state.silos)} silos registered, {len(state.adapters)} adapters"

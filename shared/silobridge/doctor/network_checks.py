@@ -30,6 +30,9 @@ class PeerLink:
 def _bind(host: str, port: int) -> OSError | None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the servers bind: a port whose last connections linger in TIME_WAIT is free,
+        # one with a listener is still refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:
@@ -47,35 +50,39 @@ def dial_target(listen: str) -> str:
 
 def port_check(
     label: str, listen: str, *, own: PeerLink | None, tls: TlsFiles | None, online: bool
-) -> Check:
-    """``listen`` is free to bind, or this party's own server is already serving on it."""
+) -> tuple[Check, bool]:
+    """``listen`` is free to bind, or this party's own server serves on it (the bool)."""
     name = f"{label} port"
     try:
         validate_endpoint(listen, allow_any_port=True)
     except InvalidArgument as err:
-        return fail(name, err.message, "fix the listen address in the config")
+        return fail(name, err.message, "fix the listen address in the config"), False
     host, _, port_text = listen.rpartition(":")
     port = int(port_text)
     if port == 0:
-        return ok(name, f"{listen}: the system picks a free port at start")
+        return ok(name, f"{listen}: the system picks a free port at start"), False
     problem = _bind(host.strip("[]"), port)
     if problem is None:
-        return ok(name, f"{listen} can be bound")
+        return ok(name, f"{listen} can be bound"), False
     if problem.errno != errno.EADDRINUSE:
-        return fail(
-            name,
-            f"cannot bind {listen}: {problem.strerror}",
-            "listen on an address of this machine (0.0.0.0 for every interface)",
-        )
-    if own is not None and online:
-        status = _probe(own, tls)
-        if status == SERVING:
-            return ok(name, f"{listen} is in use by this party's own server (SERVING)")
-    return fail(
-        name,
-        f"{listen} is in use by another process",
-        f"stop what listens on port {port} (`ss -ltnp 'sport = :{port}'`) or pick another port",
-    )
+        hint = "listen on an address of this machine (0.0.0.0 for every interface)"
+        return fail(name, f"cannot bind {listen}: {problem.strerror}", hint), False
+    return _in_use(name, listen, own=own, tls=tls, online=online)
+
+
+def _in_use(
+    name: str, listen: str, *, own: PeerLink | None, tls: TlsFiles | None, online: bool
+) -> tuple[Check, bool]:
+    port = listen.rpartition(":")[2]
+    stop = f"stop what listens on port {port} (`ss -ltnp 'sport = :{port}'`) or pick another port"
+    if not online or own is None:
+        detail = f"{listen} is in use (by another process, or by this party's server already up)"
+        return fail(name, detail, f"{stop}; without --offline doctor asks who it is"), False
+    status = _probe(own, tls)
+    if status == SERVING:
+        return ok(name, f"{listen} is in use by this party's own server (SERVING)"), True
+    said = status if isinstance(status, str) else status.message
+    return fail(name, f"{listen} is in use, and not by this party's server ({said})", stop), False
 
 
 def _probe(peer: PeerLink, tls: TlsFiles | None) -> str | SiloBridgeError:
@@ -125,8 +132,8 @@ def _serves_metrics(listen: str) -> bool:
         return False
 
 
-def metrics_port_check(listen: str | None) -> Check:
-    """``[metrics] listen`` is free, or already serves this party's /metrics."""
+def metrics_port_check(listen: str | None, *, own_serving: bool) -> Check:
+    """``[metrics] listen`` is free, or serves /metrics of this party's running server."""
     name = "metrics port"
     if listen is None:
         return skip(name, "no [metrics] table: metrics are off")
@@ -137,10 +144,12 @@ def metrics_port_check(listen: str | None) -> Check:
     problem = _bind(host.strip("[]"), port)
     if problem is None:
         return ok(name, f"{listen} can be bound")
-    if problem.errno == errno.EADDRINUSE and _serves_metrics(listen):
-        return ok(name, f"{listen} already serves SiloBridge /metrics (the server is up)")
+    # Another SiloBridge server's metrics look the same: only with this party's own server
+    # answering on its gRPC port is the port taken to be its own.
+    if problem.errno == errno.EADDRINUSE and own_serving and _serves_metrics(listen):
+        return ok(name, f"{listen} serves /metrics (this party's server is up)")
     return fail(
         name,
         f"cannot bind {listen}: {problem.strerror}",
-        f"free port {port} or set another [metrics] listen (it must differ per server)",
+        f"free port {port} or set another [metrics] listen (each server on a host needs its own)",
     )

@@ -59,11 +59,25 @@ def skip(name: str, detail: str) -> Check:
 
 
 def guarded(name: str, hint: str, check: Callable[[], list[Check]]) -> list[Check]:
-    """``check()``, or one failed row when it raised a domain error (its message the detail)."""
+    """``check()``, or one failed row when it raised: doctor reports, it never crashes.
+
+    A domain error's message is the detail; an unreadable file says so; anything else (a model
+    that does not load, a damaged file) is named by its type and text.
+    """
     try:
         return check()
     except SiloBridgeError as err:
         return [fail(name, err.message, hint)]
+    except PermissionError as err:
+        return [
+            fail(
+                name,
+                f"cannot read {err.filename}: permission denied",
+                "run doctor as the user the party runs as (the kit's owner)",
+            )
+        ]
+    except Exception as err:  # any failure of a check is that check's row
+        return [fail(name, f"{type(err).__name__}: {err}", hint)]
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,9 @@ class ServerSide:
     name: str
     role: Role
 
+    def expected(self) -> Expected:
+        return Expected(self.role, self.name, server=True)
+
     def own(self) -> PeerLink | None:
         if self.tls is None:
             return None
@@ -72,11 +75,19 @@ def _tls_usable(checks: list[Check]) -> bool:
     return not any(c.status.value == "fail" for c in checks)
 
 
-def _server(side: ServerSide, online: bool) -> list[Check]:
-    checks = _tls(side.tls, Expected(side.role, side.name, server=True))
-    own = side.own() if side.tls is not None and _tls_usable(checks) else None
-    checks.append(port_check("gRPC", side.listen, own=own, tls=side.tls, online=online))
-    return checks
+@dataclass(frozen=True)
+class ServerRows:
+    """A server's TLS rows, its port rows, and whether its own server answers already."""
+
+    tls: list[Check]
+    ports: list[Check]
+
+
+def _server(side: ServerSide, metrics: str | None, online: bool) -> ServerRows:
+    tls = guarded("TLS files", "reinstall the kit", lambda: _tls(side.tls, side.expected()))
+    own = side.own() if side.tls is not None and _tls_usable(tls) else None
+    grpc_row, serving = port_check("gRPC", side.listen, own=own, tls=side.tls, online=online)
+    return ServerRows(tls, [grpc_row, metrics_port_check(metrics, own_serving=serving)])
 
 
 def _peer(label: str, target: str, expect: Callable[[], str | None]) -> Callable[[], PeerLink]:
@@ -112,8 +123,7 @@ def _peers(
 
 def silo_report(config: SiloConfig, online: bool) -> list[Check]:
     side = ServerSide(config.tls, config.server.listen, config.name, Role.SILO)
-    checks = _server(side, online)
-    checks.append(metrics_port_check(config.metrics.listen))
+    rows = _server(side, config.metrics.listen, online)
     links = []
     link = config.coordinator
     if link is not None and config.tls is not None:
@@ -125,29 +135,41 @@ def silo_report(config: SiloConfig, online: bool) -> list[Check]:
                 lambda: expected_peer(tls.cert, Role.COORDINATOR, link.name),
             )
         )
-    checks += _peers(config.tls, checks, links, online)
-    checks.append(silo_checks.adapter_key_check(config))
-    checks += guarded("documents", "fix [silo]", lambda: silo_checks.data_checks(config))
+    checks = [*rows.tls, *rows.ports, *_peers(config.tls, rows.tls, links, online)]
+    checks += guarded(
+        "adapter key pinned",
+        "pin the coordinator's key",
+        lambda: [silo_checks.adapter_key_check(config)],
+    )
+    checks += guarded(
+        "documents", "restore the data directory", lambda: silo_checks.data_checks(config, online)
+    )
     return checks
 
 
 def coordinator_report(config: CoordinatorConfig, online: bool) -> list[Check]:
     side = ServerSide(config.tls, config.server.listen, config.name, Role.COORDINATOR)
-    checks = _server(side, online)
-    checks.append(metrics_port_check(config.metrics.listen))
-    checks += coordinator_checks.signing_key_checks(config)
+    rows = _server(side, config.metrics.listen, online)
+    checks = [*rows.tls, *rows.ports]
+    hint = "restore it from a backup"
+    checks += guarded(
+        "adapter signing key", hint, lambda: coordinator_checks.signing_key_checks(config)
+    )
     state_rows, state = coordinator_checks.state_checks(config)
     checks += state_rows
     if state is not None:
-        checks += coordinator_checks.adapter_checks(config, state)
+        checks += guarded(
+            "adapter signatures", hint, lambda: coordinator_checks.adapter_checks(config, state)
+        )
         silos = [s for s in state.silos if not s.disabled]
         links = [_known(f"silo {s.name}", s.endpoint, s.spiffe_id) for s in silos]
-        checks += _peers(config.tls, checks, links, online)
+        checks += _peers(config.tls, rows.tls, links, online)
     return checks
 
 
 def client_report(config: ClientConfig, online: bool) -> list[Check]:
-    checks = _tls(config.tls, Expected(Role.CLIENT, "", server=False))
+    expected = Expected(Role.CLIENT, "", server=False)
+    checks = guarded("TLS files", "reinstall the kit", lambda: _tls(config.tls, expected))
     links = [
         _peer(
             f"coordinator {config.coordinator_name}",

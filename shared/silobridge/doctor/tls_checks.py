@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,12 @@ from cryptography import x509
 from silobridge.core.config import TlsFiles
 from silobridge.core.errors import SiloBridgeError
 from silobridge.doctor.report import Check, Status, fail, ok, warn
-from silobridge.kits.install import issued_by, public_key_matches
+from silobridge.kits.install import (
+    is_ca_certificate,
+    issued_by,
+    public_key_matches,
+    single_certificate,
+)
 from silobridge.security.identity import (
     PeerIdentity,
     Role,
@@ -38,8 +44,28 @@ class Expected:
     server: bool
 
 
+def file_state(path: Path) -> str:
+    """``""`` for a readable file, else what is wrong: ``missing`` or ``unreadable``."""
+    try:
+        if not path.is_file():
+            return "missing"
+    except PermissionError:
+        return "unreadable"
+    return "" if os.access(path, os.R_OK) else "unreadable"
+
+
 def files_present(paths: dict[str, Path]) -> list[Check]:
-    missing = [f"{label} {path}" for label, path in paths.items() if not path.is_file()]
+    states = {label: (path, file_state(path)) for label, path in paths.items()}
+    unreadable = [f"{label} {path}" for label, (path, st) in states.items() if st == "unreadable"]
+    if unreadable:
+        return [
+            fail(
+                "files present",
+                "cannot read: " + "; ".join(unreadable),
+                "run doctor as the user the party runs as (the kit's owner)",
+            )
+        ]
+    missing = [f"{label} {path}" for label, (path, st) in states.items() if st == "missing"]
     if missing:
         return [
             fail(
@@ -69,10 +95,16 @@ def key_private(label: str, path: Path) -> Check:
 
 
 def _load(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
+    return single_certificate(path.read_bytes(), path)
 
 
-def validity(label: str, cert: x509.Certificate, now: datetime) -> Check:
+_RENEW_CA = (
+    "the CA operator makes a new consortium CA and every party installs certificates it "
+    "signed (docs/OPERATIONS.md)"
+)
+
+
+def validity(label: str, cert: x509.Certificate, now: datetime, *, renew: str = _RENEW) -> Check:
     name = f"{label} validity"
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     if now < start:
@@ -82,10 +114,10 @@ def validity(label: str, cert: x509.Certificate, now: datetime) -> Check:
             "check this machine's clock (it must agree with the CA's)",
         )
     if now >= end:
-        return fail(name, f"expired on {end:%Y-%m-%d}", _RENEW)
+        return fail(name, f"expired on {end:%Y-%m-%d}", renew)
     left = end - now
     if left < NEAR_EXPIRY:
-        return warn(name, f"expires on {end:%Y-%m-%d}, in {left.days} days", _RENEW)
+        return warn(name, f"expires on {end:%Y-%m-%d}, in {left.days} days", renew)
     return ok(name, f"valid until {end:%Y-%m-%d} ({left.days} days)")
 
 
@@ -128,17 +160,26 @@ def tls_checks(tls: TlsFiles, expected: Expected, *, now: datetime | None = None
     checks.append(key_private("key file", tls.key))
     try:
         cert, ca = _load(tls.cert), _load(tls.ca)
-    except ValueError as err:
-        return [*checks, fail("certificate", f"not PEM: {err}", "reinstall the kit's files")]
+    except SiloBridgeError as err:
+        hint = "install the CA's answer again with `silobridge kit install`"
+        return [*checks, fail("certificate files", err.message, hint)]
     checks.append(validity("certificate", cert, now))
-    checks.append(validity("CA certificate", ca, now))
+    checks.append(validity("CA certificate", ca, now, renew=_RENEW_CA))
     try:
         identity = identity_from_certificate(cert)
     except SiloBridgeError as err:
         checks.append(fail("certificate identity", err.message, "use a consortium certificate"))
     else:
         checks.append(identity_matches(identity, cert, expected))
-    if issued_by(cert, ca):
+    if not is_ca_certificate(ca):
+        checks.append(
+            fail(
+                "CA chain",
+                f"{tls.ca} is not a self-signed CA certificate",
+                "install the consortium's CA certificate (ca/ca.crt of `silobridge pki init`)",
+            )
+        )
+    elif issued_by(cert, ca):
         checks.append(ok("CA chain", f"signed by {ca.subject.rfc4514_string()}"))
     else:
         checks.append(

@@ -6,14 +6,20 @@ the CA operator and the certificate comes back (``install``). Keys never travel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from silobridge.adapters.signing import generate_signing_key
+from silobridge.client.config import load_client_config
+from silobridge.coordinator.config import load_coordinator_config
 from silobridge.core.durable import write_file_atomically
-from silobridge.core.errors import ConfigError
+from silobridge.core.errors import ConfigError, InvalidArgument, SiloBridgeError
 from silobridge.kits.client_config import client_tables
 from silobridge.kits.coordinator_config import coordinator_tables
 from silobridge.kits.party import TLS_DIR, KitManifest, Links, Party
@@ -22,6 +28,7 @@ from silobridge.kits.silo_config import silo_tables
 from silobridge.kits.texts import readme, start_script
 from silobridge.security.identity import Role
 from silobridge.security.pki.ca import request_certificate
+from silobridge.silo_agent.config import load_silo_config
 
 
 @dataclass(frozen=True)
@@ -64,10 +71,37 @@ def write_config(kit: Path, manifest: KitManifest) -> Path:
 
 
 def _refuse_used(directory: Path) -> None:
-    if directory.exists() and any(directory.iterdir()):
+    if not directory.exists():
+        return
+    if any(directory.iterdir()):
         raise ConfigError(
             f"{directory} is not empty; a kit is made in a new directory (move the old one away)"
         )
+    st = directory.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ConfigError(
+            f"{directory} is not yours alone (owner uid {st.st_uid}, mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): whoever may write it could swap the kit's "
+            "files; make the kit in a new directory"
+        )
+
+
+def check_loads(manifest: KitManifest, text: str) -> None:
+    """The rendered config loads with its role's own loader: a bad value is refused now."""
+    loaders: dict[Role, Callable[[Path], object]] = {
+        Role.SILO: load_silo_config,
+        Role.COORDINATOR: load_coordinator_config,
+        Role.CLIENT: load_client_config,
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / manifest.party.config_name
+        path.write_text(text)
+        try:
+            loaders[manifest.party.role](path)
+        except SiloBridgeError as err:
+            raise InvalidArgument(
+                err.message.replace(str(path), manifest.party.config_name)
+            ) from None
 
 
 def new_kit(
@@ -84,11 +118,35 @@ def new_kit(
     manifest = KitManifest(
         party, links, {table: dict(keys) for table, keys in (overrides or {}).items()}
     )
-    # Render first: a bad override must leave nothing behind.
-    config_text(manifest)
-    directory.mkdir(parents=True, exist_ok=True)
+    # Render and load first: a bad override or value must leave nothing behind.
+    check_loads(manifest, config_text(manifest))
+    created = not directory.exists()
+    try:
+        return _write_kit(directory, manifest, dns_names, ip_addresses)
+    except BaseException:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            for child in directory.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        raise
+
+
+def _write_kit(
+    directory: Path,
+    manifest: KitManifest,
+    dns_names: Sequence[str],
+    ip_addresses: Sequence[str],
+) -> NewKit:
+    party = manifest.party
+    # Private: the config is the party's policy, data/ its documents, tls/ its key.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
     tls = directory / TLS_DIR
-    tls.mkdir(mode=0o700, exist_ok=True)
+    tls.mkdir(mode=0o700)
     request = request_certificate(
         tls,
         consortium=party.consortium,
@@ -100,10 +158,10 @@ def new_kit(
     )
     public_key = None
     if party.role is Role.SILO:
-        (directory / "data").mkdir(exist_ok=True)
+        (directory / "data").mkdir(mode=0o700)
     if party.role is Role.COORDINATOR:
         state = directory / "state"
-        state.mkdir(mode=0o700, exist_ok=True)
+        state.mkdir(mode=0o700)
         public_key = generate_signing_key(state / "adapter-signing.key")
     config = write_config(directory, manifest)
     start = directory / "start.sh"

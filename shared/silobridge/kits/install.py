@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from silobridge.core.durable import write_file_atomically
 from silobridge.core.errors import ConfigError
 from silobridge.kits.party import ADAPTER_KEY, KitManifest
-from silobridge.security.identity import identity_from_certificate
+from silobridge.security.identity import Role, identity_from_certificate
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,30 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigError(f"cannot read the {what} {path}: {err.strerror}") from None
 
 
-def _certificate(pem: bytes, source: Path) -> x509.Certificate:
+def single_certificate(pem: bytes, source: Path) -> x509.Certificate:
+    """The one certificate in ``pem``: a second block (another CA, a key) is refused.
+
+    TLS trusts every certificate of a CA file, and a parser reads only the first one: what is
+    installed must be exactly what was checked.
+    """
+    if pem.count(b"-----BEGIN ") != 1:
+        raise ConfigError(
+            f"{source} must hold exactly one PEM certificate, found {pem.count(b'-----BEGIN ')} "
+            "PEM blocks (a bundle, or a key beside the certificate?)"
+        )
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
         raise ConfigError(f"{source} is not a PEM certificate") from None
+
+
+def is_ca_certificate(cert: x509.Certificate) -> bool:
+    """Self-signed, with the basic constraint of a CA."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.ca and cert.issuer == cert.subject and issued_by(cert, cert)
 
 
 def public_key_matches(cert: x509.Certificate, key_pem: bytes) -> bool:
@@ -86,10 +105,18 @@ def _check(kit: Path, manifest: KitManifest, cert: x509.Certificate, ca: x509.Ce
             f"the certificate is not for this kit's key {party.key}: was it signed from "
             f"this kit's {party.csr}?"
         )
+    if not is_ca_certificate(ca):
+        raise ConfigError("the CA certificate given is not a self-signed CA certificate")
     if not issued_by(cert, ca):
         raise ConfigError("the certificate was not signed by the CA certificate given with it")
     if cert.not_valid_after_utc <= datetime.now(UTC):
         raise ConfigError(f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+
+
+def _refuse_another(target: Path, pem: bytes, what: str) -> None:
+    """A trust anchor already in the kit is never replaced by another one silently."""
+    if target.exists() and target.read_bytes().strip() != pem.strip():
+        raise ConfigError(f"{target} holds another {what} (move the old file away to change it)")
 
 
 def install_kit(
@@ -100,24 +127,26 @@ def install_kit(
     party = manifest.party
     cert_pem = _read(cert_file, "certificate")
     ca_pem = _read(ca_file, "CA certificate")
-    cert = _certificate(cert_pem, cert_file)
-    ca = _certificate(ca_pem, ca_file)
+    cert = single_certificate(cert_pem, cert_file)
+    ca = single_certificate(ca_pem, ca_file)
     _check(kit, manifest, cert, ca)
+    # What was checked is what is written: canonical PEM of the parsed certificates.
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     ca_target = kit / party.ca
-    if ca_target.exists() and ca_target.read_bytes() != ca_pem:
-        raise ConfigError(
-            f"{ca_target} holds another CA certificate; a kit trusts one consortium CA "
-            "(move the old file away to change CA)"
-        )
+    _refuse_another(ca_target, ca_pem, "CA certificate; a kit trusts one consortium CA")
     adapter_pem = None
+    adapter_target = kit / ADAPTER_KEY
     if adapter_key_file is not None:
+        if party.role is not Role.SILO:
+            raise ConfigError("--adapter-key is for a silo's kit: only silos verify adapters")
         adapter_pem = _read(adapter_key_file, "adapter signing key")
         check_adapter_key(adapter_pem, adapter_key_file)
+        _refuse_another(adapter_target, adapter_pem, "adapter signing key; a silo pins one")
     write_file_atomically(ca_target, ca_pem)
     # Replacing the certificate is how it is renewed; the server reloads it while serving.
     write_file_atomically(kit / party.cert, cert_pem)
-    adapter_target = None
     if adapter_pem is not None:
-        adapter_target = kit / ADAPTER_KEY
         write_file_atomically(adapter_target, adapter_pem)
-    return Installed(kit / party.cert, ca_target, adapter_target, cert.not_valid_after_utc)
+    pinned = adapter_target if adapter_pem is not None else None
+    return Installed(kit / party.cert, ca_target, pinned, cert.not_valid_after_utc)

@@ -4,7 +4,8 @@ A kit's config lists every key its role reads. Keys the kit sets are written as 
 the others as ``# key = default`` (``# example: key = value`` for a key unset by default) so
 an operator sees what exists and what it defaults to.
 ``overrides`` (``{"table": {"key": value}}``) set keys the kit would otherwise leave commented;
-a key no table declares is refused, so a typo never yields a config the server would reject.
+a key no table declares is refused (and ``build.check_loads`` loads the result with the role's
+own loader, so a bad value is refused too).
 """
 
 from __future__ import annotations

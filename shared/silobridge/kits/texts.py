@@ -40,6 +40,7 @@ def _private(party: Party) -> list[str]:
             "`state/adapter-signing.key`: signs every adapter; whoever holds it can make silos "
             "accept an adapter.",
             "`state/`: the registry, anchor sets and adapters; back it up.",
+            "`keys/audit.key`: signs the audit log's checkpoints.",
         ]
     return items
 
