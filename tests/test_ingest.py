@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -25,6 +26,9 @@ from silobridge.core.spaces import FloatMatrix, SpaceDescriptor, fingerprint_spa
 from silobridge.silo_agent.ingest import MAX_LINE_BYTES, BadLine, ingest, read_documents
 from silobridge.silo_agent.store.data import EmbedderLike, SiloData
 from silobridge.silo_agent.store.index import IndexSettings
+from silobridge.silo_agent.store.milvus_settings import MilvusSettings
+
+from .conftest import INDEX_BACKENDS
 
 DIM = 32
 
@@ -314,9 +318,20 @@ def embedder() -> HashingEmbedder:
     return HashingEmbedder()
 
 
+@pytest.fixture(params=INDEX_BACKENDS)
+def index_settings(request: pytest.FixtureRequest, tmp_path: Path) -> IndexSettings:
+    """The silo's index: FAISS files, or a Milvus Lite file in its data directory."""
+    if request.param == "faiss":
+        return SETTINGS
+    lite = MilvusSettings(str(tmp_path / "silo" / "milvus.db"), "ingest")
+    return dataclasses.replace(SETTINGS, milvus=lite)
+
+
 @pytest.fixture
-def data(tmp_path: Path, embedder: HashingEmbedder) -> Iterator[SiloData]:
-    opened = SiloData.open(tmp_path / "silo", embedder.space, SETTINGS)
+def data(
+    tmp_path: Path, embedder: HashingEmbedder, index_settings: IndexSettings
+) -> Iterator[SiloData]:
+    opened = SiloData.open(tmp_path / "silo", embedder.space, index_settings)
     yield opened
     opened.close()
 
@@ -415,10 +430,10 @@ def test_search_refuses_a_vector_of_the_wrong_dimension(
 
 
 def test_a_server_opening_the_directory_later_serves_the_saved_index(
-    tmp_path: Path, data: SiloData, embedder: HashingEmbedder
+    tmp_path: Path, data: SiloData, embedder: HashingEmbedder, index_settings: IndexSettings
 ) -> None:
     ingest([write_jsonl(tmp_path / "kjv.jsonl", verse_records())], data, embedder)
-    server_side = SiloData.open(data.data_dir, embedder.space, SETTINGS)
+    server_side = SiloData.open(data.data_dir, embedder.space, index_settings)
     try:
         assert server_side.count() == len(VERSES)
         query = embedder.embed([VERSES[4][1]])[0]
@@ -430,28 +445,34 @@ def test_a_server_opening_the_directory_later_serves_the_saved_index(
 
 
 def test_a_running_server_picks_up_a_later_ingest_on_reload(
-    tmp_path: Path, data: SiloData, embedder: HashingEmbedder
+    tmp_path: Path, data: SiloData, embedder: HashingEmbedder, index_settings: IndexSettings
 ) -> None:
     ingest([write_jsonl(tmp_path / "a.jsonl", verse_records()[:3])], data, embedder)
-    server_side = SiloData.open(data.data_dir, embedder.space, SETTINGS)
+    server_side = SiloData.open(data.data_dir, embedder.space, index_settings)
     try:
         assert server_side.reload_index() is False
         ingest([write_jsonl(tmp_path / "b.jsonl", verse_records())], data, embedder)
         query = embedder.embed([VERSES[6][1]])[0]
-        assert server_side.search(query, 1)[0].doc_id != VERSES[6][0]
-        assert server_side.reload_index() is True
+        if index_settings.milvus is None:
+            # FAISS: the server serves the files it loaded until it reloads.
+            assert server_side.search(query, 1)[0].doc_id != VERSES[6][0]
+            assert server_side.reload_index() is True
+        else:
+            # Milvus: the ingest swapped the alias and dropped the old collection; the server's
+            # next search follows the alias to the new one, without a reload.
+            pass
         assert server_side.search(query, 1)[0].doc_id == VERSES[6][0]
     finally:
         server_side.close()
 
 
 def test_another_model_is_refused_by_the_docstore_and_by_ingest(
-    tmp_path: Path, data: SiloData, embedder: HashingEmbedder
+    tmp_path: Path, data: SiloData, embedder: HashingEmbedder, index_settings: IndexSettings
 ) -> None:
     other = HashingEmbedder(salt="other")
     assert other.space.fingerprint != embedder.space.fingerprint
     with pytest.raises(FailedPrecondition) as refused:
-        SiloData.open(data.data_dir, other.space, SETTINGS)
+        SiloData.open(data.data_dir, other.space, index_settings)
     for expected in (
         embedder.space.fingerprint,
         other.space.fingerprint,
@@ -466,7 +487,7 @@ def test_another_model_is_refused_by_the_docstore_and_by_ingest(
 
 
 def test_an_index_from_another_model_is_refused_even_with_a_fresh_docstore(
-    tmp_path: Path, data: SiloData, embedder: HashingEmbedder
+    tmp_path: Path, data: SiloData, embedder: HashingEmbedder, index_settings: IndexSettings
 ) -> None:
     ingest([write_jsonl(tmp_path / "kjv.jsonl", verse_records())], data, embedder)
     data.close()
@@ -475,11 +496,11 @@ def test_an_index_from_another_model_is_refused_even_with_a_fresh_docstore(
         leftover.unlink()
     other = HashingEmbedder(salt="other")
     with pytest.raises(FailedPrecondition, match=f"index .*{embedder.space.fingerprint}"):
-        SiloData.open(data.data_dir, other.space, SETTINGS)
+        SiloData.open(data.data_dir, other.space, index_settings)
 
 
 def test_an_interrupted_ingest_is_finished_by_the_next_one(
-    tmp_path: Path, data: SiloData, embedder: HashingEmbedder
+    tmp_path: Path, data: SiloData, embedder: HashingEmbedder, index_settings: IndexSettings
 ) -> None:
     ingest([write_jsonl(tmp_path / "v1.jsonl", verse_records())], data, embedder)
     records = verse_records()
@@ -488,7 +509,7 @@ def test_an_interrupted_ingest_is_finished_by_the_next_one(
     # An ingest of v2 that crashed after its upsert and before the index rebuild.
     changed = Document("Gen.1.1", str(records[0]["text"]), {})
     data.upsert([changed], embedder.embed([changed.text]))
-    reopened = SiloData.open(data.data_dir, embedder.space, SETTINGS)
+    reopened = SiloData.open(data.data_dir, embedder.space, index_settings)
     try:
         assert reopened.needs_rebuild
         summary = ingest([v2], reopened, embedder)
