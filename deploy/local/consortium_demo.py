@@ -456,9 +456,9 @@ def main() -> int:
         say(f"\ndemo failed: {error}\nlogs: {net.logs}")
         return 1
     say(
-        f"in {time.monotonic() - started:.0f} s. Everything is under {net.root}: certs/, "
-        f"coordinator/ (state, adapters, anchors), silos/<name>/ (config, data), clients/, "
-        f"logs/. All processes stopped."
+        f"in {time.monotonic() - started:.0f} s. Everything is under {net.root}: ca/, one "
+        f"startup kit per party (coordinator/ with state/, silos/<name>/ with data/, "
+        f"clients/<name>/), logs/. All processes stopped."
     )
     return 0
 
