@@ -30,6 +30,7 @@ from silobridge.doctor.run import diagnose
 from silobridge.kits.build import write_config
 from silobridge.kits.party import KitManifest, Links
 from silobridge.security.identity import Role
+from silobridge.silo_agent.config import load_silo_config
 
 from .conftest import CoordinatorThread, ServerThread, SiloProcess, ingest_kjv, run_cli
 from .kit_factory import KitCa, make_kit
@@ -403,3 +404,18 @@ def test_damaged_coordinator_state_is_one_failed_row_among_the_others(
     assert _row(report, "state readable")[0] is Status.FAIL
     assert _row(report, "key file mode")[0] is Status.OK  # the other rows are all there
     assert _row(report, "gRPC port")[0] is Status.OK
+
+
+def test_an_audit_key_others_can_read_fails(net: Net) -> None:
+    """The silo's audit checkpoint key (made at its first start) is checked like its TLS key."""
+    config = load_silo_config(net.kjv / "silo.toml")
+    assert config.audit is not None and config.audit.key.exists()
+    key = config.audit.key
+    assert _row(diagnose(net.kjv / "silo.toml", online=False), "audit key mode")[0] is Status.OK
+    key.chmod(0o640)
+    try:
+        status, _, hint = _row(diagnose(net.kjv / "silo.toml", online=False), "audit key mode")
+        assert status is Status.FAIL
+        assert hint == f"chmod 600 {key}"
+    finally:
+        key.chmod(0o600)

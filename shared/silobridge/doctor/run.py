@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from silobridge.doctor.network_checks import (
     port_check,
 )
 from silobridge.doctor.report import Check, Report, fail, guarded, ok, report, warn
-from silobridge.doctor.tls_checks import Expected, tls_checks
+from silobridge.doctor.tls_checks import Expected, key_private, tls_checks
 from silobridge.security.identity import (
     Role,
     expected_peer,
@@ -121,6 +121,11 @@ def _peers(
     return out
 
 
+def _secret_files(files: Mapping[str, Path | None]) -> list[Check]:
+    """Other private keys the server reads: 0600 where present (made at first start if not)."""
+    return [key_private(label, path) for label, path in files.items() if path and path.exists()]
+
+
 def silo_report(config: SiloConfig, online: bool) -> list[Check]:
     side = ServerSide(config.tls, config.server.listen, config.name, Role.SILO)
     rows = _server(side, config.metrics.listen, online)
@@ -136,6 +141,12 @@ def silo_report(config: SiloConfig, online: bool) -> list[Check]:
             )
         )
     checks = [*rows.tls, *rows.ports, *_peers(config.tls, rows.tls, links, online)]
+    milvus = config.index.milvus
+    secrets = {
+        "audit key": config.audit.key if config.audit else None,
+        "Milvus token": milvus.token_file if milvus else None,
+    }
+    checks += guarded("secret files", "chmod 600 them", lambda: _secret_files(secrets))
     checks += guarded(
         "adapter key pinned",
         "pin the coordinator's key",
@@ -151,6 +162,8 @@ def coordinator_report(config: CoordinatorConfig, online: bool) -> list[Check]:
     side = ServerSide(config.tls, config.server.listen, config.name, Role.COORDINATOR)
     rows = _server(side, config.metrics.listen, online)
     checks = [*rows.tls, *rows.ports]
+    audit_key = {"audit key": config.audit.key}
+    checks += guarded("secret files", "chmod 600 them", lambda: _secret_files(audit_key))
     hint = "restore it from a backup"
     checks += guarded(
         "adapter signing key", hint, lambda: coordinator_checks.signing_key_checks(config)
