@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from silobridge.core.errors import ConfigError, SiloBridgeError
+from silobridge.rpc.rewrap import Behaviour, rewrapped
 from silobridge.security.identity import identity_from_certificate_pem
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ ENV_VAR = "SILOBRIDGE_WIRE_RECORD"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 Context = Any  # grpc.aio.ServicerContext, or the recorder's proxy of one
-Behaviour = Callable[..., Any]
 
 
 class WireRecorder:
@@ -142,22 +142,12 @@ class RecordingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         rpc = handler_call_details.method
-        # Keyed by whether requests stream; responses decide how the behaviour is wrapped.
-        factories = {
-            (False, False): (grpc.unary_unary_rpc_method_handler, handler.unary_unary),
-            (False, True): (grpc.unary_stream_rpc_method_handler, handler.unary_stream),
-            (True, False): (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
-            (True, True): (grpc.stream_stream_rpc_method_handler, handler.stream_stream),
-        }
-        make, behaviour = factories[(handler.request_streaming, handler.response_streaming)]
-        if behaviour is None:
-            return handler
-        wrap = _wrap_stream if handler.response_streaming else _wrap_unary
-        return make(
-            wrap(behaviour, self.recorder, rpc),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        recorder = self.recorder
+
+        def wrap(behaviour: Behaviour, streams: bool) -> Behaviour:
+            return (_wrap_stream if streams else _wrap_unary)(behaviour, recorder, rpc)
+
+        return rewrapped(handler, wrap)
 
 
 def _failed(

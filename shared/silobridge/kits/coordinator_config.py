@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from silobridge.kits.party import Links, Party
 from silobridge.kits.render import Key, Table
-from silobridge.kits.shared_tables import audit_table, metrics_tables, tls_table
+from silobridge.kits.shared_tables import (
+    audit_table,
+    denylist_key,
+    metrics_tables,
+    peer_limit_keys,
+    server_table,
+    tls_table,
+)
 from silobridge.security.identity import Role
 
 
@@ -37,17 +44,9 @@ def coordinator_tables(party: Party, links: Links) -> list[Table]:
                 ),
             ],
         ),
-        Table(
-            "server",
-            "The gRPC server (mutual TLS only).",
+        server_table(
+            links.listen or "0.0.0.0:50050",
             [
-                Key(
-                    "listen",
-                    links.listen or "0.0.0.0:50050",
-                    "Address to listen on; host:0 picks a free port.",
-                    active=True,
-                ),
-                Key("workers", 2, "Threads for CPU work."),
                 Key("train_workers", 1, "Adapter fits run at once."),
                 Key("silo_timeout_seconds", 10.0, "Deadline of each call to a silo."),
                 Key("max_k", 100, "Most hits per federated query."),
@@ -64,12 +63,6 @@ def coordinator_tables(party: Party, links: Links) -> list[Table]:
                     "How long one health probe per silo serves listings.",
                 ),
                 Key("anchor_stream_seconds", 1800.0, "Longest anchor stream to a silo."),
-                Key("grace_seconds", 5.0, "On SIGTERM, how long calls in flight may finish."),
-                Key(
-                    "insecure",
-                    False,
-                    "Plaintext without authentication: never outside a throwaway local test.",
-                ),
             ],
         ),
         tls_table(party),
@@ -103,16 +96,10 @@ def coordinator_tables(party: Party, links: Links) -> list[Table]:
                     True,
                     "Refuse federated queries the client did not sign.",
                 ),
-                Key(
-                    "denylist",
-                    "denylist.txt",
-                    "Certificates refused outright (serial or sha256 per line); none by default.",
-                    example=True,
-                ),
+                denylist_key(),
                 Key("rate_per_second", 50.0, "Federated queries per second per caller."),
                 Key("burst", 100, "Burst above that rate."),
-                Key("peer_rate_per_second", 1000.0, "Calls per second per calling peer (any RPC)."),
-                Key("peer_burst", 2000, "Burst above that rate."),
+                *peer_limit_keys(),
             ],
         ),
         Table(

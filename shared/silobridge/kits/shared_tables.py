@@ -1,7 +1,11 @@
-"""Tables every server's config has: ``[tls]``, ``[audit]``, ``[metrics]``."""
+"""What every server's config has: ``[server]``'s shared keys, ``[tls]``, ``[audit]``,
+``[metrics]``, and the denylist and per-peer limit both policies take."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from silobridge.core.config import ServerSettings
 from silobridge.kits.party import Links, Party
 from silobridge.kits.render import Key, Table
 
@@ -64,3 +68,47 @@ def _metrics_table(links: Links) -> Table:
             ),
         ],
     )
+
+
+def server_table(listen: str, keys: Sequence[Key]) -> Table:
+    """``[server]``: where it listens, the role's own ``keys``, then what every server reads."""
+    return Table(
+        "server",
+        "The gRPC server (mutual TLS only).",
+        [
+            Key("listen", listen, "Address to listen on; host:0 picks a free port.", active=True),
+            *keys,
+            Key(
+                "workers",
+                ServerSettings.workers,
+                "Threads for CPU work; the event loop never blocks on it.",
+            ),
+            Key(
+                "grace_seconds",
+                ServerSettings.grace_seconds,
+                "On SIGTERM, how long calls in flight may finish.",
+            ),
+            Key(
+                "insecure",
+                ServerSettings.insecure,
+                "Plaintext without authentication: never outside a throwaway local test.",
+            ),
+        ],
+    )
+
+
+def denylist_key() -> Key:
+    return Key(
+        "denylist",
+        "denylist.txt",
+        "Certificates refused outright (serial or sha256 per line); none by default.",
+        example=True,
+    )
+
+
+def peer_limit_keys() -> list[Key]:
+    """The per-peer budget every server's gatekeeper applies before anything else."""
+    return [
+        Key("peer_rate_per_second", 1000.0, "Calls per second per calling peer (any RPC)."),
+        Key("peer_burst", 2000, "Burst above that rate."),
+    ]

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from silobridge.kits.party import ADAPTER_KEY, Links, Party
 from silobridge.kits.render import Key, Table
-from silobridge.kits.shared_tables import audit_table, metrics_tables, tls_table
+from silobridge.kits.shared_tables import (
+    audit_table,
+    denylist_key,
+    metrics_tables,
+    peer_limit_keys,
+    server_table,
+    tls_table,
+)
 from silobridge.security.identity import Role
 from silobridge.silo_agent.store.milvus_settings import default_prefix
 
@@ -39,25 +46,9 @@ def silo_tables(party: Party, links: Links) -> list[Table]:
                 ),
             ],
         ),
-        Table(
-            "server",
-            "The gRPC server (mutual TLS only).",
-            [
-                Key(
-                    "listen",
-                    links.listen or "0.0.0.0:50051",
-                    "Address to listen on; host:0 picks a free port.",
-                    active=True,
-                ),
-                Key("threads", 1, "Intra-op threads per call (torch, onnxruntime, FAISS)."),
-                Key("workers", 2, "Threads for CPU work; the event loop never blocks on it."),
-                Key("grace_seconds", 5.0, "On SIGTERM, how long calls in flight may finish."),
-                Key(
-                    "insecure",
-                    False,
-                    "Plaintext without authentication: never outside a throwaway local test.",
-                ),
-            ],
+        server_table(
+            links.listen or "0.0.0.0:50051",
+            [Key("threads", 1, "Intra-op threads per call (torch, onnxruntime, FAISS).")],
         ),
         tls_table(party),
         Table(
@@ -149,12 +140,7 @@ def silo_tables(party: Party, links: Links) -> list[Table]:
                     active=True,
                 ),
                 Key("require_signed", True, "Refuse queries their client did not sign."),
-                Key(
-                    "denylist",
-                    "denylist.txt",
-                    "Certificates refused outright (serial or sha256 per line); none by default.",
-                    example=True,
-                ),
+                denylist_key(),
             ],
         ),
         Table(
@@ -170,8 +156,7 @@ def silo_tables(party: Party, links: Links) -> list[Table]:
                 Key("max_rerank_depth", 200, "Most candidates re-ranked."),
                 Key("rate_per_second", 50.0, "Queries per second per signer."),
                 Key("burst", 100, "Burst above that rate."),
-                Key("peer_rate_per_second", 1000.0, "Calls per second per calling peer (any RPC)."),
-                Key("peer_burst", 2000, "Burst above that rate."),
+                *peer_limit_keys(),
                 Key("max_clock_skew_s", 5.0, "Accepted clock skew of a signed query."),
             ],
         ),

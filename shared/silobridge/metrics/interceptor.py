@@ -16,8 +16,9 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from silobridge.rpc.rewrap import Behaviour, rewrapped
+
 Context = Any  # grpc.aio.ServicerContext; generic parameters vary per method
-Behaviour = Callable[..., Any]
 Observe = Callable[[str, float], None]
 
 # From a cached Describe (~1 ms) to an anchor stream or a migration command (minutes).
@@ -76,21 +77,10 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             calls.labels(method, code).inc()
             seconds.observe(elapsed)
 
-        factories = {
-            (False, False): (grpc.unary_unary_rpc_method_handler, handler.unary_unary),
-            (False, True): (grpc.unary_stream_rpc_method_handler, handler.unary_stream),
-            (True, False): (grpc.stream_unary_rpc_method_handler, handler.stream_unary),
-            (True, True): (grpc.stream_stream_rpc_method_handler, handler.stream_stream),
-        }
-        make, behaviour = factories[(handler.request_streaming, handler.response_streaming)]
-        if behaviour is None:
-            return handler
-        wrap = _wrap_stream if handler.response_streaming else _wrap_unary
-        return make(
-            wrap(behaviour, observe),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        def wrap(behaviour: Behaviour, streams: bool) -> Behaviour:
+            return (_wrap_stream if streams else _wrap_unary)(behaviour, observe)
+
+        return rewrapped(handler, wrap)
 
 
 def _ended(context: Context) -> str:

@@ -140,6 +140,18 @@ def read_manifest(directory: Path | str) -> IndexManifest | None:
     return IndexManifest.from_json(text, path)
 
 
+def checked_queries(queries: FloatMatrix, dimension: int, k: int) -> FloatMatrix:
+    """``queries`` as a contiguous float32 matrix of ``dimension`` columns; ``k`` at least 1."""
+    matrix = np.ascontiguousarray(queries, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dimension:
+        raise InvalidArgument(
+            f"queries have shape {matrix.shape}; this index expects (m, {dimension})"
+        )
+    if k < 1:
+        raise InvalidArgument(f"k must be at least 1, got {k}")
+    return matrix
+
+
 def _hnsw_of(index: Any) -> Any | None:
     """The HNSW structure inside an IDMap wrapper, if the wrapped index is an HNSW one."""
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
@@ -220,13 +232,7 @@ class VectorIndex:
 
     def search(self, queries: FloatMatrix, k: int) -> list[list[tuple[int, float]]]:
         """Top-``k`` (key, inner product) per query row, best first, without FAISS's -1 padding."""
-        matrix = np.ascontiguousarray(queries, dtype=np.float32)
-        if matrix.ndim != 2 or matrix.shape[1] != self.dimension:
-            raise InvalidArgument(
-                f"queries have shape {matrix.shape}; this index expects (m, {self.dimension})"
-            )
-        if k < 1:
-            raise InvalidArgument(f"k must be at least 1, got {k}")
+        matrix = checked_queries(queries, self.dimension, k)
         if self.count == 0:
             return [[] for _ in range(matrix.shape[0])]
         scores, ids = self._index.search(matrix, k)

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from silobridge.core.errors import FailedPrecondition, InvalidArgument, Unavailable
-from silobridge.silo_agent.store.index import IndexManifest, IndexSettings
+from silobridge.core.errors import FailedPrecondition, Unavailable
+from silobridge.silo_agent.store.index import IndexManifest, IndexSettings, checked_queries
 from silobridge.silo_agent.store.index_home import IndexReplaced
 from silobridge.silo_agent.store.milvus_settings import hnsw_links
 from silobridge.silo_agent.store.rows import Changes, KeyArray
@@ -189,13 +189,7 @@ class MilvusIndex:
 
     def search(self, queries: FloatMatrix, k: int) -> list[list[tuple[int, float]]]:
         """Top-``k`` (key, inner product) per query row, best first (at most ``MAX_TOPK``)."""
-        matrix = np.ascontiguousarray(queries, dtype=np.float32)
-        if matrix.ndim != 2 or matrix.shape[1] != self.dimension:
-            raise InvalidArgument(
-                f"queries have shape {matrix.shape}; this index expects (m, {self.dimension})"
-            )
-        if k < 1:
-            raise InvalidArgument(f"k must be at least 1, got {k}")
+        matrix = checked_queries(queries, self.dimension, k)
         if self.count == 0:
             return [[] for _ in range(matrix.shape[0])]
         limit = min(k, MAX_TOPK)
