@@ -43,6 +43,8 @@ K = 10
 LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 PASSPHRASE = b"bench-milvus-passphrase"
 WRITE_BATCH = 5_000
+# Vectors per index call in the per-call cost probe (after the gRPC runs).
+BATCH_PROBE = 50
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class Row:
     p50_ms: float
     p99_ms: float
     recall_at_10: float
+    # The index alone, no gRPC: ms per call of one vector, ms per vector in one call of 50.
+    call_ms: float = 0.0
+    batched_ms_per_vector: float = 0.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -155,6 +160,27 @@ def fill(config: Path, space: SpaceDescriptor, vectors: FloatMatrix) -> float:
         data.close()
 
 
+def call_costs(config: Path, space: SpaceDescriptor, queries: FloatMatrix) -> tuple[float, float]:
+    """(ms per index call with one vector, ms per vector in calls of ``BATCH_PROBE`` vectors),
+    timed on the silo's own index object in this process after its server stopped."""
+    settings = load_silo_config(config)
+    data = SiloData.open(settings.data_dir, space, settings.index)
+    try:
+        index, _ = data.primary.state()
+        assert index is not None
+        index.search(queries[:1], K)  # warm
+        began = time.perf_counter()
+        for row in range(BATCH_PROBE):
+            index.search(queries[row : row + 1], K)
+        single = (time.perf_counter() - began) * 1000.0 / BATCH_PROBE
+        began = time.perf_counter()
+        index.search(queries[:BATCH_PROBE], K)
+        batched = (time.perf_counter() - began) * 1000.0 / BATCH_PROBE
+        return round(single, 2), round(batched, 3)
+    finally:
+        data.close()
+
+
 def serve(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     handle = log.open("wb")
     proc = subprocess.Popen(
@@ -223,6 +249,7 @@ def main(argv: list[str]) -> None:
                 proc.terminate()
                 proc.wait(60)
             recall = sum(len(f & t) for f, t in zip(found, truth, strict=True)) / (K * len(truth))
+            single, batched = call_costs(config, space, queries)
             milliseconds = np.asarray(latencies) * 1000.0
             row = Row(
                 backend=backend,
@@ -235,16 +262,22 @@ def main(argv: list[str]) -> None:
                 p50_ms=round(float(np.percentile(milliseconds, 50)), 2),
                 p99_ms=round(float(np.percentile(milliseconds, 99)), 2),
                 recall_at_10=round(recall, 4),
+                call_ms=single,
+                batched_ms_per_vector=batched,
             )
             rows.append(row)
             print(json.dumps(asdict(row)), flush=True)
     print()
-    print("| backend | mode | documents | build s | QPS | p50 ms | p99 ms | recall@10 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| backend | mode | documents | build s | QPS | p50 ms | p99 ms | recall@10 | index call "
+        f"ms (1 vector) | ms per vector ({BATCH_PROBE} per call) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row.backend} | {row.mode} | {row.documents:,} | {row.build_s} | {row.qps} | "
-            f"{row.p50_ms} | {row.p99_ms} | {row.recall_at_10} |"
+            f"{row.p50_ms} | {row.p99_ms} | {row.recall_at_10} | {row.call_ms} | "
+            f"{row.batched_ms_per_vector} |"
         )
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
